@@ -1,0 +1,3 @@
+"""livedigit: real-time handwritten digit recognition over WebSockets."""
+
+__version__ = "1.0.0"

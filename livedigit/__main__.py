@@ -1,0 +1,5 @@
+import sys
+
+from livedigit.cli import main
+
+sys.exit(main())

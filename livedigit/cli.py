@@ -1,0 +1,44 @@
+"""The ``livedigit`` command: ``serve``, ``predict`` and ``bench``.
+
+Each subcommand's options live with the code they configure: ``serve`` takes one flag per
+:class:`livedigit.config.Settings` field, ``predict`` and ``bench`` are defined in
+:mod:`livedigit.client` and :mod:`livedigit.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from livedigit import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="livedigit", description="Real-time handwritten digit recognition.")
+    parser.add_argument("--version", action="version", version=f"livedigit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from livedigit import bench, client, server
+    from livedigit.config import Settings
+
+    serve = commands.add_parser("serve", help="run the web server (page, WebSocket, REST)",
+                                description="Run the web server. Every flag also reads an environment variable.")
+    Settings.add_arguments(serve)
+    serve.set_defaults(run=lambda args: server.run(Settings.from_arguments(args)))
+
+    predict = commands.add_parser("predict", help="predict image files locally or through a server",
+                                  description=client.predict_command.__doc__)
+    client.add_predict_arguments(predict)
+    predict.set_defaults(run=client.predict_command)
+
+    load = commands.add_parser("bench", help="measure the server under many drawing clients",
+                               description=bench.main.__doc__)
+    bench.add_arguments(load)
+    load.set_defaults(run=bench.main)
+
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

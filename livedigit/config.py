@@ -1,0 +1,114 @@
+"""The server's settings: one object, one field per option.
+
+Every field is a ``livedigit serve`` flag (``max_batch`` is ``--max-batch``) and an environment variable
+(``LIVEDIGIT_MAX_BATCH``); the port also reads ``PORT``, as Heroku sets it. Precedence: flag, then
+environment, then the default below. ``docs/operations.md`` explains each limit and what a client sees
+when it trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "livedigit-cnn"
+"""The shipped model's base name; the runtime adds ``.tflite`` or ``.keras``, the card is ``.json``."""
+
+ENV_PREFIX = "LIVEDIGIT_"
+
+
+def _option(default: Any, help: str, env: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``livedigit serve`` can be told, with the defaults a single dyno needs."""
+
+    host: str = _option("127.0.0.1", "address to bind; 0.0.0.0 to accept connections from other machines")
+    port: int = _option(8000, "TCP port to listen on", env=("PORT",))
+    model: str = _option(str(DEFAULT_MODEL), "model base path or file (.tflite for litert, .keras for tensorflow)")
+    runtime: str = _option("litert", "inference runtime: litert or tensorflow")
+    threads: int = _option(1, "CPU threads the model may use per batch")
+    max_batch: int = _option(64, "largest batch the model runs; 1 disables batching")
+    max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")
+    max_message_bytes: int = _option(256 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")
+    max_side: int = _option(1024, "largest image width or height, checked before decoding")
+    max_png_bytes: int = _option(192 * 1024, "largest PNG file inside a message")
+    max_strokes: int = _option(64, "most strokes in one drawing")
+    max_points: int = _option(4096, "most points over all strokes of one drawing")
+    snapshot_rate: float = _option(30.0, "snapshots per second per connection (token bucket refill)")
+    snapshot_burst: int = _option(30, "snapshots a connection may send at once before the rate applies")
+    submit_rate: float = _option(5.0, "submits per second per connection")
+    submit_burst: int = _option(10, "submits a connection may send at once before the rate applies")
+    max_bad_messages: int = _option(32, "consecutive invalid messages after which a connection is closed with 1008")
+    max_connections: int = _option(1000, "concurrent WebSocket connections per process")
+    max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
+    max_pending_submits: int = _option(1024, "submits queued across all connections before new ones are refused")
+    allowed_origins: str = _option(
+        "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"
+    )
+    allow_no_origin: bool = _option(True, "accept WebSocket clients that send no Origin header (scripts)")
+    forwarded_allow_ips: str = _option(
+        "127.0.0.1", "comma-separated proxy addresses whose X-Forwarded-For is trusted ('*' on Heroku)"
+    )
+    ping_interval: float = _option(20.0, "seconds between server WebSocket pings (Heroku drops idle sockets after 55 s)")
+    ping_timeout: float = _option(20.0, "seconds to wait for a pong before closing the connection")
+    graceful_shutdown_seconds: float = _option(10.0, "longest a SIGTERM waits for submits and connections to finish")
+    log_level: str = _option("info", "uvicorn log level: critical, error, warning, info, debug")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read every field from its environment variables; ``overrides`` win over the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            for name in (ENV_PREFIX + item.name.upper(), *item.metadata["env"]):
+                if name in environ:
+                    values[item.name] = _convert(item, environ[name], name)
+                    break
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(cls(), **values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per field; a flag left out means "environment or default"."""
+        for item in fields(cls):
+            env = ", ".join((ENV_PREFIX + item.name.upper(), *item.metadata["env"]))
+            help_text = f"{item.metadata['help']} (env {env}; default {item.default!r})"
+            flag = "--" + item.name.replace("_", "-")
+            if item.type in ("bool", bool):
+                parser.add_argument(flag, dest=item.name, default=None, action=argparse.BooleanOptionalAction,
+                                    help=help_text)
+            else:
+                parser.add_argument(flag, dest=item.name, default=None, type=_TYPES[str(item.type)],
+                                    help=help_text)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from parsed flags, falling back to the environment and the defaults."""
+        return cls.from_env(environ, **{item.name: getattr(args, item.name, None) for item in fields(cls)})
+
+    def origins(self) -> tuple[str, ...]:
+        """The explicit Origin allow-list; empty means "same host as the request"."""
+        return tuple(part.strip().rstrip("/") for part in self.allowed_origins.split(",") if part.strip())
+
+
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _convert(item: dataclasses.Field, raw: str, name: str) -> Any:  # type: ignore[type-arg]
+    kind = str(item.type)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        return _TYPES[kind](raw)
+    except ValueError:
+        raise SystemExit(f"livedigit: environment variable {name}={raw!r} is not a valid {kind}") from None

@@ -1,0 +1,274 @@
+"""Turn what a person drew into the 28x28 image the model was trained on.
+
+This is the only implementation of the MNIST normalization in the project: training, the server, the
+client's local mode and the tests all call it, so a digit is seen the same way everywhere.
+
+MNIST digits were made by cropping the ink to its bounding box, scaling it with anti-aliasing so that
+the longer side is 20 px (aspect ratio kept), and placing it in a 28x28 field so that its centre of mass
+sits at the centre. A model trained on MNIST only works on drawings that went through the same steps;
+resizing a whole canvas to 28x28 instead loses most of the accuracy on real handwriting.
+
+Three input forms are accepted (see :data:`Image`): a grayscale raster (:class:`Pixels`), a PNG file
+(:class:`Png`, either polarity, transparency as background) and vector strokes (:class:`Strokes`).
+:func:`preprocess` returns the model input, or ``None`` when there is no digit to recognise (no ink, or a
+single dot): callers answer "empty" instead of guessing. Anything that is not a valid image raises
+:class:`PreprocessError` with a message saying what to change.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from scipy import ndimage
+
+SIZE = 28
+"""Side of the model input, in pixels."""
+
+BOX = 20
+"""Side of the box the ink's longer side is scaled to, as in MNIST."""
+
+INK_THRESHOLD = 0.1
+"""Ink level (0..1) below which a pixel counts as background when cropping; absorbs faint noise."""
+
+MIN_EXTENT = 0.03
+"""A drawing whose longer side is below this fraction of its surface is a dot, not a digit."""
+
+STROKE_RESOLUTION = 96
+"""Longer side, in pixels, at which strokes are rasterised before the area-filtered downscale to 20 px."""
+
+STROKE_WIDTH = 0.14
+"""Pen width as a fraction of the drawing's longer side: 2.8 px at MNIST's 20 px, like MNIST's ink."""
+
+
+class PreprocessError(ValueError):
+    """The input is not a usable image; the message says what is wrong and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size caps checked before any expensive work, so a hostile input costs nothing to refuse."""
+
+    max_side: int = 1024
+    """Largest accepted width or height of a raster or PNG, in pixels."""
+    max_png_bytes: int = 1 << 20
+    """Largest accepted PNG file."""
+    max_strokes: int = 64
+    """Most strokes in one drawing."""
+    max_points: int = 4096
+    """Most points over all strokes of one drawing."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """A grayscale raster, ink = high values: uint8 (0..255) or float (0..1), shape (height, width)."""
+
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
+class Png:
+    """The bytes of a PNG file: RGBA, RGB or grayscale, dark ink on light or light ink on dark."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Strokes:
+    """Pen-down polylines of ``[x, y]`` points, y growing downward as on a screen.
+
+    ``surface`` is the optional (width, height) of the drawing area; with it, a tiny scribble relative to
+    the area counts as a dot. Coordinates may be in any range.
+    """
+
+    strokes: Sequence[Sequence[Sequence[float]]]
+    surface: tuple[float, float] | None = field(default=None)
+
+
+Image = Union[Pixels, Png, Strokes]
+
+
+def preprocess(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray | None:
+    """Return the 28x28 float32 model input (ink = 1.0) for ``image``, or ``None`` if it has no digit."""
+    if isinstance(image, Pixels):
+        return normalize(ink_from_pixels(image.array, limits))
+    if isinstance(image, Png):
+        return normalize(ink_from_png(image.data, limits))
+    if isinstance(image, Strokes):
+        return render_strokes(image.strokes, image.surface, limits=limits)
+    raise PreprocessError(f"unsupported image form {type(image).__name__}; use Pixels, Png or Strokes")
+
+
+def ink_from_pixels(array: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Validate a grayscale raster and return it as float32 ink in 0..1."""
+    if not isinstance(array, np.ndarray):
+        raise PreprocessError(f"pixels must be a numpy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise PreprocessError(f"pixels must be 2-D (height, width), got shape {array.shape}")
+    height, width = array.shape
+    _check_dimensions(width, height, limits)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype.kind == "f":
+        ink = array.astype(np.float32)
+        if not np.isfinite(ink).all():
+            raise PreprocessError("pixels contain NaN or infinite values")
+        if ink.min() < 0.0 or ink.max() > 1.0:
+            raise PreprocessError("float pixels must lie in 0..1 (ink = 1); scale uint8 data or send it as uint8")
+        return ink
+    raise PreprocessError(f"pixels must be uint8 (0..255) or float (0..1), got dtype {array.dtype}")
+
+
+def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode a PNG into float32 ink in 0..1, whatever its colour mode and polarity.
+
+    The declared dimensions are read from the IHDR header and checked before anything is decompressed,
+    so a small file that claims to be huge (a decompression bomb) is refused at no cost. Transparent
+    pixels are background. Otherwise the background colour is taken from the image border, and ink is the
+    distance from it: black-on-white canvas exports and white-on-black images both work.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise PreprocessError(f"png must be bytes, got {type(data).__name__}")
+    if len(data) > limits.max_png_bytes:
+        raise PreprocessError(f"png is {len(data)} bytes; the limit is {limits.max_png_bytes}")
+    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise PreprocessError("not a PNG file (bad signature or missing IHDR header)")
+    width, height = struct.unpack(">II", data[16:24])
+    _check_dimensions(width, height, limits)
+    try:
+        with PILImage.open(io.BytesIO(bytes(data)), formats=["PNG"]) as decoded:
+            decoded.load()
+            rgba = np.asarray(decoded.convert("RGBA"), dtype=np.float32) / 255.0
+    except PreprocessError:
+        raise
+    except Exception as exc:  # Pillow raises many types for corrupt files; all mean the same to a user.
+        raise PreprocessError(f"could not decode PNG: {exc}") from None
+    luminance = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    alpha = rgba[..., 3]
+    border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
+    if np.median(border) < 0.5:
+        return alpha
+    border_luminance = np.concatenate([luminance[0], luminance[-1], luminance[:, 0], luminance[:, -1]])
+    background = float(np.median(border_luminance))
+    composed = alpha * luminance + (1.0 - alpha) * background
+    if background >= 0.5:
+        ink = (background - composed) / background
+    else:
+        ink = (composed - background) / (1.0 - background)
+    return np.clip(ink, 0.0, 1.0).astype(np.float32)
+
+
+def render_strokes(
+    strokes: Sequence[Sequence[Sequence[float]]],
+    surface: tuple[float, float] | None = None,
+    width: float = STROKE_WIDTH,
+    limits: Limits = DEFAULT_LIMITS,
+) -> np.ndarray | None:
+    """Rasterise strokes and normalize them; ``None`` for no strokes or a dot.
+
+    The strokes are drawn at :data:`STROKE_RESOLUTION` with a round pen ``width`` times the drawing's
+    longer side wide, so the pen looks the same after normalization whatever the coordinate range; the
+    downscale to 20 px in :func:`normalize` provides the anti-aliasing.
+    """
+    points = _validate_strokes(strokes, limits)
+    if not points:
+        return None
+    everything = np.concatenate(points)
+    low = everything.min(axis=0)
+    extent = float((everything.max(axis=0) - low).max())
+    if extent <= 0.0:
+        return None
+    if surface is not None:
+        surface_side = max(float(surface[0]), float(surface[1]))
+        if math.isfinite(surface_side) and surface_side > 0 and extent < MIN_EXTENT * surface_side:
+            return None
+    scale = STROKE_RESOLUTION / extent
+    pen = max(1.0, width * STROKE_RESOLUTION)
+    margin = math.ceil(pen)
+    side = STROKE_RESOLUTION + 2 * margin + 1
+    canvas = PILImage.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(canvas)
+    radius = pen / 2.0
+    for stroke in points:
+        xy = (stroke - low) * scale + margin
+        coords = [(float(x), float(y)) for x, y in xy]
+        if len(coords) > 1:
+            draw.line(coords, fill=255, width=round(pen), joint="curve")
+        for x, y in (coords[0], coords[-1]):
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
+    return normalize(np.asarray(canvas, dtype=np.float32) / 255.0)
+
+
+def normalize(ink: np.ndarray) -> np.ndarray | None:
+    """Apply the MNIST normalization to float32 ink (0..1); ``None`` when there is no ink or only a dot.
+
+    Crop to the ink's bounding box, scale with area filtering (bilinear when enlarging) so the longer
+    side is 20 px, then place the result in 28x28 with its centre of mass at the centre.
+    """
+    mask = ink > INK_THRESHOLD
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    height, width = bottom - top, right - left
+    longer = max(height, width)
+    if longer < max(2.0, MIN_EXTENT * max(ink.shape)):
+        return None
+    crop = np.ascontiguousarray(ink[top:bottom, left:right], dtype=np.float32)
+    scale = BOX / longer
+    new_width = max(1, round(width * scale))
+    new_height = max(1, round(height * scale))
+    resample = PILImage.Resampling.BOX if scale < 1.0 else PILImage.Resampling.BILINEAR
+    scaled = np.asarray(PILImage.fromarray(crop, mode="F").resize((new_width, new_height), resample))
+    scaled = np.clip(scaled, 0.0, 1.0)
+    centre_y, centre_x = ndimage.center_of_mass(scaled)
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    y = min(max(round(SIZE / 2 - centre_y), 0), SIZE - new_height)
+    x = min(max(round(SIZE / 2 - centre_x), 0), SIZE - new_width)
+    out[y : y + new_height, x : x + new_width] = scaled
+    return out
+
+
+def _check_dimensions(width: int, height: int, limits: Limits) -> None:
+    if width < 1 or height < 1:
+        raise PreprocessError(f"image is {width}x{height}; both sides must be at least 1 px")
+    if width > limits.max_side or height > limits.max_side:
+        raise PreprocessError(f"image is {width}x{height}; the limit is {limits.max_side} px per side")
+
+
+def _validate_strokes(strokes: Sequence[Sequence[Sequence[float]]], limits: Limits) -> list[np.ndarray]:
+    if not isinstance(strokes, (list, tuple)):
+        raise PreprocessError("strokes must be a list of polylines, each a list of [x, y] points")
+    if len(strokes) > limits.max_strokes:
+        raise PreprocessError(f"{len(strokes)} strokes; the limit is {limits.max_strokes}")
+    total = 0
+    arrays = []
+    for index, stroke in enumerate(strokes):
+        if not isinstance(stroke, (list, tuple, np.ndarray)):
+            raise PreprocessError(f"stroke {index} must be a list of [x, y] points")
+        total += len(stroke)
+        if total > limits.max_points:
+            raise PreprocessError(f"more than {limits.max_points} points in all; send fewer (downsample)")
+        if len(stroke) == 0:
+            continue
+        try:
+            array = np.asarray(stroke)
+        except (TypeError, ValueError, OverflowError):
+            raise PreprocessError(f"stroke {index} must hold [x, y] pairs of numbers") from None
+        if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "iuf":
+            raise PreprocessError(f"stroke {index} must hold [x, y] pairs of numbers")
+        array = array.astype(np.float64)
+        if not np.isfinite(array).all() or np.abs(array).max() > 1e9:
+            raise PreprocessError(f"stroke {index} has a coordinate that is not a finite number below 1e9")
+        arrays.append(array)
+    return arrays

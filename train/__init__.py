@@ -1,0 +1,1 @@
+"""Training and export of the livedigit model: ``python -m train --help``."""

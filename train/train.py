@@ -1,0 +1,292 @@
+"""Train the livedigit CNN on MNIST plus real pen trajectories, and export what the server loads.
+
+    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl
+
+Every input goes through ``livedigit.preprocess``, the same code the server runs, so the model sees
+training digits exactly as it will see a person's drawing. The pen-digits *train* split (30 writers) is
+rendered from its strokes several times with random slant, shear, aspect and pen width; its *test* split
+(14 other writers) is only used to measure accuracy. On-the-fly augmentation adds small rotations,
+shears, zooms, shifts and thicker or thinner ink.
+
+Writes ``<out>/<name>.keras`` (Keras model), ``<out>/<name>.tflite`` (float32, served by LiteRT) and
+``<out>/<name>.json`` (model card: architecture, parameters, FLOPs, data, seed, commit, accuracies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from livedigit import pendigits
+from livedigit.preprocess import SIZE, STROKE_WIDTH, Pixels, preprocess, render_strokes
+from livedigit.runtime import load_runtime
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
+    parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl; '' to skip")
+    parser.add_argument("--pen-copies", type=int, default=4, help="augmented renderings per pen-digits train digit")
+    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(REPO / "models"), help="output directory")
+    parser.add_argument("--name", default="livedigit-cnn", help="base name of the output files")
+    parser.add_argument("--quick", action="store_true", help="tiny subset and one epoch: checks the pipeline")
+    return parser.parse_args(argv)
+
+
+def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (x_train, y_train, x_test, y_test) as uint8 images and labels."""
+    if path is None:
+        import keras
+
+        return tuple(a for pair in keras.datasets.mnist.load_data() for a in pair)  # type: ignore[return-value]
+    with np.load(path) as data:
+        return data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+
+
+def normalize_all(images: np.ndarray) -> np.ndarray:
+    """Pass raw uint8 images through the serving preprocessing; empty results become blank images."""
+    out = np.zeros((len(images), SIZE, SIZE), dtype=np.float32)
+    for index, image in enumerate(images):
+        result = preprocess(Pixels(image))
+        if result is not None:
+            out[index] = result
+    return out
+
+
+def render_pen(digits: list[pendigits.PenDigit], copies: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width."""
+    images, labels = [], []
+    for digit in digits:
+        for copy in range(copies + 1):
+            strokes = [np.asarray(s, dtype=np.float64) for s in digit.strokes]
+            width = STROKE_WIDTH
+            if copy:
+                angle = math.radians(rng.uniform(-12, 12))
+                shear = rng.uniform(-0.3, 0.3)
+                aspect = math.exp(rng.uniform(-0.2, 0.2))
+                matrix = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+                matrix = matrix @ np.array([[aspect, shear], [0.0, 1.0 / aspect]])
+                strokes = [s @ matrix.T for s in strokes]
+                width = STROKE_WIDTH * rng.uniform(0.7, 1.4)
+            image = render_strokes([s.tolist() for s in strokes], width=width)
+            if image is not None:
+                images.append(image)
+                labels.append(digit.label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def build_model():  # type: ignore[no-untyped-def]
+    """A small CNN: full resolution only for the cheap first layer, then pooled stages."""
+    import keras
+    from keras import layers
+
+    def conv(x, filters):  # type: ignore[no-untyped-def]
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.ReLU()(x)
+
+    inputs = keras.Input((SIZE, SIZE, 1), name="image")
+    x = conv(inputs, 32)
+    x = layers.MaxPooling2D()(x)
+    x = conv(x, 64)
+    x = layers.MaxPooling2D()(x)
+    x = conv(x, 128)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.3)(x)
+    x = layers.Dense(128, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="livedigit_cnn")
+
+
+def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
+    """Multiply-adds of the convolution and dense layers, times two."""
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            _, height, width, out_channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += height * width * kh * kw * layer.input.shape[-1] * out_channels
+        elif kind == "Dense":
+            total += layer.input.shape[-1] * layer.units
+    return 2 * int(total)
+
+
+def augment(images, rng_seed: int):  # type: ignore[no-untyped-def]
+    """Random rotation, shear, zoom and shift (one affine warp) and thicker or thinner ink, per image."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(tf.stack([rng_seed, 0]), 6)
+    angle = tf.random.stateless_uniform([n], seeds[0], -0.2, 0.2)
+    shear = tf.random.stateless_uniform([n], seeds[1], -0.25, 0.25)
+    zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], -0.15, 0.1))
+    shift = tf.random.stateless_uniform([n, 2], seeds[3], -2.0, 2.0)
+    thickness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[4], -0.6, 0.6)
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    a0, a1 = cos, -sin + shear * cos
+    b0, b1 = sin, cos + shear * sin
+    centre = SIZE / 2.0
+    a2 = centre - a0 * centre - a1 * centre + shift[:, 0]
+    b2 = centre - b0 * centre - b1 * centre + shift[:, 1]
+    zeros = tf.zeros_like(a0)
+    transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transform, output_shape=[SIZE, SIZE], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT",
+    )
+    dilated = tf.nn.max_pool2d(warped, 3, 1, "SAME")
+    eroded = -tf.nn.max_pool2d(-warped, 3, 1, "SAME")
+    return warped + tf.maximum(thickness, 0.0) * (dilated - warped) + tf.minimum(thickness, 0.0) * (warped - eroded)
+
+
+def pen_accuracy(runtime, digits: list[pendigits.PenDigit]) -> tuple[float, list[list[int]]]:  # type: ignore[no-untyped-def]
+    """Accuracy and confusion matrix of ``runtime`` on digits fed as strokes, as the server receives them."""
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    images = [render_strokes(d.strokes) for d in digits]
+    batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if i is None else i for i in images])
+    predicted = runtime.predict(batch).argmax(axis=1)
+    for digit, guess in zip(digits, predicted):
+        confusion[digit.label, guess] += 1
+    return float(np.trace(confusion) / confusion.sum()), confusion.tolist()
+
+
+def most_confused(confusion: list[list[int]], count: int = 5) -> list[dict[str, int]]:
+    pairs = [
+        {"true": t, "predicted": p, "count": confusion[t][p]}
+        for t in range(10) for p in range(10) if t != p and confusion[t][p]
+    ]
+    return sorted(pairs, key=lambda pair: -pair["count"])[:count]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+
+    print("loading MNIST ...", flush=True)
+    x_train, y_train, x_test, y_test = load_mnist(args.data)
+    pen_train: list[pendigits.PenDigit] = []
+    pen_test: list[pendigits.PenDigit] = []
+    if args.pen_digits:
+        pen_train = pendigits.load(args.pen_digits, "train")
+        pen_test = pendigits.load(args.pen_digits, "test")
+    if args.quick:
+        x_train, y_train = x_train[:2000], y_train[:2000]
+        x_test, y_test = x_test[:500], y_test[:500]
+        pen_train, pen_test = pen_train[:300], pen_test[:300]
+        args.epochs, args.pen_copies = 1, 1
+
+    print(f"normalizing {len(x_train) + len(x_test)} MNIST images ...", flush=True)
+    train_images, test_images = normalize_all(x_train), normalize_all(x_test)
+    train_labels = y_train.astype(np.int64)
+    if pen_train:
+        print(f"rendering {len(pen_train)} pen-digits train strokes x{args.pen_copies + 1} ...", flush=True)
+        pen_images, pen_labels = render_pen(pen_train, args.pen_copies, rng)
+        train_images = np.concatenate([train_images, pen_images])
+        train_labels = np.concatenate([train_labels, pen_labels])
+
+    steps = math.ceil(len(train_images) / args.batch_size)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((train_images[..., None], train_labels))
+        .shuffle(len(train_images), seed=args.seed, reshuffle_each_iteration=True)
+        .batch(args.batch_size)
+        .enumerate()
+        .map(lambda i, batch: (augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003), batch[1]),
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    model = build_model()
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps * args.epochs - steps // 2 if args.epochs > 1 else steps,
+        warmup_target=args.learning_rate, warmup_steps=steps // 2,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    print(f"training on {len(train_images)} images for {args.epochs} epochs", flush=True)
+    model.fit(dataset, epochs=args.epochs, verbose=2 if not sys.stdout.isatty() else 1)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras_path, tflite_path, card_path = (out / f"{args.name}{ext}" for ext in (".keras", ".tflite", ".json"))
+    model.compile(loss="sparse_categorical_crossentropy")  # drops the optimizer state from the archive
+    model.save(keras_path)
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        tflite_path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model).convert())
+
+    print("measuring the exported model ...", flush=True)
+    runtime = load_runtime(tflite_path, "litert")
+    mnist_probabilities = runtime.predict(test_images)
+    mnist_accuracy = float((mnist_probabilities.argmax(axis=1) == y_test).mean())
+    keras_probabilities = model(test_images[:512, ..., None], training=False).numpy()
+    parity = float(np.abs(keras_probabilities - mnist_probabilities[:512]).max())
+    accuracies: dict[str, object] = {"mnist_test": round(mnist_accuracy, 5)}
+    if pen_test:
+        pen_test_accuracy, confusion = pen_accuracy(runtime, pen_test)
+        pen_train_accuracy, _ = pen_accuracy(runtime, pen_train)
+        accuracies.update({
+            "pen_digits_test": round(pen_test_accuracy, 5),
+            "pen_digits_train": round(pen_train_accuracy, 5),
+            "pen_digits_test_most_confused": most_confused(confusion),
+            "pen_digits_test_confusion": confusion,
+        })
+    card = {
+        "name": args.name,
+        "architecture": [f"{type(l).__name__}{tuple(l.output.shape[1:])}" for l in model.layers[1:]],
+        "parameters": int(model.count_params()),
+        "flops_per_sample": flops_per_sample(model),
+        "input": "28x28 float32, ink = 1.0, MNIST-normalized by livedigit.preprocess",
+        "training": {
+            "data": ["MNIST train (60,000)"] + ([f"pen_digits train split ({len(pen_train)} digits, 30 writers) x{args.pen_copies + 1} renderings"] if pen_train else []),
+            "samples": int(len(train_images)),
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "seed": args.seed,
+            "quick": args.quick,
+            "seconds": round(time.time() - started, 1),
+            "tensorflow": tf.__version__,
+        },
+        "git_commit": git_commit(),
+        "accuracy": accuracies,
+        "tflite_vs_keras_max_abs_difference": parity,
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    summary = {k: v for k, v in accuracies.items() if not k.endswith(("confusion", "confused"))}
+    print(f"wrote {keras_path}, {tflite_path}, {card_path}: {summary}", flush=True)
+    return 0
