@@ -119,17 +119,17 @@ def ink_from_pixels(array: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> np.nd
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype.kind == "f":
-        ink = array.astype(np.float32)
-        if not np.isfinite(ink).all():
+        # Checked before the cast to float32, which would turn a large float64 into inf.
+        if not np.isfinite(array).all():
             raise PreprocessError("pixels contain NaN or infinite values")
-        if ink.min() < 0.0 or ink.max() > 1.0:
+        if array.min() < 0.0 or array.max() > 1.0:
             raise PreprocessError("float pixels must lie in 0..1 (ink = 1); scale uint8 data or send it as uint8")
-        return ink
+        return array.astype(np.float32)
     raise PreprocessError(f"pixels must be uint8 (0..255) or float (0..1), got dtype {array.dtype}")
 
 
 def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
-    """Decode a PNG into float32 ink in 0..1, whatever its colour mode and polarity.
+    """Decode a PNG into float32 ink in 0..1, whatever its colour mode, bit depth and polarity.
 
     The declared dimensions are read from the IHDR header and checked before anything is decompressed,
     so a small file that claims to be huge (a decompression bomb) is refused at no cost. Transparent
@@ -140,31 +140,44 @@ def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
         raise PreprocessError(f"png must be bytes, got {type(data).__name__}")
     if len(data) > limits.max_png_bytes:
         raise PreprocessError(f"png is {len(data)} bytes; the limit is {limits.max_png_bytes}")
-    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise PreprocessError("not a PNG file (bad signature or missing IHDR header)")
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise PreprocessError("not a PNG file (bad signature or missing IHDR header); send a PNG image")
     width, height = struct.unpack(">II", data[16:24])
     _check_dimensions(width, height, limits)
-    try:
-        with PILImage.open(io.BytesIO(bytes(data)), formats=["PNG"]) as decoded:
-            decoded.load()
-            rgba = np.asarray(decoded.convert("RGBA"), dtype=np.float32) / 255.0
-    except PreprocessError:
-        raise
-    except Exception as exc:  # Pillow raises many types for corrupt files; all mean the same to a user.
-        raise PreprocessError(f"could not decode PNG: {exc}") from None
-    luminance = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    alpha = rgba[..., 3]
-    border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
-    if np.median(border) < 0.5:
-        return alpha
-    border_luminance = np.concatenate([luminance[0], luminance[-1], luminance[:, 0], luminance[:, -1]])
-    background = float(np.median(border_luminance))
+    luminance, alpha = _decode_png(bytes(data))
+    border_alpha = float(np.median(_border(alpha)))
+    if border_alpha < 0.5:
+        return np.clip((alpha - border_alpha) / (1.0 - border_alpha), 0.0, 1.0).astype(np.float32)
+    background = float(np.median(_border(luminance)))
     composed = alpha * luminance + (1.0 - alpha) * background
     if background >= 0.5:
         ink = (background - composed) / background
     else:
         ink = (composed - background) / (1.0 - background)
     return np.clip(ink, 0.0, 1.0).astype(np.float32)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Return (luminance, alpha) in 0..1. 16-bit grayscale keeps its precision instead of being clipped."""
+    try:
+        with PILImage.open(io.BytesIO(data), formats=["PNG"]) as decoded:
+            decoded.load()
+            if decoded.mode.startswith("I"):  # 16-bit grayscale; Pillow's convert() would clip it at 255.
+                values = np.asarray(decoded, dtype=np.float32)
+                transparent = decoded.info.get("transparency")
+                alpha = np.ones_like(values) if transparent is None else (values != transparent).astype(np.float32)
+                return np.clip(values / 65535.0, 0.0, 1.0), alpha
+            rgba = np.asarray(decoded.convert("RGBA"), dtype=np.float32) / 255.0
+    except Exception as exc:  # Pillow raises many types for corrupt files; all mean the same to a user.
+        raise PreprocessError(f"could not decode PNG: {exc}") from None
+    return rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32), rgba[..., 3]
+
+
+def _border(channel: np.ndarray) -> np.ndarray:
+    return np.concatenate([channel[0], channel[-1], channel[:, 0], channel[:, -1]])
 
 
 def render_strokes(
@@ -180,18 +193,17 @@ def render_strokes(
     downscale to 20 px in :func:`normalize` provides the anti-aliasing.
     """
     points = _validate_strokes(strokes, limits)
+    surface_side = _validate_surface(surface)
     if not points:
         return None
     everything = np.concatenate(points)
     low = everything.min(axis=0)
     extent = float((everything.max(axis=0) - low).max())
-    if extent <= 0.0:
+    # A drawing whose extent is lost in rounding of its own coordinates (or below 1e-9) is a dot.
+    if extent <= 1e-9 * max(1.0, float(np.abs(everything).max())):
         return None
-    if surface is not None:
-        surface_side = max(float(surface[0]), float(surface[1]))
-        if math.isfinite(surface_side) and surface_side > 0 and extent < MIN_EXTENT * surface_side:
-            return None
-    scale = STROKE_RESOLUTION / extent
+    if surface_side is not None and extent < MIN_EXTENT * surface_side:
+        return None
     pen = max(1.0, width * STROKE_RESOLUTION)
     margin = math.ceil(pen)
     side = STROKE_RESOLUTION + 2 * margin + 1
@@ -199,7 +211,9 @@ def render_strokes(
     draw = ImageDraw.Draw(canvas)
     radius = pen / 2.0
     for stroke in points:
-        xy = (stroke - low) * scale + margin
+        # Snapped to 1/64 px so that float rounding of scaled or shifted coordinates (59.99999 vs 60)
+        # cannot move the rasteriser's edges: the same drawing gives the same image in any unit.
+        xy = np.round((stroke - low) / extent * STROKE_RESOLUTION * 64.0) / 64.0 + margin
         coords = [(float(x), float(y)) for x, y in xy]
         if len(coords) > 1:
             draw.line(coords, fill=255, width=round(pen), joint="curve")
@@ -246,6 +260,24 @@ def _check_dimensions(width: int, height: int, limits: Limits) -> None:
         raise PreprocessError(f"image is {width}x{height}; the limit is {limits.max_side} px per side")
 
 
+def _validate_surface(surface: object) -> float | None:
+    """Return the longer side of ``surface``, a (width, height) pair of positive numbers, or ``None``."""
+    if surface is None:
+        return None
+    message = "surface must be [width, height], two positive numbers below 1e9"
+    if not isinstance(surface, (list, tuple)) or len(surface) != 2:
+        raise PreprocessError(message)
+    sides = []
+    for side in surface:
+        if isinstance(side, bool) or not isinstance(side, (int, float, np.integer, np.floating)):
+            raise PreprocessError(message)
+        side = float(side)
+        if not 0.0 < side < 1e9:  # also refuses NaN
+            raise PreprocessError(message)
+        sides.append(side)
+    return max(sides)
+
+
 def _validate_strokes(strokes: Sequence[Sequence[Sequence[float]]], limits: Limits) -> list[np.ndarray]:
     if not isinstance(strokes, (list, tuple)):
         raise PreprocessError("strokes must be a list of polylines, each a list of [x, y] points")
@@ -254,21 +286,22 @@ def _validate_strokes(strokes: Sequence[Sequence[Sequence[float]]], limits: Limi
     total = 0
     arrays = []
     for index, stroke in enumerate(strokes):
-        if not isinstance(stroke, (list, tuple, np.ndarray)):
+        if not isinstance(stroke, (list, tuple, np.ndarray)) or getattr(stroke, "ndim", 1) == 0:
             raise PreprocessError(f"stroke {index} must be a list of [x, y] points")
         total += len(stroke)
         if total > limits.max_points:
             raise PreprocessError(f"more than {limits.max_points} points in all; send fewer (downsample)")
         if len(stroke) == 0:
             continue
+        message = f"stroke {index} must hold [x, y] points, each coordinate a number within \u00b11e9"
         try:
             array = np.asarray(stroke)
         except (TypeError, ValueError, OverflowError):
-            raise PreprocessError(f"stroke {index} must hold [x, y] pairs of numbers") from None
+            raise PreprocessError(message) from None
         if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "iuf":
-            raise PreprocessError(f"stroke {index} must hold [x, y] pairs of numbers")
+            raise PreprocessError(message)
         array = array.astype(np.float64)
         if not np.isfinite(array).all() or np.abs(array).max() > 1e9:
-            raise PreprocessError(f"stroke {index} has a coordinate that is not a finite number below 1e9")
+            raise PreprocessError(message)
         arrays.append(array)
     return arrays

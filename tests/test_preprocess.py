@@ -1,0 +1,539 @@
+"""The MNIST normalization: what every drawing goes through before the model sees it.
+
+The invariants are the ones MNIST was built with (ink box 20 px on its longer side, aspect kept, centre of
+mass at the centre, anti-aliased ink); every input form must meet them, and every malformed input must be
+refused with a :class:`PreprocessError` saying what to change, never with another exception.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from scipy import ndimage
+
+from livedigit import pendigits
+from livedigit.preprocess import (
+    SIZE,
+    Limits,
+    Pixels,
+    Png,
+    PreprocessError,
+    Strokes,
+    preprocess,
+    render_strokes,
+)
+
+CENTRE = 14.0
+"""Where MNIST puts the centre of mass, in pixel-index coordinates (measured on MNIST: 13.99, 14.00)."""
+
+SMALL = Limits(max_side=64, max_png_bytes=4096, max_strokes=4, max_points=32)
+"""Tight limits, so property tests reach the limit checks with small inputs."""
+
+
+def ink_box(image: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the bounding box of the non-zero pixels."""
+    rows = np.flatnonzero(image.any(axis=1))
+    cols = np.flatnonzero(image.any(axis=0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def assert_model_input(image: np.ndarray | None) -> None:
+    assert image is not None
+    assert image.shape == (SIZE, SIZE)
+    assert image.dtype == np.float32
+    assert np.isfinite(image).all()
+    assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def ring(height: int = 120, width: int = 90, top: int = 30, left: int = 40, canvas: int = 200) -> np.ndarray:
+    """A "0": an anti-aliased ellipse outline as float ink on a larger canvas, off-centre."""
+    image = PILImage.new("L", (canvas * 4, canvas * 4), 0)
+    ImageDraw.Draw(image).ellipse(
+        (left * 4, top * 4, (left + width) * 4, (top + height) * 4), outline=255, width=48
+    )
+    return np.asarray(image.resize((canvas, canvas), PILImage.Resampling.BOX), dtype=np.float32) / 255.0
+
+
+def encode(image: PILImage.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 0) -> bytes:
+    """A PNG signature and a valid IHDR chunk declaring ``width`` x ``height``."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+
+
+def png16(samples: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB): grey (0) or RGB (2)."""
+    height, width = samples.shape[:2]
+    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+    return png_header(width, height, 16, colour_type) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+# --- the MNIST invariants ---------------------------------------------------------------------------------
+
+
+def test_mnist_digits_come_out_as_they_went_in(mnist_path: Path) -> None:
+    """MNIST test digits are already normalized; normalizing them again must leave them (almost) alone."""
+    with np.load(mnist_path) as data:
+        digits = data["x_test"][:500]
+    out = np.stack([preprocess(Pixels(digit)) for digit in digits])
+    assert np.abs(out - digits / 255.0).mean() < 0.002
+
+
+@pytest.mark.parametrize(
+    "top, left, height, width",
+    [(30, 40, 120, 90), (0, 0, 60, 60), (100, 120, 95, 75), (5, 150, 190, 45)],
+)
+def test_centre_of_mass_is_at_the_centre(top: int, left: int, height: int, width: int) -> None:
+    image = preprocess(Pixels(ring(height, width, top, left)))
+    assert_model_input(image)
+    centre = np.array(ndimage.center_of_mass(image))
+    assert np.abs(centre - CENTRE).max() <= 1.0
+
+
+def test_lopsided_shape_is_centred_by_mass_not_by_box() -> None:
+    """A "7"-like shape (heavy top bar) moves down: its box is off-centre so its mass can be centred."""
+    ink = np.zeros((100, 100), np.float32)
+    ink[10:18, 10:90] = 1.0  # bar
+    ink[18:90, 65:75] = 1.0  # stem
+    image = preprocess(Pixels(ink))
+    assert_model_input(image)
+    assert np.abs(np.array(ndimage.center_of_mass(image)) - CENTRE).max() <= 1.0
+    rows = np.flatnonzero(image.any(axis=1))
+    box_centre = (rows[0] + rows[-1]) / 2
+    assert box_centre > CENTRE + 1.5
+
+
+def test_very_lopsided_shape_is_moved_only_as_far_as_the_field_allows() -> None:
+    """Centring never pushes ink out of the 28x28 field: the whole 20 px box stays visible."""
+    ink = np.zeros((100, 100), np.float32)
+    ink[10:30, 10:90] = 1.0  # a bar too heavy to centre without cutting the stem off
+    ink[30:90, 70:75] = 1.0
+    image = preprocess(Pixels(ink))
+    assert_model_input(image)
+    assert ink_box(image) == (20, 20)
+    assert image[-1].any()  # pushed down to the edge, as far as it can go
+
+
+@pytest.mark.parametrize("height, width", [(120, 90), (60, 150), (200, 200), (12, 9)])
+def test_longer_side_of_the_ink_is_20_px(height: int, width: int) -> None:
+    ink = np.zeros((256, 256), np.float32)
+    ink[50 : 50 + height, 20 : 20 + width] = 1.0
+    image = preprocess(Pixels(ink))
+    assert_model_input(image)
+    box = ink_box(image)
+    assert max(box) == 20
+    assert min(box) == pytest.approx(20 * min(height, width) / max(height, width), abs=1)
+
+
+def test_thin_one_stays_thin() -> None:
+    """A "1" is not stretched to a square: its width stays a pen width, its height 20 px."""
+    image = preprocess(Strokes([[[100, 20], [104, 380]]]))
+    assert_model_input(image)
+    height, width = ink_box(image)
+    assert height == 20
+    assert width <= 5
+    pixels = preprocess(Pixels(np.pad(np.ones((300, 12), np.uint8) * 255, 40)))
+    assert_model_input(pixels)
+    assert ink_box(pixels)[0] == 20 and ink_box(pixels)[1] <= 2
+
+
+def test_output_is_anti_aliased() -> None:
+    """Binary input comes out with grey edges, as MNIST's digits have."""
+    binary = (ring() > 0.5).astype(np.uint8) * 255
+    for image in (preprocess(Pixels(binary)), preprocess(Strokes([[[0, 0], [30, 0], [0, 50], [30, 50]]]))):
+        assert_model_input(image)
+        grey = ((image > 0.05) & (image < 0.95)).sum()
+        assert grey >= 15
+        assert image.max() > 0.95
+
+
+def test_pixels_uint8_and_float_agree() -> None:
+    ink = ring()
+    as_uint8 = preprocess(Pixels(np.round(ink * 255).astype(np.uint8)))
+    as_float = preprocess(Pixels(ink))
+    as_float64 = preprocess(Pixels(ink.astype(np.float64)))
+    assert np.abs(as_uint8 - as_float).max() < 0.01
+    assert np.abs(as_float64 - as_float).max() < 1e-6
+
+
+# --- PNG: modes, polarity, transparency --------------------------------------------------------------------
+
+
+def png_variants(ink: np.ndarray) -> dict[str, bytes]:
+    """The same drawing as the PNGs people send: canvas exports, scans, inverted images, 16-bit files."""
+    level = np.round(ink * 255).astype(np.uint8)
+    dark_on_light = 255 - level
+    zeros = np.zeros_like(level)
+    full = np.full_like(level, 255)
+    deep = np.round(ink * 65535).astype(np.uint16)
+    return {
+        "grey black-on-white": encode(PILImage.fromarray(dark_on_light, "L")),
+        "grey white-on-black": encode(PILImage.fromarray(level, "L")),
+        "RGB black-on-white": encode(PILImage.fromarray(np.dstack([dark_on_light] * 3), "RGB")),
+        "RGB white-on-black": encode(PILImage.fromarray(np.dstack([level] * 3), "RGB")),
+        "RGBA canvas export (transparent, black ink)": encode(
+            PILImage.fromarray(np.dstack([zeros, zeros, zeros, level]), "RGBA")
+        ),
+        "RGBA transparent white, white ink": encode(PILImage.fromarray(np.dstack([full, full, full, level]), "RGBA")),
+        "RGBA opaque white, black ink": encode(PILImage.fromarray(np.dstack([dark_on_light] * 3 + [full]), "RGBA")),
+        "grey+alpha": encode(PILImage.fromarray(np.dstack([zeros, level]), "LA")),
+        "16-bit grey black-on-white": encode(PILImage.fromarray((65535 - deep).astype(np.uint16))),
+        "16-bit grey white-on-black": encode(PILImage.fromarray(deep)),
+        "16-bit RGB black-on-white": png16(np.dstack([65535 - deep] * 3), colour_type=2),
+    }
+
+
+@pytest.mark.parametrize("name", list(png_variants(np.zeros((2, 2), np.float32))))
+def test_png_modes_and_polarities_give_the_same_digit(name: str) -> None:
+    ink = ring()
+    expected = preprocess(Pixels(ink))
+    image = preprocess(Png(png_variants(ink)[name]))
+    assert_model_input(image)
+    assert np.abs(image - expected).max() < 0.02, name
+
+
+def test_16_bit_grey_keeps_grey_levels() -> None:
+    """Pillow clips 16-bit grey at 255 when converting; mid-grey ink must stay mid-grey."""
+    ink = np.zeros((60, 60), np.float32)
+    ink[10:50, 25:32] = 0.45
+    image = preprocess(Png(encode(PILImage.fromarray(np.round(ink * 65535).astype(np.uint16)))))
+    assert_model_input(image)
+    assert 0.35 < image.max() < 0.55
+
+
+def test_transparent_pixels_are_background_whatever_their_colour() -> None:
+    """Canvas exports store transparent pixels as black (0, 0, 0, 0); colour alone would read all ink."""
+    ink = ring()
+    level = np.round(ink * 255).astype(np.uint8)
+    black = np.zeros_like(level)
+    rgba = np.dstack([black, black, black, level])
+    image = preprocess(Png(encode(PILImage.fromarray(rgba, "RGBA"))))
+    assert np.abs(image - preprocess(Pixels(ink))).max() < 0.02
+
+
+def test_palette_and_one_bit_pngs() -> None:
+    ink = ring() > 0.5
+    expected = preprocess(Pixels(ink.astype(np.uint8) * 255))
+    one_bit = PILImage.fromarray(~ink)  # mode "1": black ink on white
+    palette = PILImage.fromarray(ink.astype(np.uint8), "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0])
+    transparent_palette = encode(palette, transparency=0)
+    for data in (encode(one_bit), encode(palette), transparent_palette):
+        image = preprocess(Png(data))
+        assert_model_input(image)
+        assert np.abs(image - expected).max() < 0.02
+
+
+def test_coloured_ink_on_white_is_ink() -> None:
+    ink = ring() > 0.5
+    rgb = np.full(ink.shape + (3,), 255, np.uint8)
+    rgb[ink] = (0, 0, 200)
+    image = preprocess(Png(encode(PILImage.fromarray(rgb, "RGB"))))
+    assert_model_input(image)
+    assert image.max() > 0.8
+
+
+# --- strokes ---------------------------------------------------------------------------------------------
+
+SEVEN = [[[10.0, 10.0], [60.0, 12.0], [35.0, 90.0]], [[25.0, 50.0], [50.0, 50.0]]]
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.5, 1.0, 7.3, 1e3, 1e5])
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (-500.0, 1234.5), (1e6, -1e6)])
+def test_strokes_in_any_coordinate_range_give_the_same_image(scale: float, offset: tuple[float, float]) -> None:
+    expected = preprocess(Strokes(SEVEN))
+    moved = [[[x * scale + offset[0], y * scale + offset[1]] for x, y in s] for s in SEVEN]
+    image = preprocess(Strokes(moved))
+    assert_model_input(image)
+    assert np.abs(image - expected).max() < 1e-6
+
+
+def test_strokes_accept_tuples_ints_and_arrays() -> None:
+    expected = preprocess(Strokes(SEVEN))
+    as_ints = [[[int(x), int(y)] for x, y in s] for s in SEVEN]
+    as_arrays = [np.asarray(s) for s in SEVEN]
+    as_tuples = tuple(tuple(tuple(p) for p in s) for s in SEVEN)
+    for strokes in (as_ints, as_arrays, as_tuples):
+        image = preprocess(Strokes(strokes))
+        assert_model_input(image)
+        assert np.abs(image - expected).max() < 0.05
+
+
+def test_strokes_and_pixels_of_the_same_drawing_agree() -> None:
+    """The server's two main forms must not disagree about a drawing: stroke rendering == its raster."""
+    rendered = render_strokes(SEVEN)
+    raster = np.zeros((100, 100), np.uint8)
+    canvas = PILImage.fromarray(raster)
+    draw = ImageDraw.Draw(canvas)
+    for stroke in SEVEN:
+        draw.line([tuple(p) for p in stroke], fill=255, width=11, joint="curve")
+    from_pixels = preprocess(Pixels(np.asarray(canvas)))
+    assert_model_input(from_pixels)
+    # Pens differ slightly in shape; the digit and its placement must not.
+    assert np.abs(rendered - from_pixels).mean() < 0.06
+    assert np.corrcoef(rendered.ravel(), from_pixels.ravel())[0, 1] > 0.85
+
+
+def test_pen_digits_render_like_mnist(mnist_path: Path, pen_test: list[pendigits.PenDigit]) -> None:
+    """Real pen trajectories come out with MNIST's amount of ink, grey edges and centring."""
+    with np.load(mnist_path) as data:
+        mnist = data["x_test"][:2000] / 255.0
+    digits = pen_test[::3]
+    rendered = [preprocess(Strokes(digit.strokes)) for digit in digits]
+    assert all(image is not None for image in rendered)
+    pen = np.stack(rendered)
+    assert abs(pen.mean() - mnist.mean()) / mnist.mean() < 0.15
+    grey = lambda images: ((images > 0.05) & (images < 0.95)).mean()  # noqa: E731
+    assert abs(grey(pen) - grey(mnist)) / grey(mnist) < 0.25
+    centres = np.array([ndimage.center_of_mass(image) for image in pen])
+    assert np.abs(centres - CENTRE).max() <= 1.0
+    assert all(max(ink_box(image > 0.1)) in (19, 20) for image in pen)
+
+
+# --- empty drawings ----------------------------------------------------------------------------------------
+
+WHITE = encode(PILImage.new("L", (280, 280), 255))
+TRANSPARENT = encode(PILImage.new("RGBA", (280, 280), (0, 0, 0, 0)))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Pixels(np.zeros((28, 28), np.uint8)),
+        Pixels(np.zeros((280, 280), np.float32)),
+        Pixels(np.full((100, 100), 0.05, np.float32)),  # faint noise below the ink threshold
+        Pixels(np.pad(np.ones((3, 3), np.float32), 200)),  # a dot on a large canvas
+        Pixels(np.ones((1, 1), np.uint8) * 255),
+        Png(WHITE),
+        Png(TRANSPARENT),
+        Png(encode(PILImage.new("L", (50, 50), 0))),
+        Strokes([]),
+        Strokes([[], []]),
+        Strokes([[[5, 5]]]),
+        Strokes([[[5, 5], [5, 5], [5, 5]], [[5, 5]]]),
+        Strokes([[[100, 100], [103, 102]]], surface=(400, 300)),  # a scribble under 3% of the surface
+        Strokes([[[0.0, 0.0], [1e-300, 1e-300]]]),
+        Strokes([[[1e8, 1e8], [1e8 + 1e-8, 1e8]]]),
+    ],
+    ids=lambda image: type(image).__name__,
+)
+def test_empty_drawings_are_none(image: Pixels | Png | Strokes) -> None:
+    assert preprocess(image) is None
+
+
+def test_small_drawing_counts_when_the_surface_is_small() -> None:
+    strokes = [[[100, 100], [103, 110]]]
+    assert preprocess(Strokes(strokes, surface=(400, 300))) is None
+    assert_model_input(preprocess(Strokes(strokes, surface=(100, 100))))
+    assert_model_input(preprocess(Strokes(strokes)))
+
+
+# --- refusals ----------------------------------------------------------------------------------------------
+
+
+def valid_png() -> bytes:
+    return encode(PILImage.fromarray((255 - np.round(ring() * 255)).astype(np.uint8)))
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (Pixels(np.zeros((28, 28, 3), np.uint8)), "2-D"),
+        (Pixels(np.zeros(784, np.uint8)), "2-D"),
+        (Pixels(np.zeros((28, 28), np.int64)), "uint8 (0..255) or float (0..1)"),
+        (Pixels(np.zeros((28, 28), bool)), "uint8 (0..255) or float (0..1)"),
+        (Pixels(np.zeros((28, 28), object)), "uint8 (0..255) or float (0..1)"),
+        (Pixels(np.full((28, 28), np.nan, np.float32)), "NaN or infinite"),
+        (Pixels(np.full((28, 28), np.inf, np.float64)), "NaN or infinite"),
+        (Pixels(np.full((28, 28), 255.0, np.float32)), "0..1"),
+        (Pixels(np.full((28, 28), -0.5, np.float32)), "0..1"),
+        (Pixels(np.full((28, 28), 1e300, np.float64)), "0..1"),
+        (Pixels(np.zeros((0, 28), np.uint8)), "at least 1 px"),
+        (Pixels(np.zeros((28, 0), np.float32)), "at least 1 px"),
+        (Pixels(np.zeros((1025, 10), np.uint8)), "limit is 1024 px"),
+        (Pixels(np.zeros((10, 5000), np.uint8)), "limit is 1024 px"),
+        (Pixels([[0, 1], [1, 0]]), "numpy array"),
+        (Png(b""), "not a PNG"),
+        (Png(b"GIF89a" + bytes(100)), "not a PNG"),
+        (Png(b"\xff\xd8\xff\xe0" + bytes(100)), "not a PNG"),
+        (Png(b"\x89PNG\r\n\x1a\n" + bytes(100)), "not a PNG"),
+        (Png(valid_png()[:60]), "could not decode PNG"),
+        (Png(valid_png()[: len(valid_png()) // 2]), "could not decode PNG"),
+        (Png(valid_png()[:40] + bytes(50) + valid_png()[90:]), "could not decode PNG"),
+        (Png(png_header(0, 10)), "at least 1 px"),
+        (Png(png_header(100_000, 100_000) + b"garbage" * 10), "limit is 1024 px"),
+        (Png(png_header(1024, 1025) + b"garbage" * 10), "limit is 1024 px"),
+        (Png(bytes(2_000_000)), "limit is 1048576"),
+        (Png("iVBORw0KGgo="), "must be bytes"),  # base64 left undecoded
+        (Strokes("[[1, 2]]"), "list of polylines"),
+        (Strokes({"x": [1, 2]}), "list of polylines"),
+        (Strokes([[[0, 0], [1, 1]]] * 65), "65 strokes; the limit is 64"),
+        (Strokes([[[0, 0]] * 4000, [[1, 1]] * 97]), "more than 4096 points"),
+        (Strokes([5]), "stroke 0 must be a list"),
+        (Strokes([None]), "stroke 0 must be a list"),
+        (Strokes([[[0, 0], [1, 1]], "abc"]), "stroke 1 must be a list"),
+        (Strokes([[[0, 0], [1, 1]], np.float64(3.0)]), "stroke 1 must be a list"),
+        (Strokes([[[0, 0], [1, 1, 1]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[0, 0, 0], [1, 1, 1]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[0], [1]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[0, 1, 2]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[["0", "1"], ["2", "3"]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[None, 1], [2, 3]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[True, False], [False, True]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[{"x": 1, "y": 2}]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[float("nan"), 1], [2, 3]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[float("inf"), 1], [2, 3]]]), "stroke 0 must hold [x, y] points"),
+        (Strokes([[[1e10, 1], [2, 3]]]), "within \u00b11e9"),
+        (Strokes([[[10**30, 1], [2, 3]]]), "within \u00b11e9"),
+        (Strokes([[[0, 0], [1, 1]], [[1 + 1j, 0], [1, 1]]]), "stroke 1 must hold"),
+        (Strokes([[[0, 0], [1, 1]]], surface=(0, 100)), "surface must be [width, height]"),
+        (Strokes([[[0, 0], [1, 1]]], surface=(100,)), "surface must be [width, height]"),
+        (Strokes([[[0, 0], [1, 1]]], surface=("a", "b")), "surface must be [width, height]"),
+        (Strokes([[[0, 0], [1, 1]]], surface=(float("nan"), 100)), "surface must be [width, height]"),
+        (Strokes([[[0, 0], [1, 1]]], surface=100), "surface must be [width, height]"),
+        (Strokes([], surface=(-1, 5)), "surface must be [width, height]"),
+        ("a path.png", "use Pixels, Png or Strokes"),
+        (np.zeros((28, 28)), "use Pixels, Png or Strokes"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+def test_invalid_input_is_refused_with_a_message(image: object, message: str) -> None:
+    with pytest.raises(PreprocessError) as raised:
+        preprocess(image)  # type: ignore[arg-type]
+    assert message in str(raised.value)
+
+
+def test_huge_declared_png_is_refused_from_its_header() -> None:
+    """A 100000x100000 PNG is refused from its IHDR alone: the bytes after it are garbage and never read.
+
+    Decoding would either fail on the garbage ("could not decode") or allocate 10 GB; the refusal names the
+    size limit, so it happened before any decompression.
+    """
+    garbage = b"\x00\x00\x10\x00IDAT" + bytes(range(256)) * 4
+    with pytest.raises(PreprocessError, match=r"image is 100000x100000; the limit is 1024 px"):
+        preprocess(Png(png_header(100_000, 100_000) + garbage))
+    with pytest.raises(PreprocessError, match="could not decode PNG"):
+        preprocess(Png(png_header(100, 100) + garbage))
+
+
+def test_limits_are_the_callers() -> None:
+    tight = Limits(max_side=32, max_png_bytes=200, max_strokes=1, max_points=3)
+    with pytest.raises(PreprocessError, match="limit is 32 px"):
+        preprocess(Pixels(np.zeros((33, 10), np.uint8)), tight)
+    with pytest.raises(PreprocessError, match="limit is 200"):
+        preprocess(Png(valid_png()), tight)
+    with pytest.raises(PreprocessError, match="2 strokes; the limit is 1"):
+        preprocess(Strokes([[[0, 0], [1, 1]], [[2, 2], [3, 3]]]), tight)
+    with pytest.raises(PreprocessError, match="more than 3 points"):
+        preprocess(Strokes([[[0, 0], [1, 1], [2, 2], [3, 3]]]), tight)
+    assert_model_input(preprocess(Strokes([[[0, 0], [1, 1], [2, 5]]]), tight))
+
+
+def test_preprocess_error_is_a_value_error() -> None:
+    """Callers that only know ValueError still catch a refusal."""
+    assert issubclass(PreprocessError, ValueError)
+
+
+# --- properties: anything in, a model input / None / PreprocessError out -----------------------------------
+
+
+def check(image: Pixels | Png | Strokes, limits: Limits = SMALL) -> None:
+    try:
+        result = preprocess(image, limits)
+    except PreprocessError as error:
+        assert str(error)
+        return
+    if result is not None:
+        assert_model_input(result)
+
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+dtypes = st.one_of(
+    hnp.unsigned_integer_dtypes(), hnp.integer_dtypes(), hnp.floating_dtypes(), hnp.boolean_dtypes(),
+    hnp.complex_number_dtypes(),
+)
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**20), 10**20), st.booleans(),
+    st.none(), st.text(max_size=3),
+)
+points = st.one_of(
+    st.lists(st.floats(-1e4, 1e4), min_size=2, max_size=2), st.lists(numbers, max_size=4), numbers,
+)
+strokes = st.one_of(
+    st.lists(st.lists(points, max_size=12), max_size=6),
+    st.lists(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), max_size=12), max_size=5),
+    numbers,
+)
+
+
+@PROPERTY
+@given(hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=80)))
+def test_any_array_is_an_image_none_or_refused(array: np.ndarray) -> None:
+    check(Pixels(array))
+
+
+@PROPERTY
+@given(hnp.arrays(np.float32, (40, 40), elements=st.floats(0, 1, width=32)))
+def test_any_valid_float_raster_is_an_image_or_none(array: np.ndarray) -> None:
+    result = preprocess(Pixels(array))
+    if result is not None:
+        assert_model_input(result)
+
+
+@PROPERTY
+@given(strokes, st.one_of(st.none(), st.tuples(numbers, numbers), numbers))
+def test_any_strokes_are_an_image_none_or_refused(drawing: object, surface: object) -> None:
+    check(Strokes(drawing, surface))  # type: ignore[arg-type]
+
+
+@PROPERTY
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.binary(max_size=200).map(lambda tail: b"\x89PNG\r\n\x1a\n" + tail),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=200)).map(
+        lambda t: png_header(t[0], t[1]) + t[2]
+    ),
+))
+def test_any_bytes_are_an_image_none_or_refused(data: bytes) -> None:
+    check(Png(data))
+
+
+@PROPERTY
+@given(
+    hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=48)),
+    st.sampled_from(["L", "RGB", "RGBA", "LA", "1", "P", "I;16"]),
+)
+def test_any_decodable_png_is_an_image_or_none(array: np.ndarray, mode: str) -> None:
+    image = PILImage.fromarray(array).convert(mode)
+    result = preprocess(Png(encode(image)), SMALL)
+    if result is not None:
+        assert_model_input(result)
+
+
+@PROPERTY
+@given(st.binary(min_size=1, max_size=64), st.integers(8, 200))
+def test_corrupted_png_is_an_image_none_or_refused(noise: bytes, at: int) -> None:
+    data = bytearray(valid_png())
+    at = min(at, len(data) - 1)
+    data[at : at + len(noise)] = noise
+    check(Png(bytes(data)), Limits())
