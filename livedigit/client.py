@@ -1,0 +1,744 @@
+"""Talk to a livedigit server from Python, and the ``livedigit predict`` command.
+
+The protocol (``docs/protocol.md``) answers every message with exactly one reply carrying its ``id``, so
+the client numbers its messages, sends them on one WebSocket and matches each reply to the request that
+is waiting for it; many requests can be in flight at once (that is how live snapshots stream while
+earlier replies are still on their way).
+
+.. code-block:: python
+
+    async with LiveDigitClient("ws://127.0.0.1:8000/ws") as client:
+        result = await client.predict("digit.png")        # a submit: Prediction or Empty
+        async for reply in client.stream(frames, rate=10):  # snapshots while the pen moves
+            ...
+
+    with LiveDigit("ws://127.0.0.1:8000/ws") as client:   # the same without asyncio
+        print(client.predict(numpy_array))
+
+Images may be numpy arrays (uint8 0..255 or float 0..1, ink high), PNG bytes, paths of ``.png`` or
+``.npy`` files, strokes (``[[[x, y], ...], ...]`` in screen coordinates) or the forms of
+:mod:`livedigit.preprocess`. Server ``error`` replies raise :class:`ServerError` (with its ``code``); a
+connection that closes raises :class:`ConnectionClosed` (with the close code and reason). With
+``reconnect=True`` the client reconnects with exponential backoff and resends the requests that were
+waiting: every request is idempotent, a prediction depends only on the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import itertools
+import json
+import os
+import random
+import struct
+import sys
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, preprocess
+from livedigit.runtime import RUNTIMES, ModelLoadError, load_runtime
+
+PROTOCOL = 1
+"""The protocol version this client speaks; the server's hello must announce the same."""
+
+BINARY_VERSION = 1
+BINARY_TYPES = {"snapshot": 1, "submit": 2}
+BINARY_HEADER = struct.Struct(">BBBBIHH")
+"""The binary frame header of ``docs/protocol.md``: version, type, flags, reserved, id, width, height."""
+
+NON_RETRYABLE_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010})
+"""Close codes that mean "this client did something wrong" (or closed itself): reconnecting would not help."""
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+T = TypeVar("T")
+
+
+class LiveDigitError(Exception):
+    """Base class of the errors this client raises."""
+
+
+class ServerError(LiveDigitError):
+    """The server answered a request with an ``error`` reply; ``code`` is one of the protocol's codes."""
+
+    def __init__(self, code: str, message: str, request_id: int | str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class ConnectionClosed(LiveDigitError):
+    """The WebSocket closed (or could not be opened); ``code`` and ``reason`` come from the close frame.
+
+    ``code`` is ``None`` when the connection broke without a close frame (the server died, the network
+    dropped) or could not be established at all.
+    """
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        what = f"connection closed with code {code}" if code is not None else "connection lost"
+        super().__init__(f"{what}: {reason}" if reason else what)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        """True when reconnecting may help: the server restarted, was busy, or the link broke."""
+        return self.code not in NON_RETRYABLE_CLOSE_CODES
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer: the most probable ``digit``, its ``confidence`` and all ten probabilities."""
+
+    id: int | str | None
+    final: bool
+    digit: int
+    confidence: float
+    probabilities: tuple[float, ...]
+    latency_ms: float | None = None
+    preview: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """The 28x28 uint8 image the model saw (ink high), when the request asked for it."""
+
+
+@dataclass(frozen=True)
+class Empty:
+    """The drawing holds no digit (no ink, or only a dot); the page shows nothing rather than a guess."""
+
+    id: int | str | None
+    final: bool
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A snapshot the server did not run: ``stale`` (overtaken), ``rate_limited`` or ``overloaded``."""
+
+    id: int | str | None
+    reason: str
+
+
+Result = Union[Prediction, Empty]
+Reply = Union[Prediction, Empty, Dropped]
+ImageLike = Union[Image, np.ndarray, bytes, bytearray, str, os.PathLike, Sequence]
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike) -> Pixels | Png:
+    """Read a ``.png`` file or a 2-D ``.npy`` array (ink high) into an image form."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".npy"):
+        raise PreprocessError(f"{path.name}: unsupported file type {suffix or '(none)'!r}; use .png or .npy")
+    data = path.read_bytes()
+    if suffix == ".png":
+        return Png(data)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise PreprocessError(f"not a readable .npy array: {exc}") from None
+    return Pixels(pixels_uint8(array))
+
+
+def pixels_uint8(array: Any) -> np.ndarray:
+    """Return a 2-D raster as uint8 (0..255, ink high), the only raster the protocol carries.
+
+    uint8 passes through; booleans become 0/255; other integers must lie in 0..255; floats must be finite
+    and in 0..1 and are rounded to the nearest level. Local prediction uses the same conversion, so
+    ``livedigit predict`` gives the same answer with and without ``--url``.
+    """
+    if not isinstance(array, np.ndarray):
+        raise PreprocessError(f"pixels must be a numpy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise PreprocessError(f"pixels must be 2-D (height, width), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise PreprocessError("integer pixels must lie in 0..255 (ink = 255)")
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise PreprocessError("pixels contain NaN or infinite values")
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+            raise PreprocessError("float pixels must lie in 0..1 (ink = 1); send 0..255 data as uint8")
+        return np.rint(array * 255.0).astype(np.uint8)
+    raise PreprocessError(f"pixels must be uint8 (0..255) or float (0..1), got dtype {array.dtype}")
+
+
+def as_image(image: ImageLike) -> Image:
+    """Turn whatever the caller holds into one of :mod:`livedigit.preprocess`'s image forms."""
+    if isinstance(image, Pixels):
+        return Pixels(pixels_uint8(image.array))
+    if isinstance(image, (Png, Strokes)):
+        return image
+    if isinstance(image, np.ndarray):
+        return Pixels(pixels_uint8(image))
+    if isinstance(image, (bytes, bytearray)):
+        if not bytes(image[:8]) == PNG_SIGNATURE:
+            raise PreprocessError("bytes must be a PNG file; pass rasters as numpy arrays")
+        return Png(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, (list, tuple)):
+        return Strokes([stroke.tolist() if isinstance(stroke, np.ndarray) else stroke for stroke in image])
+    raise PreprocessError(
+        f"cannot send {type(image).__name__}; use a numpy array, PNG bytes, a .png/.npy path or strokes"
+    )
+
+
+def image_fields(image: Image) -> dict[str, Any]:
+    """The message fields that carry ``image`` in a JSON frame."""
+    if isinstance(image, Pixels):
+        height, width = image.array.shape
+        data = base64.b64encode(np.ascontiguousarray(image.array).tobytes()).decode("ascii")
+        return {"pixels": {"width": width, "height": height, "data": data}}
+    if isinstance(image, Png):
+        return {"png": base64.b64encode(image.data).decode("ascii")}
+    fields: dict[str, Any] = {"strokes": image.strokes}
+    if image.surface is not None:
+        fields["surface"] = list(image.surface)
+    return fields
+
+
+def binary_frame(kind: str, request_id: int, pixels: np.ndarray, preview: bool = False) -> bytes:
+    """A snapshot or submit of a uint8 raster as the protocol's binary frame (12-byte header + pixels)."""
+    height, width = pixels.shape
+    header = BINARY_HEADER.pack(BINARY_VERSION, BINARY_TYPES[kind], int(preview), 0, request_id, width, height)
+    return header + np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+
+
+def parse_reply(reply: dict[str, Any]) -> Reply:
+    """Turn a reply object into a result; an ``error`` reply raises :class:`ServerError`."""
+    kind = reply.get("type")
+    if kind == "prediction":
+        preview = reply.get("preview")
+        return Prediction(
+            id=reply.get("id"),
+            final=bool(reply.get("final")),
+            digit=int(reply["digit"]),
+            confidence=float(reply["confidence"]),
+            probabilities=tuple(float(p) for p in reply["probabilities"]),
+            latency_ms=reply.get("latency_ms"),
+            preview=None if preview is None else np.frombuffer(base64.b64decode(preview), np.uint8).reshape(28, 28),
+        )
+    if kind == "empty":
+        return Empty(id=reply.get("id"), final=bool(reply.get("final")))
+    if kind == "dropped":
+        return Dropped(id=reply.get("id"), reason=str(reply.get("reason")))
+    if kind == "error":
+        raise ServerError(str(reply.get("code")), str(reply.get("message")), reply.get("id"))
+    raise LiveDigitError(f"unexpected reply {reply!r}")
+
+
+def websocket_url(url: str) -> str:
+    """Accept ``ws://host:port/ws`` as well as ``http://host:port`` (the page's address)."""
+    parts = urlsplit(url if "://" in url else "ws://" + url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+# --- the asynchronous client ---------------------------------------------------------------------
+
+
+@dataclass
+class _Link:
+    """One open WebSocket and the requests waiting on it; a reconnect replaces the whole link."""
+
+    socket: ClientConnection
+    hello: dict[str, Any]
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    closed: ConnectionClosed | None = None
+    reader: asyncio.Task[None] | None = None
+
+
+class LiveDigitClient:
+    """An asynchronous client for one WebSocket connection (``async with``).
+
+    ``timeout`` bounds each request's wait for its reply. With ``reconnect=True`` a dropped connection is
+    reopened (up to ``retries`` attempts per request, ``backoff`` seconds doubling to ``max_backoff``,
+    with jitter) and the requests that were waiting are sent again. ``binary=True`` sends numpy rasters as
+    binary frames (12 bytes of header instead of base64 JSON).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reconnect: bool = False,
+        retries: int = 6,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        timeout: float = 30.0,
+        open_timeout: float = 10.0,
+        binary: bool = True,
+        origin: str | None = None,
+    ) -> None:
+        self.url = websocket_url(url)
+        self.reconnect = reconnect
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self.open_timeout = open_timeout
+        self.binary = binary
+        self.origin = origin
+        self.connects = 0
+        """How many times a connection was opened (1 + the reconnects)."""
+        self._ids = itertools.count(1)
+        self._link: _Link | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> "LiveDigitClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def hello(self) -> dict[str, Any]:
+        """The server's hello: protocol version, model and limits."""
+        if self._link is None:
+            raise LiveDigitError("not connected")
+        return self._link.hello
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """The limits the server announced (rates, sizes); see ``docs/protocol.md``."""
+        return dict(self.hello.get("limits", {}))
+
+    async def connect(self) -> None:
+        """Open the connection and read the hello (retrying with backoff when ``reconnect`` is set)."""
+        self._closed = False
+        await self._connected(retry=self.reconnect)
+
+    async def close(self) -> None:
+        """Close the connection; requests still waiting raise :class:`ConnectionClosed` (code 1000)."""
+        self._closed = True
+        link, self._link = self._link, None
+        if link is None:
+            return
+        await link.socket.close()
+        if link.reader is not None:
+            await link.reader
+        _fail(link, ConnectionClosed(1000, "closed by the client"))
+
+    async def predict(self, image: ImageLike, *, preview: bool = False) -> Result:
+        """Ask for the final answer for ``image`` (a ``submit``): a :class:`Prediction` or :class:`Empty`."""
+        return await self.submit(image, preview=preview)
+
+    async def submit(self, image: ImageLike, *, preview: bool = False) -> Result:
+        """Send a ``submit``; submits are never dropped, so the reply is a prediction, empty or an error."""
+        reply = await self._request("submit", as_image(image), preview)
+        if isinstance(reply, Dropped):
+            raise LiveDigitError(f"the server dropped a submit ({reply.reason}); submits are never dropped")
+        return reply
+
+    async def snapshot(self, image: ImageLike, *, preview: bool = False) -> Reply:
+        """Send one live ``snapshot`` and wait for its reply (a :class:`Dropped` when it was overtaken)."""
+        return await self._request("snapshot", as_image(image), preview)
+
+    def send_snapshot(self, image: ImageLike, *, preview: bool = False) -> asyncio.Task[Reply]:
+        """Send a snapshot without waiting: the returned task completes with its reply.
+
+        This is how a drawing streams: frames go out at the pen's pace while earlier replies are in flight.
+        """
+        return asyncio.ensure_future(self._request("snapshot", as_image(image), preview))
+
+    async def stream(
+        self,
+        frames: Iterable[ImageLike] | AsyncIterable[ImageLike],
+        *,
+        rate: float | None = None,
+        preview: bool = False,
+    ) -> AsyncIterator[Reply]:
+        """Send each frame as a snapshot, at most ``rate`` per second, and yield the replies as they arrive.
+
+        Replies come in the server's order, which never goes back in time; a frame overtaken by a newer
+        one yields :class:`Dropped`. An ``error`` reply raises :class:`ServerError` here.
+        """
+        arrived: asyncio.Queue[asyncio.Task[Reply] | int | Exception] = asyncio.Queue()
+        interval = 1.0 / rate if rate else 0.0
+
+        async def send_all() -> None:
+            started = time.monotonic()
+            count = 0
+            try:
+                async for frame in _aiter(frames):
+                    delay = started + count * interval - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self.send_snapshot(frame, preview=preview).add_done_callback(arrived.put_nowait)
+                    count += 1
+            except Exception as exc:
+                arrived.put_nowait(exc)
+                return
+            arrived.put_nowait(count)
+
+        sender = asyncio.ensure_future(send_all())
+        received, total = 0, None
+        try:
+            while total is None or received < total:
+                item = await arrived.get()
+                if isinstance(item, Exception):
+                    raise item
+                if isinstance(item, int):
+                    total = item
+                    continue
+                received += 1
+                yield item.result()
+        finally:
+            sender.cancel()
+
+    async def ping(self) -> float:
+        """Send an application ``ping``; return the round trip in seconds."""
+        started = time.perf_counter()
+        reply = await self._exchange(lambda request_id: json.dumps({"type": "ping", "id": request_id}))
+        if reply.get("type") != "pong":
+            parse_reply(reply)
+            raise LiveDigitError(f"expected a pong, got {reply!r}")
+        return time.perf_counter() - started
+
+    async def _request(self, kind: str, image: Image, preview: bool) -> Reply:
+        if self.binary and isinstance(image, Pixels) and max(image.array.shape) <= 0xFFFF:
+            return parse_reply(await self._exchange(lambda rid: binary_frame(kind, rid, image.array, preview)))
+        body = {"type": kind, **image_fields(image)}
+        if preview:
+            body["preview"] = True
+        encoded = json.dumps(body)[1:]
+        return parse_reply(await self._exchange(lambda rid: f'{{"id": {rid}, {encoded}'))
+
+    async def _exchange(self, frame_for: Any) -> dict[str, Any]:
+        """Send one frame and return its raw reply, reconnecting and resending as configured."""
+        attempt = 0
+        while True:
+            link = await self._connected(retry=self.reconnect)
+            request_id = next(self._ids)
+            frame = frame_for(request_id)
+            largest = link.hello.get("limits", {}).get("max_message_bytes")
+            size = len(frame.encode() if isinstance(frame, str) else frame)
+            if largest is not None and size > largest:
+                raise LiveDigitError(f"message is {size} bytes; the server accepts at most {largest} (send less)")
+            waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            link.pending[request_id] = waiter
+            try:
+                try:
+                    await link.socket.send(frame)
+                except websockets.ConnectionClosed as exc:
+                    raise _closed(exc) from None
+                return await asyncio.wait_for(waiter, self.timeout)
+            except ConnectionClosed as exc:
+                attempt += 1
+                if self._closed or not (self.reconnect and exc.retryable and attempt <= self.retries):
+                    raise
+                await asyncio.sleep(self._delay(attempt - 1))
+            finally:
+                link.pending.pop(request_id, None)
+
+    async def _connected(self, retry: bool) -> _Link:
+        link = self._link
+        if link is not None and link.closed is None:
+            return link
+        async with self._lock:
+            link = self._link
+            if link is not None and link.closed is None:
+                return link
+            if self._closed:
+                raise ConnectionClosed(1000, "closed by the client")
+            if link is not None and not retry:
+                raise link.closed  # type: ignore[misc]
+            attempt = 0
+            while True:
+                try:
+                    self._link = await self._open()
+                    return self._link
+                except ConnectionClosed as exc:
+                    attempt += 1
+                    if not (retry and exc.retryable and attempt <= self.retries):
+                        raise
+                    await asyncio.sleep(self._delay(attempt - 1))
+
+    async def _open(self) -> _Link:
+        try:
+            socket = await websockets.connect(
+                self.url, origin=self.origin, open_timeout=self.open_timeout, max_size=None, compression=None
+            )
+        except websockets.InvalidStatus as exc:
+            raise ConnectionClosed(None, f"handshake refused with HTTP {exc.response.status_code}") from None
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            raise ConnectionClosed(None, f"cannot connect to {self.url}: {exc}") from None
+        try:
+            hello = json.loads(await asyncio.wait_for(socket.recv(), self.open_timeout))
+        except websockets.ConnectionClosed as exc:
+            raise _closed(exc) from None
+        except (TimeoutError, ValueError) as exc:
+            await socket.close()
+            raise LiveDigitError(f"{self.url} sent no valid hello: {exc!r}") from None
+        if not isinstance(hello, dict) or hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
+            await socket.close()
+            raise LiveDigitError(f"{self.url} does not speak livedigit protocol {PROTOCOL}: {hello!r}")
+        link = _Link(socket, hello)
+        link.reader = asyncio.ensure_future(self._read(link))
+        self.connects += 1
+        return link
+
+    async def _read(self, link: _Link) -> None:
+        """Deliver each reply to the request waiting for its id, until the connection ends."""
+        try:
+            async for message in link.socket:
+                reply = json.loads(message)
+                waiter = link.pending.pop(reply.get("id"), None) if isinstance(reply, dict) else None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
+            closed = _closed_from(link.socket)
+        except websockets.ConnectionClosed as exc:
+            closed = _closed(exc)
+        except ValueError:
+            closed = ConnectionClosed(None, "the server sent a frame that is not JSON")
+            await link.socket.close(1002, "invalid JSON")
+        _fail(link, closed)
+
+    def _delay(self, attempt: int) -> float:
+        return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def _fail(link: _Link, closed: ConnectionClosed) -> None:
+    if link.closed is None:
+        link.closed = closed
+    for waiter in link.pending.values():
+        if not waiter.done():
+            waiter.set_exception(link.closed)
+    link.pending.clear()
+
+
+def _closed(exc: websockets.ConnectionClosed) -> ConnectionClosed:
+    if exc.rcvd is not None:
+        return ConnectionClosed(exc.rcvd.code, exc.rcvd.reason)
+    return ConnectionClosed(None, "the connection broke without a close frame")
+
+
+def _closed_from(socket: ClientConnection) -> ConnectionClosed:
+    if socket.close_code is None or socket.close_code == 1006:
+        return ConnectionClosed(None, "the connection broke without a close frame")
+    return ConnectionClosed(socket.close_code, socket.close_reason or "")
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+# --- the synchronous wrapper --------------------------------------------------------------------
+
+
+class LiveDigit:
+    """The client for code without asyncio: ``with LiveDigit(url) as client: client.predict(image)``.
+
+    It runs a :class:`LiveDigitClient` on an event loop in a background thread, so one connection serves
+    every call; the options are :class:`LiveDigitClient`'s.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="livedigit-client", daemon=True)
+        self._client = LiveDigitClient(url, **options)
+
+    def __enter__(self) -> "LiveDigit":
+        self._thread.start()
+        try:
+            self._call(self._client.connect())
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def hello(self) -> dict[str, Any]:
+        return self._client.hello
+
+    def predict(self, image: ImageLike, *, preview: bool = False) -> Result:
+        """See :meth:`LiveDigitClient.predict`."""
+        return self._call(self._client.predict(image, preview=preview))
+
+    def submit(self, image: ImageLike, *, preview: bool = False) -> Result:
+        """See :meth:`LiveDigitClient.submit`."""
+        return self._call(self._client.submit(image, preview=preview))
+
+    def snapshot(self, image: ImageLike, *, preview: bool = False) -> Reply:
+        """See :meth:`LiveDigitClient.snapshot`."""
+        return self._call(self._client.snapshot(image, preview=preview))
+
+    def ping(self) -> float:
+        """See :meth:`LiveDigitClient.ping`."""
+        return self._call(self._client.ping())
+
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        if self._thread.is_alive():
+            try:
+                self._call(self._client.close())
+            finally:
+                self._stop()
+
+    def _call(self, coroutine: Awaitable[T]) -> T:
+        future: ThreadFuture[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+        return future.result()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+# --- livedigit predict --------------------------------------------------------------------------
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``livedigit predict``."""
+    from livedigit.config import DEFAULT_MODEL
+
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="PNG images or .npy arrays (2-D, ink high: uint8 0..255 or float 0..1)")
+    parser.add_argument("--url", help="server to ask, e.g. ws://127.0.0.1:8000/ws; without it the model runs here")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per file (with the ten probabilities) instead of text")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="local mode: model base path or file")
+    parser.add_argument("--runtime", default="litert", choices=RUNTIMES, help="local mode: inference runtime")
+    parser.add_argument("--timeout", type=float, default=30.0, help="--url mode: seconds to wait for each reply")
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """Predict the digit in each PNG or .npy file, locally with the shipped model or through --url.
+
+    Prints one line per file: the path, the digit and its confidence (or "empty" when there is no digit);
+    --json prints one JSON object per line instead. A file that cannot be read or is not a usable image
+    gets an error on stderr, the other files are still predicted, and the exit status is 1.
+    """
+    if args.url:
+        try:
+            outcomes = asyncio.run(_predict_remote(args.files, args.url, args.timeout))
+        except (LiveDigitError, OSError) as exc:
+            print(f"livedigit predict: {exc}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            outcomes = _predict_local(args.files, args.model, args.runtime)
+        except ModelLoadError as exc:
+            print(f"livedigit predict: {exc}", file=sys.stderr)
+            return 2
+    failed = False
+    for path, outcome in zip(args.files, outcomes):
+        if isinstance(outcome, ServerError):
+            failed = True
+            print(f"livedigit predict: {path}: {outcome.message}", file=sys.stderr)
+        _print_outcome(path, outcome, args.json)
+    sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def _print_outcome(path: str, outcome: Result | ServerError, as_json: bool) -> None:
+    if isinstance(outcome, ServerError):
+        if as_json:
+            print(json.dumps({"file": path, "type": "error", "code": outcome.code, "message": outcome.message}))
+        return
+    if isinstance(outcome, Empty):
+        print(json.dumps({"file": path, "type": "empty"}) if as_json else f"{path}\tempty")
+        return
+    if as_json:
+        print(json.dumps({"file": path, "type": "prediction", "digit": outcome.digit,
+                          "confidence": round(outcome.confidence, 6),
+                          "probabilities": [round(p, 6) for p in outcome.probabilities]}))
+    else:
+        print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}")
+
+
+def _read_file(path: str) -> Image | ServerError:
+    try:
+        return load_image(path)
+    except OSError as exc:
+        return ServerError("unreadable", f"cannot read: {exc.strerror or exc}")
+    except PreprocessError as exc:
+        return ServerError("bad_image", str(exc))
+
+
+def _predict_local(paths: Sequence[str], model: str, runtime_kind: str) -> list[Result | ServerError]:
+    """Run the files through the same preprocessing and model as the server, in one batch."""
+    from livedigit.config import Settings
+
+    settings = Settings()
+    limits = Limits(settings.max_side, settings.max_png_bytes, settings.max_strokes, settings.max_points)
+    outcomes: list[Result | ServerError] = []
+    inputs: list[tuple[int, np.ndarray]] = []
+    for index, path in enumerate(paths):
+        image = _read_file(path)
+        if isinstance(image, ServerError):
+            outcomes.append(image)
+            continue
+        try:
+            tensor = preprocess(image, limits)
+        except PreprocessError as exc:
+            outcomes.append(ServerError("bad_image", str(exc)))
+            continue
+        outcomes.append(Empty(id=None, final=True))
+        if tensor is not None:
+            inputs.append((index, tensor))
+    if inputs:
+        probabilities = load_runtime(model, runtime_kind).predict(np.stack([tensor for _, tensor in inputs]))
+        for (index, _), row in zip(inputs, probabilities):
+            digit = int(np.argmax(row))
+            outcomes[index] = Prediction(None, True, digit, float(row[digit]), tuple(float(p) for p in row))
+    return outcomes
+
+
+async def _predict_remote(paths: Sequence[str], url: str, timeout: float) -> list[Result | ServerError]:
+    """Submit the files one at a time, waiting out ``rate_limited`` replies (at most a few seconds each)."""
+    outcomes: list[Result | ServerError] = []
+    async with LiveDigitClient(url, timeout=timeout) as client:
+        rate = float(client.limits.get("submit_rate") or 5.0)
+        for path in paths:
+            image = _read_file(path)
+            if isinstance(image, ServerError):
+                outcomes.append(image)
+                continue
+            for attempt in range(1, 31):
+                try:
+                    outcomes.append(await client.submit(image))
+                    break
+                except ServerError as exc:
+                    if exc.code != "rate_limited" or attempt == 30:
+                        outcomes.append(exc)
+                        break
+                    await asyncio.sleep(1.0 / rate)
+    return outcomes
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m livedigit.client", description=predict_command.__doc__)
+    add_predict_arguments(_parser)
+    sys.exit(predict_command(_parser.parse_args()))
