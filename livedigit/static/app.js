@@ -1,0 +1,224 @@
+/**
+ * The page: the drawing pad streams snapshots over the WebSocket, replies fill the prediction panel.
+ *
+ * Every message carries a rising id. A reply is shown only if its id is above the last one shown, and
+ * Clear and Undo raise that floor, so a reply that arrives late (to a snapshot sent before the canvas
+ * changed) can never paint an old guess over a newer one.
+ */
+
+import { showModelFacts } from "./about.js";
+import { Connection } from "./connection.js";
+import { DrawingPad } from "./pad.js";
+import { Results } from "./results.js";
+import { Throttle } from "./throttle.js";
+
+/** Shortest time between two live snapshots while the pen moves. */
+const SNAPSHOT_INTERVAL_MS = 70;
+
+const ERROR_TEXT = {
+  rate_limited: "Too many submits in a row; wait a moment and try again.",
+  overloaded: "The server is busy right now; try again in a moment.",
+  internal: "The model failed on this drawing; try again.",
+};
+
+const elements = {
+  padFrame: document.getElementById("pad-frame"),
+  canvas: document.getElementById("pad"),
+  undo: document.getElementById("undo"),
+  clear: document.getElementById("clear"),
+  submit: document.getElementById("submit"),
+  status: document.getElementById("status"),
+  statusText: document.getElementById("status-text"),
+  statusRtt: document.getElementById("status-rtt"),
+};
+
+const results = new Results(document.getElementById("results"), document.getElementById("announcer"));
+
+let nextId = 1;
+/** Replies with an id at or below this are stale and never shown. */
+let shownId = 0;
+/** The submit whose answer is awaited, or null. */
+let finalId = null;
+/** Submit was pressed while offline: send it when the connection is back. */
+let submitWanted = false;
+
+const connection = new Connection(socketUrl(), { onReady, onMessage, onStatus });
+const pad = new DrawingPad(elements.canvas, { onDraw: drawingChanged, onStrokeEnd: strokeEnded });
+const snapshots = new Throttle(sendSnapshot, SNAPSHOT_INTERVAL_MS);
+
+elements.submit.addEventListener("click", submit);
+elements.clear.addEventListener("click", clear);
+elements.undo.addEventListener("click", undo);
+document.addEventListener("keydown", shortcut);
+
+connection.start();
+showModelFacts(document.getElementById("model-facts"));
+updateControls();
+
+function socketUrl() {
+  return `${window.location.protocol === "https:" ? "wss:" : "ws:"}//${window.location.host}/ws`;
+}
+
+function drawingChanged() {
+  finalId = null;
+  submitWanted = false;
+  updateControls();
+  snapshots.request();
+}
+
+function strokeEnded() {
+  updateControls();
+  snapshots.flush();
+}
+
+function message(type) {
+  return {
+    type,
+    id: nextId++,
+    strokes: pad.wireStrokes(connection.limits.max_points),
+    surface: pad.surface,
+    preview: true,
+  };
+}
+
+function sendSnapshot() {
+  if (pad.empty || !connection.ready) {
+    return;
+  }
+  if (connection.congested) {
+    snapshots.request();
+    return;
+  }
+  connection.send(message("snapshot"));
+}
+
+function submit() {
+  if (pad.empty) {
+    results.say("Draw a digit first, then submit.", "info");
+    return;
+  }
+  snapshots.cancel();
+  const request = message("submit");
+  finalId = request.id;
+  submitWanted = !connection.send(request);
+  if (submitWanted) {
+    results.say("Not connected: the answer comes as soon as the connection is back.", "info");
+  }
+}
+
+function clear() {
+  pad.clear();
+  forget();
+  results.reset();
+  results.unsay();
+  updateControls();
+}
+
+function undo() {
+  if (!pad.undo()) {
+    return;
+  }
+  forget();
+  results.unsay();
+  if (pad.empty) {
+    results.reset();
+  } else {
+    snapshots.flush();
+  }
+  updateControls();
+}
+
+/** Ignore every reply to what was sent so far: the drawing they describe is gone. */
+function forget() {
+  snapshots.cancel();
+  shownId = nextId - 1;
+  finalId = null;
+  submitWanted = false;
+}
+
+function updateControls() {
+  elements.undo.disabled = pad.empty;
+  elements.clear.disabled = pad.empty;
+  elements.padFrame.dataset.empty = String(pad.empty);
+}
+
+function shortcut(event) {
+  if (event.defaultPrevented || event.isComposing) {
+    return;
+  }
+  const command = event.ctrlKey || event.metaKey;
+  if (command && !event.altKey && !event.shiftKey && event.key.toLowerCase() === "z") {
+    event.preventDefault();
+    undo();
+    return;
+  }
+  if (command || event.altKey) {
+    return;
+  }
+  const onControl = event.target instanceof Element && event.target.closest("button, a, input, textarea, select");
+  if (event.key === "Enter" && !onControl) {
+    event.preventDefault();
+    submit();
+  } else if (event.key === "Escape" || event.key === "Delete") {
+    event.preventDefault();
+    clear();
+  }
+}
+
+function onReady(hello) {
+  const rate = hello.limits && Number(hello.limits.snapshot_rate);
+  snapshots.interval = rate > 0 ? Math.max(SNAPSHOT_INTERVAL_MS, 1000 / rate) : SNAPSHOT_INTERVAL_MS;
+  if (pad.empty) {
+    return;
+  }
+  if (submitWanted || finalId !== null) {
+    const request = message("submit");
+    finalId = request.id;
+    submitWanted = !connection.send(request);
+  } else {
+    sendSnapshot();
+  }
+}
+
+function onMessage(reply) {
+  if (reply.type === "dropped" || !Number.isInteger(reply.id) || reply.id <= shownId) {
+    return;
+  }
+  const isFinal = reply.id === finalId;
+  if (reply.type === "prediction" || reply.type === "empty") {
+    shownId = reply.id;
+    results.unsay();
+    if (isFinal) {
+      finalId = null;
+    }
+    if (reply.type === "empty") {
+      results.showEmpty(isFinal);
+    } else if (isFinal) {
+      results.showFinal(reply);
+    } else {
+      results.showLive(reply);
+    }
+  } else if (reply.type === "error") {
+    if (isFinal) {
+      finalId = null;
+    }
+    const text = ERROR_TEXT[reply.code] || `The server could not use this drawing: ${reply.message || reply.code}`;
+    results.say(text, "error");
+  }
+}
+
+function onStatus(status) {
+  elements.status.dataset.state = status.state;
+  if (status.state === "reconnecting") {
+    elements.statusText.textContent = `${capitalise(status.reason || "disconnected")}, reconnecting…`;
+  } else {
+    elements.statusText.textContent = status.state === "connected" ? "Connected" : "Connecting…";
+  }
+  const showRtt = status.state === "connected" && status.rtt !== null;
+  elements.statusRtt.hidden = !showRtt;
+  elements.statusRtt.textContent = showRtt ? `${status.rtt < 1 ? "<1" : Math.round(status.rtt)} ms` : "";
+}
+
+function capitalise(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
