@@ -1,0 +1,83 @@
+"""Prometheus metrics of one app, on the app's own registry.
+
+A registry per app (not the process-wide default) lets tests and benchmarks run several apps in one
+process without their numbers mixing. The histograms split a message's time into the parts that can be
+tuned separately: waiting in the queue, preprocessing, waiting for the model, and inference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric the server exports; attribute names match what the code observes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        ProcessCollector(registry=registry)
+        self.connections = Gauge("livedigit_connections", "Open WebSocket connections", registry=registry)
+        self.connections_refused = Counter(
+            "livedigit_connections_refused", "WebSocket connections refused, by reason", ["reason"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "livedigit_messages", "Client messages received, by type (invalid: not parseable)", ["type"],
+            registry=registry,
+        )
+        self.replies = Counter("livedigit_replies", "Replies sent, by type", ["type"], registry=registry)
+        self.dropped = Counter("livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"],
+                               registry=registry)
+        self.errors = Counter("livedigit_errors", "Replies of type 'error', by code", ["code"], registry=registry)
+        self.closes = Counter("livedigit_closes", "Connections closed by the server, by close code", ["code"],
+                              registry=registry)
+        self.queued_snapshots = Gauge("livedigit_queued_snapshots", "Snapshots waiting for the batcher",
+                                      registry=registry)
+        self.queued_submits = Gauge("livedigit_queued_submits", "Submits waiting for the batcher",
+                                    registry=registry)
+        self.ready = Gauge("livedigit_ready", "1 when the model is loaded and the last batch succeeded",
+                           registry=registry)
+        self.batch_size = Histogram("livedigit_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
+                                    registry=registry)
+        self.queue_wait = Histogram(
+            "livedigit_queue_wait_seconds", "From enqueue to being taken into a batch, per message",
+            buckets=TIME_BUCKETS, registry=registry,
+        )
+        self.preprocess = Histogram(
+            "livedigit_preprocess_seconds", "Preprocessing one image (decode, rasterise, normalize)",
+            buckets=TIME_BUCKETS, registry=registry,
+        )
+        self.model_wait = Histogram(
+            "livedigit_model_wait_seconds", "From preprocessed to the start of its model call, per batch",
+            buckets=TIME_BUCKETS, registry=registry,
+        )
+        self.inference = Histogram("livedigit_inference_seconds", "One model call (a whole batch)",
+                                   buckets=TIME_BUCKETS, registry=registry)
+        self.latency = Histogram(
+            "livedigit_reply_latency_seconds", "From receiving a message to sending its reply, by reply type",
+            ["type"], buckets=TIME_BUCKETS, registry=registry,
+        )
+        self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
+
+    def reply(self, reply: dict[str, Any], seconds: float | None = None) -> None:
+        """Count one reply as it is sent (WebSocket or HTTP)."""
+        kind = reply["type"]
+        self.replies.labels(kind).inc()
+        if kind == "dropped":
+            self.dropped.labels(reply["reason"]).inc()
+        elif kind == "error":
+            self.errors.labels(reply["code"]).inc()
+        if seconds is not None:
+            self.latency.labels(kind).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,89 @@
+"""Token buckets: how often one connection (or one HTTP client) may ask for model time.
+
+A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens per second; each request takes one.
+A person drawing sends snapshots in short bursts with pauses between strokes, which a bucket allows,
+while a script that sends as fast as it can is held to ``rate`` on average. A ``rate`` of 0 or less
+turns a bucket off (every request passes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """One bucket; not thread-safe (the event loop owns it)."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._updated = clock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self) -> bool:
+        """Take a token if there is one; ``False`` means the caller is over its rate."""
+        if not self.enabled:
+            return True
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def full(self) -> bool:
+        """Whether the bucket has refilled completely: a client idle that long can be forgotten."""
+        if not self.enabled:
+            return True
+        self._refill()
+        return self._tokens >= self.burst
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+
+class KeyedBuckets:
+    """One bucket per key (a client address for ``POST /api/predict``), in bounded memory.
+
+    A full bucket behaves exactly like a new one, so buckets that have refilled are forgotten whenever
+    more than ``max_keys`` are held; if that is not enough, the least recently used go too (down to three
+    quarters, so the sweep runs rarely).
+    """
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 10_000, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+
+    def take(self, key: Hashable) -> bool:
+        if self.rate <= 0:
+            return True
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+            if len(self._buckets) > self.max_keys:
+                self._prune()
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _prune(self) -> None:
+        for key in [key for key, bucket in self._buckets.items() if bucket.full()]:
+            del self._buckets[key]
+        while len(self._buckets) > self.max_keys * 3 // 4:
+            self._buckets.popitem(last=False)

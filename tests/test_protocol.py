@@ -1,0 +1,172 @@
+"""Parsing client frames into requests, and the reply objects, as docs/protocol.md defines them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from livedigit import protocol
+from livedigit.preprocess import Limits, Pixels, Png, Strokes
+from livedigit.protocol import ErrorCode, ProtocolError
+
+LIMITS = Limits(max_side=64, max_png_bytes=1000, max_strokes=4, max_points=100)
+ONE = [[[50, 10], [52, 60], [51, 110]]]
+
+
+def parse(message: object) -> protocol.Request:
+    return protocol.parse_text(json.dumps(message), LIMITS)
+
+
+def error_of(message: object | str) -> ProtocolError:
+    text = message if isinstance(message, str) else json.dumps(message)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_text(text, LIMITS)
+    return caught.value
+
+
+def frame(kind: int, message_id: int, pixels: np.ndarray, flags: int = 0, version: int = 1) -> bytes:
+    height, width = pixels.shape
+    return struct.pack(">BBBBIHH", version, kind, flags, 0, message_id, width, height) + pixels.tobytes()
+
+
+def test_strokes_snapshot_with_surface_and_id() -> None:
+    request = parse({"type": "snapshot", "id": "a-1", "strokes": ONE, "surface": [280, 280]})
+    assert request == protocol.Request("snapshot", "a-1", Strokes(ONE, (280.0, 280.0)), False)
+    assert not request.final
+
+
+def test_pixels_submit_with_preview() -> None:
+    raster = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    request = parse({"type": "submit", "id": 7, "preview": True,
+                     "pixels": {"width": 3, "height": 2, "data": base64.b64encode(raster.tobytes()).decode()}})
+    assert request.kind == "submit" and request.final and request.preview and request.id == 7
+    assert isinstance(request.image, Pixels)
+    np.testing.assert_array_equal(request.image.array, raster)
+
+
+@pytest.mark.parametrize("prefix", ["", "data:image/png;base64,"])
+def test_png_plain_or_data_url(prefix: str) -> None:
+    payload = b"\x89PNG\r\n\x1a\nnot really"
+    request = parse({"type": "submit", "png": prefix + base64.b64encode(payload).decode()})
+    assert request.image == Png(payload)
+
+
+def test_legacy_image_string() -> None:
+    values = [0] * 784
+    values[400] = 255
+    request = parse({"type": "submit", "image": ",".join(map(str, values))})
+    assert isinstance(request.image, Pixels)
+    assert request.image.array.shape == (28, 28) and request.image.array[14, 8] == 255
+
+
+def test_ping_needs_no_image_and_keeps_its_id() -> None:
+    assert parse({"type": "ping", "id": 9}) == protocol.Request("ping", 9)
+
+
+def test_binary_frame() -> None:
+    raster = np.full((28, 28), 200, dtype=np.uint8)
+    request = protocol.parse_binary(frame(2, 4_000_000_000, raster, flags=1), LIMITS)
+    assert request.kind == "submit" and request.id == 4_000_000_000 and request.preview
+    assert len(frame(1, 1, raster)) == 796
+    np.testing.assert_array_equal(request.image.array, raster)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("not json", ErrorCode.BAD_JSON),
+        ("[1, 2]", ErrorCode.BAD_JSON),
+        ("[" * 100_000 + "]" * 100_000, ErrorCode.BAD_JSON),
+        ('{"type": "draw", "strokes": []}', ErrorCode.BAD_MESSAGE),
+        ('{"strokes": []}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit"}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "strokes": [], "png": ""}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "id": 1.5, "strokes": []}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "id": true, "strokes": []}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "id": "' + "x" * 65 + '", "strokes": []}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "id": 9223372036854775808, "strokes": []}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "strokes": {}}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "strokes": [], "surface": "big"}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "strokes": [], "surface": [0, 10]}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "strokes": [], "preview": "yes"}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "pixels": [1, 2]}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "pixels": {"width": "2", "height": 1, "data": "AAA="}}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "pixels": {"width": 2, "height": 1, "data": 5}}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "pixels": {"width": 2, "height": 1, "data": "AAAA"}}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "pixels": {"width": 2, "height": 1, "data": "%%%"}}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "pixels": {"width": 65, "height": 1, "data": ""}}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "pixels": {"width": 0, "height": 1, "data": ""}}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "png": 12}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "png": "data:image/gif;base64,AAAA"}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "png": "' + "A" * 2000 + '"}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "image": [0, 0]}', ErrorCode.BAD_MESSAGE),
+        ('{"type": "submit", "image": "1,2,3"}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "image": "' + ",".join(["256"] * 784) + '"}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "image": "' + ",".join(["x"] * 784) + '"}', ErrorCode.BAD_IMAGE),
+    ],
+)
+def test_invalid_frames_get_the_documented_code(text: str, code: ErrorCode) -> None:
+    assert error_of(text).code == code
+
+
+def test_errors_echo_a_valid_id_and_not_an_invalid_one() -> None:
+    assert error_of({"type": "submit", "id": "k", "png": 3}).id == "k"
+    assert error_of({"type": "dance", "id": 4}).id == 4
+    assert error_of({"type": "submit", "id": [1], "strokes": ONE}).id is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message_id"),
+    [
+        (b"\x01\x01", None),
+        (frame(1, 3, np.zeros((2, 2), np.uint8), version=2), 3),
+        (frame(3, 4, np.zeros((2, 2), np.uint8)), 4),
+        (frame(1, 5, np.zeros((2, 2), np.uint8))[:-1], 5),
+    ],
+)
+def test_malformed_binary_frames_are_bad_json(data: bytes, message_id: int | None) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_binary(data, LIMITS)
+    assert caught.value.code == ErrorCode.BAD_JSON and caught.value.id == message_id
+
+
+def test_binary_frame_over_the_side_limit_is_bad_image() -> None:
+    header = struct.pack(">BBBBIHH", 1, 1, 0, 0, 6, 65, 1)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_binary(header + bytes(65), LIMITS)
+    assert caught.value.code == ErrorCode.BAD_IMAGE and "65x1" in caught.value.message
+
+
+def test_http_body_is_a_submit_without_id() -> None:
+    request = protocol.parse_body(json.dumps({"strokes": ONE, "preview": True}).encode(), LIMITS)
+    assert request.kind == "submit" and request.id is None and request.preview
+
+
+def test_prediction_reply() -> None:
+    probabilities = np.array([0.1, 0.0, 0.0, 0.7, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
+    model_input = np.zeros((28, 28), np.float32)
+    model_input[3, 4] = 1.0
+    reply = protocol.prediction(5, True, probabilities, 1.23456, model_input)
+    assert reply["type"] == "prediction" and reply["id"] == 5 and reply["final"] is True
+    assert reply["digit"] == 3 and reply["confidence"] == 0.7 and reply["latency_ms"] == 1.235
+    assert len(reply["probabilities"]) == 10 and abs(sum(reply["probabilities"]) - 1) < 1e-6
+    preview = np.frombuffer(base64.b64decode(reply["preview"]), np.uint8).reshape(28, 28)
+    assert preview[3, 4] == 255 and preview.sum() == 255
+    assert "preview" not in protocol.prediction(5, True, probabilities, 1.0)
+    json.loads(protocol.dumps(reply))
+
+
+def test_other_replies() -> None:
+    assert protocol.empty(1, False) == {"type": "empty", "id": 1, "final": False}
+    assert protocol.dropped(2, protocol.DropReason.STALE) == {"type": "dropped", "id": 2, "reason": "stale"}
+    assert protocol.error(3, ErrorCode.BAD_IMAGE, "no") == {
+        "type": "error", "id": 3, "code": "bad_image", "message": "no"}
+    assert protocol.pong(None) == {"type": "pong", "id": None}
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    assert set(protocol.HTTP_STATUS) == set(ErrorCode)
