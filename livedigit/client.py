@@ -37,7 +37,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +143,7 @@ def load_image(path: str | os.PathLike) -> Pixels | Png:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".png", ".npy"):
-        raise PreprocessError(f"{path.name}: unsupported file type {suffix or '(none)'!r}; use .png or .npy")
+        raise PreprocessError(f"unsupported file type {suffix or '(none)'!r}; use .png or .npy")
     data = path.read_bytes()
     if suffix == ".png":
         return Png(data)
@@ -435,7 +435,7 @@ class LiveDigitClient:
             request_id = next(self._ids)
             frame = frame_for(request_id)
             largest = link.hello.get("limits", {}).get("max_message_bytes")
-            size = len(frame.encode() if isinstance(frame, str) else frame)
+            size = len(frame)  # JSON is ASCII (json.dumps escapes the rest): characters are bytes
             if largest is not None and size > largest:
                 raise LiveDigitError(f"message is {size} bytes; the server accepts at most {largest} (send less)")
             waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -606,8 +606,11 @@ class LiveDigit:
             finally:
                 self._stop()
 
-    def _call(self, coroutine: Awaitable[T]) -> T:
-        future: ThreadFuture[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if not self._thread.is_alive():
+            coroutine.close()
+            raise ConnectionClosed(1000, "closed by the client")
+        future: ThreadFuture[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result()
 
     def _stop(self) -> None:

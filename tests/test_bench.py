@@ -1,0 +1,95 @@
+"""``livedigit bench``: a short run checks the report accounts for every message (not the speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from livedigit import cli
+from livedigit.bench import drawing, model_ceiling
+
+pytestmark = pytest.mark.slow
+
+
+def test_drawing_replays_the_pen_in_growing_prefixes(pen_test):
+    digit = max(pen_test[:50], key=lambda d: len(d.strokes))
+    total = sum(len(stroke) for stroke in digit.strokes)
+    frames = drawing(digit, points=5).frames
+    assert len(frames) == -(-total // 5)
+    counts = [sum(len(stroke) for stroke in frame) for frame in frames]
+    assert counts == sorted(counts) and counts[0] == min(5, total) and counts[-1] == total
+    assert frames[-1] == digit.strokes
+    for frame in frames:
+        flat = [point for stroke in frame for point in stroke]
+        assert flat == [point for stroke in digit.strokes for point in stroke][: len(flat)]
+
+
+def check_run(run: dict, clients: int) -> None:
+    """Every message sent in the window is accounted for exactly once, and the figures are consistent."""
+    assert run["clients"] == clients
+    for kind in ("snapshots", "submits"):
+        tally = run[kind]
+        outcomes = (tally["predicted"] + tally["empty"] + sum(tally["dropped"].values())
+                    + sum(tally["errors"].values()) + tally["lost"])
+        assert tally["sent"] > 0
+        assert outcomes == tally["sent"], tally
+        latency = tally["latency_ms"]
+        assert latency["count"] == tally["predicted"] + tally["empty"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+        assert tally["offered_per_s"] == pytest.approx(tally["sent"] / run["window_s"], rel=0.02)
+    assert run["snapshots"]["offered_per_s"] <= clients * run["rate_per_client"] * 1.05
+    assert 0.0 <= run["submits"]["accuracy"] <= 1.0
+
+
+def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--clients", "3", "--duration", "3", "--warmup", "1", "--rate", "10",
+                     "--pen-digits", str(pen_path), "--max-batch", "8", "--json", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "p99 live" in captured.err
+    report = json.loads(out.read_text())
+    assert report["options"]["clients"] == 3
+    [run] = report["runs"]
+    check_run(run, 3)
+    assert run["snapshots"]["errors"] == {} and run["connection_errors"] == {}
+    batches = run["batch_sizes"]
+    assert batches["batches"] > 0 and 1.0 <= batches["mean"] <= 8.0
+    assert sum(batches["buckets"].values()) == batches["batches"]
+    server = run["server"]
+    assert server["source"] == "psutil" and server["rss_mb_max"] > 10 and server["cpu_percent"] > 0
+    assert "websocket" in captured.out and "clients" in captured.out
+
+
+def test_bench_against_a_running_server_and_the_http_reference(server, pen_path, tmp_path):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--url", server.ws_url, "--clients", "2", "--digits", "6", "--rate", "20",
+                     "--http", "--quiet", "--pen-digits", str(pen_path), "--json", str(out)])
+    assert code == 0
+    websocket, http = json.loads(out.read_text())["runs"]
+    assert (websocket["transport"], http["transport"]) == ("websocket", "http")
+    for run in (websocket, http):
+        check_run(run, 2)
+        assert run["submits"]["sent"] == 6
+    assert websocket["server"]["source"] == "metrics" and websocket["server"]["rss_mb_max"] > 10
+    assert set(http["snapshots"]["dropped"]) <= {"busy"}
+
+
+def test_model_ceiling_measures_preprocess_and_runtime(pen_test):
+    from livedigit.config import DEFAULT_MODEL
+
+    ceiling = model_ceiling(pen_test[:20], points=4, model=str(DEFAULT_MODEL), runtime_kind="litert", threads=1,
+                            max_batch=16, budget_s=0.3)
+    assert ceiling["frames"] > 20 and ceiling["batch_size"] == 16
+    assert 0 < ceiling["ceiling_per_s"] < min(ceiling["preprocess_per_s"], ceiling["runtime_batched_per_s"])
+
+
+def test_bench_explains_missing_pen_digits(tmp_path, capsys):
+    assert cli.main(["bench", "--pen-digits", str(tmp_path / "nowhere.jsonl")]) == 2
+    assert "pen digits not found" in capsys.readouterr().err
+
+
+def test_bench_refuses_other_hosts(capsys):
+    assert cli.main(["bench", "--url", "ws://192.0.2.1:8000/ws"]) == 2
+    assert "loopback" in capsys.readouterr().err
