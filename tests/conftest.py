@@ -7,15 +7,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from livedigit import pendigits
+from livedigit.config import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LIVEDIGIT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -122,3 +125,115 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess().start(tmp_path_factory.mktemp("server"))
     yield process
     process.stop()
+
+
+class PausableRuntime:
+    """The real model behind a gate, for tests that need to hold the model still or make it fail.
+
+    ``pause()`` makes the next model call wait (``blocked`` is set once it is waiting) until ``resume()``;
+    ``fail = True`` makes calls raise. ``batch_sizes`` records every batch that reached the model.
+    """
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.name = runtime.name
+        self.fail = False
+        self.batch_sizes: list[int] = []
+        self.blocked = threading.Event()
+        self._gate = threading.Event()
+        self._gate.set()
+
+    def pause(self) -> None:
+        self.blocked.clear()
+        self._gate.clear()
+
+    def resume(self) -> None:
+        self._gate.set()
+
+    def predict(self, batch: Any) -> Any:
+        if not self._gate.is_set():
+            self.blocked.set()
+            self._gate.wait(timeout=60)
+        if self.fail:
+            raise RuntimeError("injected model failure")
+        self.batch_sizes.append(len(batch))
+        return self.runtime.predict(batch)
+
+
+@dataclass
+class AppServer:
+    """``create_app(settings, runtime=PausableRuntime(real model))`` under uvicorn in a thread."""
+
+    settings: Any
+    runtime: PausableRuntime
+    app: Any = None
+    server: Any = None
+    thread: threading.Thread | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}/ws"
+
+    @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+    def start(self, timeout: float = 30.0) -> "AppServer":
+        from livedigit.app import create_app
+        from livedigit.server import Server, config
+
+        self.app = create_app(self.settings, runtime=self.runtime)
+        self.server = Server(config(self.settings, self.app))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.runtime.resume()
+        if self.server is not None and self.thread is not None and self.thread.is_alive():
+            self.server.should_exit = True
+            self.thread.join(timeout)
+
+
+@pytest.fixture(scope="session")
+def model_runtime() -> Any:
+    """The shipped model, loaded once with LiteRT (each server's model thread builds its own interpreters)."""
+    from livedigit.runtime import load_runtime
+
+    return load_runtime(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def app_server(model_runtime: Any) -> Iterator:
+    """Factory: ``app_server(max_batch=8, ...)`` runs an in-process server with those settings on a free
+    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``); all are stopped after the test."""
+    from livedigit.config import Settings
+
+    servers: list[AppServer] = []
+
+    def start(**overrides: Any) -> AppServer:
+        settings = Settings(**{"port": free_port(), "log_level": "warning", **overrides})
+        server = AppServer(settings, PausableRuntime(model_runtime))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def pausable_runtime(model_runtime: Any) -> Iterator[PausableRuntime]:
+    """The shipped model in a fresh :class:`PausableRuntime`, resumed after the test."""
+    runtime = PausableRuntime(model_runtime)
+    yield runtime
+    runtime.resume()

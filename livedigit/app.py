@@ -1,0 +1,178 @@
+"""The ASGI application: the page, the WebSocket, the REST API, health and metrics.
+
+``create_app(settings, runtime=None)`` builds one; ``uvicorn livedigit.app:app`` serves one built from
+the environment (:meth:`Settings.from_env`). ``livedigit serve`` (:mod:`livedigit.server`) is the
+supported way to run it: it also closes WebSockets with 1001 on SIGTERM.
+
+The model is loaded and the batcher started in the ASGI lifespan. A model that cannot be loaded stops
+start-up with one log line naming the file and the reason, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
+
+from livedigit import protocol
+from livedigit.config import Settings
+from livedigit.metrics import CONTENT_TYPE
+from livedigit.protocol import ErrorCode, ProtocolError
+from livedigit.runtime import ModelLoadError, Runtime
+from livedigit.security import SecurityHeadersMiddleware
+from livedigit.service import Service, answer
+from livedigit.session import websocket_endpoint
+
+PACKAGE = Path(__file__).resolve().parent
+TEMPLATES = PACKAGE / "templates"
+STATIC = PACKAGE / "static"
+
+templates = Jinja2Templates(directory=str(TEMPLATES))
+
+
+class LiveDigitApp(Starlette):
+    """Starlette with the lifespan handled directly, so a start-up failure is one clear line."""
+
+    service: Service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.service.start()
+        except ModelLoadError as exc:
+            await send({"type": "lifespan.startup.failed", "message": f"livedigit: {exc}"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        await self.service.stop()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> LiveDigitApp:
+    """Build the app. ``runtime`` replaces loading ``settings.model`` (tests wrap the real one)."""
+    settings = settings or Settings.from_env()
+    service = Service(settings, runtime)
+    app = LiveDigitApp(
+        routes=[
+            Route("/", index),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/api/model", model),
+            Route("/api/predict", predict, methods=["POST"]),
+            WebSocketRoute("/ws", websocket_endpoint),
+            Mount("/static", StaticFiles(directory=str(STATIC), check_dir=False), name="static"),
+        ],
+        middleware=[Middleware(SecurityHeadersMiddleware)],
+    )
+    app.service = service
+    app.state.service = service
+    return app
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def index(request: Request) -> Response:
+    return templates.TemplateResponse(request, "index.html")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    service = _service(request)
+    if service.ready:
+        return JSONResponse({"status": "ready"})
+    if service.draining:
+        reason = "shutting down"
+    elif service.batcher is None:
+        reason = "starting"
+    else:
+        reason = "the last model call failed"
+    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_service(request).metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+async def model(request: Request) -> Response:
+    return JSONResponse(_service(request).model_info())
+
+
+async def predict(request: Request) -> Response:
+    """``POST /api/predict``: one image through the same batcher, answered like a submit."""
+    service = _service(request)
+    received = time.perf_counter()
+    limit = service.settings.max_message_bytes
+    body = await _read_body(request, limit)
+    if body is None:
+        return _error(413, ErrorCode.BAD_MESSAGE, f"the body is larger than {limit} bytes", service, received)
+    client = request.client.host if request.client else "unknown"
+    if not service.http_submits.take(client):
+        rate = service.settings.submit_rate
+        return _error(429, ErrorCode.RATE_LIMITED, f"more than {rate:g} predictions per second; slow down",
+                      service, received)
+    try:
+        parsed = protocol.parse_body(body, service.limits)
+    except ProtocolError as exc:
+        return _error(protocol.HTTP_STATUS[exc.code], exc.code, exc.message, service, received)
+    service.metrics.messages.labels("http").inc()
+    assert service.batcher is not None and parsed.image is not None
+    outcome = await service.batcher.enqueue("submit", parsed.image)
+    reply = answer(parsed, outcome, received)
+    status = protocol.HTTP_STATUS[ErrorCode(reply["code"])] if reply["type"] == "error" else 200
+    return _reply(status, reply, service, received)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` as soon as it exceeds ``limit`` bytes (nothing more is read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, code: ErrorCode, message: str, service: Service, received: float) -> Response:
+    return _reply(status, protocol.error(None, code, message), service, received)
+
+
+def _reply(status: int, reply: dict[str, Any], service: Service, received: float) -> Response:
+    service.metrics.reply(reply, time.perf_counter() - received)
+    return Response(protocol.dumps(reply), status_code=status, media_type="application/json")
+
+
+def __getattr__(name: str) -> Any:
+    """``livedigit.app.app``, built from the environment on first use (``uvicorn livedigit.app:app``)."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

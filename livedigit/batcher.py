@@ -1,0 +1,398 @@
+"""Dynamic batching: one queue per process in front of one model, shared by every connection.
+
+The model is run as soon as it is free, on whatever is queued (up to ``max_batch``). Two stages keep the
+CPU busy: while the model thread runs batch *k*, a pool of preprocessing threads turns the drawings of
+batch *k+1* into model inputs, so neither the event loop nor the model waits on the other. A batch waits
+for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a lone client is
+never delayed.
+
+The queue is bounded by design:
+
+* **Snapshots** have one slot per connection (latest wins). A newer snapshot replaces the queued one,
+  which is answered ``dropped``/``stale`` without ever being preprocessed; the slot keeps its place in
+  line, so a connection that streams fast is not pushed to the back. Once taken into a batch, a snapshot
+  is committed and gets its prediction, which guarantees every connection progress under load.
+* **Submits** are queued in order, never replaced, at most ``max_pending_submits`` of them; beyond that
+  a submit is refused with ``overloaded``. Batches take submits first, so under overload snapshots wait;
+  a connection whose snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
+
+Every job's future is resolved exactly once with an :data:`Outcome`, whatever happens (model failure,
+disconnect, shutdown), so a caller can always answer its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from livedigit.metrics import Metrics
+from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, preprocess
+from livedigit.protocol import DropReason, ErrorCode
+from livedigit.runtime import CLASSES, Runtime
+
+logger = logging.getLogger("livedigit.batcher")
+
+SNAPSHOT_DEADLINE = 1.0
+"""Seconds a connection's snapshot may wait for the model before it is shed as ``overloaded``: a live
+prediction that late no longer matches what the person sees."""
+
+ARRIVAL_SMOOTHING = 0.2
+"""Weight of the newest gap in the moving average of the time between arrivals."""
+
+MAX_ARRIVAL_GAP = 0.1
+"""Gaps are capped at this (seconds) so that one idle period does not disable waiting for long."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's ten probabilities, and the 28x28 input it saw (for ``preview``)."""
+
+    probabilities: np.ndarray
+    model_input: np.ndarray
+
+
+@dataclass(frozen=True)
+class Empty:
+    """The drawing has no digit (no ink, or a dot)."""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A snapshot answered without a prediction."""
+
+    reason: DropReason
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job could not be served; ``code`` is a protocol error code."""
+
+    code: ErrorCode
+    message: str
+
+
+Outcome = Prediction | Empty | Dropped | Failed
+Kind = Literal["snapshot", "submit"]
+
+
+@dataclass(eq=False)
+class Job:
+    """One image on its way through the batcher."""
+
+    kind: Kind
+    image: Image | None
+    owner: Hashable | None
+    future: asyncio.Future[Outcome]
+    enqueued: float
+    since: float
+    """For a snapshot: when its connection's slot started waiting (kept when a newer one replaces it)."""
+    abandoned: bool = False
+    """Set on the event loop when the owner disconnected; workers skip the job."""
+    model_input: np.ndarray | None = None
+    outcome: Outcome | None = None
+    preprocess_seconds: float = 0.0
+    prepared: float = field(default=0.0)
+
+
+class Batcher:
+    """Owns the queue, the preprocessing threads and the model thread; see the module docstring."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: Metrics,
+        *,
+        limits: Limits,
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        max_pending_submits: int = 1024,
+        snapshot_deadline: float = SNAPSHOT_DEADLINE,
+        preprocess_threads: int | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.limits = limits
+        self.max_batch = max(1, max_batch)
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.max_pending_submits = max(0, max_pending_submits)
+        self.snapshot_deadline = snapshot_deadline
+        self.preprocess_threads = preprocess_threads or max(1, min(4, os.cpu_count() or 1))
+        self._submits: deque[Job] = deque()
+        self._snapshots: dict[Hashable, Job] = {}
+        self._taken: set[Job] = set()
+        self._work = asyncio.Event()
+        self._handoff: asyncio.Queue[list[Job]] = asyncio.Queue(maxsize=1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._model_thread: ThreadPoolExecutor | None = None
+        self._preprocess_pool: ThreadPoolExecutor | None = None
+        self._running = False
+        self._healthy = False
+        self._gap: float | None = None
+        self._last_arrival: float | None = None
+        metrics.queued_snapshots.set_function(lambda: self.queued[0])
+        metrics.queued_submits.set_function(lambda: self.queued[1])
+        metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Snapshots and submits waiting to be taken into a batch."""
+        return len(self._snapshots), len(self._submits)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs taken into a batch and not answered yet."""
+        return len(self._taken)
+
+    @property
+    def ready(self) -> bool:
+        """Running, and the last model call succeeded (false after a failure until a batch succeeds)."""
+        return self._running and self._healthy
+
+    async def start(self) -> None:
+        """Start the threads, run the model once (so the first client does not pay for it), start serving.
+
+        Raises whatever the model raises on the warm-up batch; the batcher is then not started.
+        """
+        loop = asyncio.get_running_loop()
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="livedigit-model")
+        self._preprocess_pool = ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="livedigit-preprocess")
+        try:
+            await loop.run_in_executor(self._model_thread, self._predict, [np.zeros((SIZE, SIZE), np.float32)])
+        except BaseException:
+            self._shutdown_threads()
+            raise
+        self._running = True
+        self._healthy = True
+        self._tasks = [
+            asyncio.create_task(self._feed(), name="livedigit-batcher-feed"),
+            asyncio.create_task(self._infer(), name="livedigit-batcher-infer"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop serving; every job still queued or in flight is answered ``overloaded``."""
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        shutting_down = Failed(ErrorCode.OVERLOADED, "the server is shutting down; try again")
+        for job in [*self._submits, *self._snapshots.values(), *self._taken]:
+            self._resolve(job, shutting_down)
+        self._submits.clear()
+        self._snapshots.clear()
+        self._shutdown_threads()
+
+    def enqueue(self, kind: Kind, image: Image, owner: Hashable | None = None) -> asyncio.Future[Outcome]:
+        """Queue one image; the returned future resolves once with its :data:`Outcome`.
+
+        ``owner`` identifies the connection: it is the key of the latest-wins snapshot slot and what
+        :meth:`forget` releases. Snapshots need one; submits may have none (HTTP).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        now = time.perf_counter()
+        if not self._running:
+            future.set_result(Failed(ErrorCode.OVERLOADED, "the server is not ready; try again"))
+            return future
+        if kind == "submit":
+            if len(self._submits) >= self.max_pending_submits:
+                future.set_result(Failed(ErrorCode.OVERLOADED, "the server is busy; try the submit again"))
+                return future
+            self._submits.append(Job(kind, image, owner, future, now, now))
+        else:
+            if owner is None:
+                raise ValueError("a snapshot needs an owner (its connection)")
+            previous = self._snapshots.get(owner)
+            since = now
+            if previous is not None:
+                since = previous.since
+                self._resolve(previous, Dropped(DropReason.STALE))
+            self._snapshots[owner] = Job(kind, image, owner, future, now, since)
+        self._note_arrival(now)
+        self._work.set()
+        return future
+
+    def forget(self, owner: Hashable) -> None:
+        """Release everything of a connection that went away: nothing of it is computed or kept."""
+        gone = Dropped(DropReason.STALE)
+        slot = self._snapshots.pop(owner, None)
+        if slot is not None:
+            self._resolve(slot, gone)
+        if any(job.owner is owner for job in self._submits):
+            kept = deque()
+            for job in self._submits:
+                if job.owner is owner:
+                    self._resolve(job, gone)
+                else:
+                    kept.append(job)
+            self._submits = kept
+        for job in self._taken:
+            if job.owner is owner:
+                job.abandoned = True
+
+    # The two stages.
+
+    async def _feed(self) -> None:
+        """Take a batch whenever the model has started the previous one, and preprocess it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._submits and not self._snapshots:
+                self._work.clear()
+                await self._work.wait()
+            await self._linger(loop)
+            jobs = self._take(time.perf_counter())
+            try:
+                ready = await self._preprocess(loop, jobs)
+            except Exception:  # A defect; the jobs still get an answer and the batcher keeps serving.
+                logger.exception("preprocessing a batch of %d failed", len(jobs))
+                self._fail(jobs, "this message could not be processed; try again")
+                continue
+            if ready:
+                await self._handoff.put(ready)
+                await self._handoff.join()
+
+    async def _infer(self) -> None:
+        """Run each preprocessed batch through the model, one at a time, in the model thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._handoff.get()
+            self._handoff.task_done()
+            live = []
+            for job in jobs:
+                if job.abandoned:
+                    self._resolve(job, Dropped(DropReason.STALE))
+                else:
+                    live.append(job)
+            if not live:
+                continue
+            started = time.perf_counter()
+            for job in live:
+                self.metrics.model_wait.observe(started - job.prepared)
+            try:
+                probabilities = await loop.run_in_executor(
+                    self._model_thread, self._predict, [job.model_input for job in live]
+                )
+            except Exception:
+                logger.exception("the model failed on a batch of %d; answering 'internal'", len(live))
+                self._healthy = False
+                self.metrics.batch_failures.inc()
+                self._fail(live, "the model failed on this message's batch; try again")
+                continue
+            self._healthy = True
+            self.metrics.inference.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(live))
+            for job, row in zip(live, probabilities):
+                self._resolve(job, Prediction(row, job.model_input))  # type: ignore[arg-type]
+
+    async def _preprocess(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[Job]:
+        """Preprocess ``jobs`` in the pool; answer the empty and invalid ones; return those for the model."""
+        chunks = [jobs[start :: self.preprocess_threads] for start in range(self.preprocess_threads)]
+        await asyncio.gather(
+            *(loop.run_in_executor(self._preprocess_pool, self._prepare, chunk) for chunk in chunks if chunk)
+        )
+        ready = []
+        for job in jobs:
+            if job.abandoned:
+                self._resolve(job, Dropped(DropReason.STALE))
+                continue
+            self.metrics.preprocess.observe(job.preprocess_seconds)
+            if job.outcome is not None:
+                self._resolve(job, job.outcome)
+            else:
+                ready.append(job)
+        return ready
+
+    # Helpers.
+
+    async def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait up to ``max_wait`` for a fuller batch, but only while the next item is due before then."""
+        if self.max_wait <= 0 or self.max_batch <= 1:
+            return
+        deadline = loop.time() + self.max_wait
+        while len(self._submits) + len(self._snapshots) < self.max_batch:
+            remaining = deadline - loop.time()
+            gap = self._gap
+            if gap is None or gap >= remaining:
+                return
+            self._work.clear()
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout=min(remaining, 2 * gap))
+            except TimeoutError:
+                return
+
+    def _take(self, now: float) -> list[Job]:
+        """Submits first, then the snapshot slots in line order; shed snapshots past their deadline."""
+        jobs = []
+        while self._submits and len(jobs) < self.max_batch:
+            jobs.append(self._submits.popleft())
+        expired = list(itertools.takewhile(
+            lambda owner: now - self._snapshots[owner].since > self.snapshot_deadline, self._snapshots
+        ))
+        for owner in expired:
+            self._resolve(self._snapshots.pop(owner), Dropped(DropReason.OVERLOADED))
+        for owner in list(itertools.islice(self._snapshots, self.max_batch - len(jobs))):
+            jobs.append(self._snapshots.pop(owner))
+        for job in jobs:
+            self.metrics.queue_wait.observe(now - job.enqueued)
+        self._taken.update(jobs)
+        return jobs
+
+    def _prepare(self, jobs: list[Job]) -> None:
+        """Worker thread: preprocess each job that is still wanted; failures become outcomes."""
+        for job in jobs:
+            if job.abandoned or job.image is None:
+                continue
+            started = time.perf_counter()
+            try:
+                job.model_input = preprocess(job.image, self.limits)
+                if job.model_input is None:
+                    job.outcome = Empty()
+            except PreprocessError as exc:
+                job.outcome = Failed(ErrorCode.BAD_IMAGE, str(exc))
+            except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
+                logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
+                job.outcome = Failed(ErrorCode.BAD_IMAGE, "this image could not be processed")
+            job.image = None
+            job.prepared = time.perf_counter()
+            job.preprocess_seconds = job.prepared - started
+
+    def _predict(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Model thread: one call, with its output checked so a broken model cannot send garbage."""
+        batch = np.stack(inputs).astype(np.float32, copy=False)
+        probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
+        if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
+            raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
+        return probabilities
+
+    def _fail(self, jobs: list[Job], message: str) -> None:
+        failure = Failed(ErrorCode.INTERNAL, message)
+        for job in jobs:
+            self._resolve(job, failure)
+
+    def _resolve(self, job: Job, outcome: Outcome) -> None:
+        self._taken.discard(job)
+        job.image = None
+        if not job.future.done():
+            job.future.set_result(outcome)
+
+    def _note_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, MAX_ARRIVAL_GAP)
+            self._gap = gap if self._gap is None else self._gap + ARRIVAL_SMOOTHING * (gap - self._gap)
+        self._last_arrival = now
+
+    def _shutdown_threads(self) -> None:
+        for pool in (self._model_thread, self._preprocess_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._model_thread = self._preprocess_pool = None

@@ -1,0 +1,81 @@
+"""``livedigit serve``: run the app under uvicorn, one process, with a graceful SIGTERM.
+
+One process per dyno: the model and the batcher live in the process, and batching only pays off when
+every connection shares them. Scale out with more dynos, not more workers.
+
+On SIGTERM (Heroku sends it before a restart and kills 30 s later) the server stops accepting, stops
+reading from the WebSockets, answers what they had already sent (submits included), closes each with
+1001 "server restarting" and exits. Uvicorn alone would wait for WebSockets to close by themselves and
+then drop them with 1012, so :class:`Server` does the closing before uvicorn's own shutdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from livedigit.app import LiveDigitApp, create_app
+from livedigit.config import Settings
+
+logger = logging.getLogger("livedigit")
+
+WS_IMPLEMENTATION = "websockets-sansio"
+"""uvicorn's WebSocket protocol built on the ``websockets`` library's sans-I/O core: it enforces
+``ws_max_size`` (close 1009), sends keepalive pings, supports the HTTP denial response (403) and reads
+one message at a time, so a flooding client is held back by TCP."""
+
+
+def config(settings: Settings, app: LiveDigitApp | None = None) -> uvicorn.Config:
+    """The uvicorn configuration for ``settings`` (exactly one process)."""
+    return uvicorn.Config(
+        app or create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        ws=WS_IMPLEMENTATION,
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=settings.ping_interval if settings.ping_interval > 0 else None,
+        ws_ping_timeout=settings.ping_timeout if settings.ping_timeout > 0 else None,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=max(1, round(settings.graceful_shutdown_seconds)),
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
+        lifespan="on",
+    )
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging setup, with the ``livedigit`` loggers printed the same way."""
+    logging_config = copy.deepcopy(LOGGING_CONFIG)
+    logging_config["loggers"]["livedigit"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return logging_config
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, closing the app's WebSockets itself (1001) before uvicorn shuts down."""
+
+    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        started = time.monotonic()
+        budget = float(self.config.timeout_graceful_shutdown or 0)
+        for server in getattr(self, "servers", []):
+            server.close()
+        app = self.config.app
+        if isinstance(app, LiveDigitApp):
+            await app.service.drain(budget)
+        self.config.timeout_graceful_shutdown = max(1, round(budget - (time.monotonic() - started)))
+        await super().shutdown(sockets)
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM or Ctrl+C; a non-zero exit when the model cannot be loaded."""
+    server = Server(config(settings))
+    server.run()
+    return 0 if server.started else 1

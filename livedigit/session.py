@@ -1,0 +1,232 @@
+"""The ``/ws`` endpoint: admission, then one connection's read and write loops.
+
+A connection is two tasks. The **reader** takes frames as fast as they come, parses them and hands
+snapshots and submits to the batcher without waiting for the model, so a newer snapshot can replace a
+queued one (latest wins). For every frame it appends one pending reply to a bounded queue. The
+**writer** sends those replies strictly in the order the frames arrived, each as soon as it is known:
+replies never go back in time, and a client can match them to its frames one by one.
+
+When a client has more than :data:`MAX_OUTSTANDING` replies not yet sent, the reader stops reading, so a
+client that floods (or stops reading its replies) is slowed by TCP instead of growing server memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from livedigit import protocol
+from livedigit.batcher import Outcome
+from livedigit.protocol import CloseCode, DropReason, ErrorCode, ProtocolError, Request
+from livedigit.ratelimit import TokenBucket
+from livedigit.security import origin_allowed
+from livedigit.service import answer
+
+if TYPE_CHECKING:
+    from livedigit.service import Service
+
+logger = logging.getLogger("livedigit.session")
+
+MAX_OUTSTANDING = 256
+"""Replies a connection may have pending before the server stops reading from it."""
+
+RESETTING_REPLIES = frozenset({"prediction", "empty", "pong"})
+"""Replies that end a run of invalid messages."""
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """Check the origin and the connection caps, then serve the connection until it ends."""
+    service: Service = websocket.app.state.service
+    headers = websocket.headers
+    if not origin_allowed(headers.get("origin"), headers.get("host"), service.settings.origins(),
+                          service.settings.allow_no_origin):
+        service.metrics.connections_refused.labels("origin").inc()
+        await _deny(websocket, 403, "this Origin may not open a WebSocket here")
+        return
+    client = websocket.client.host if websocket.client else "unknown"
+    refusal = service.connections.acquire(client)
+    await websocket.accept()
+    try:
+        if refusal is not None:
+            service.metrics.connections_refused.labels("capacity").inc()
+            await _close(websocket, service, CloseCode.TRY_AGAIN_LATER, refusal)
+            return
+        if service.draining:
+            await _close(websocket, service, CloseCode.GOING_AWAY, CloseCode.GOING_AWAY_REASON)
+            return
+        await Session(websocket, service).run()
+    finally:
+        if refusal is None:
+            service.connections.release(client)
+
+
+async def _deny(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse the handshake with an HTTP status (403) where the server supports it."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(message, status_code=status))
+    else:
+        await websocket.close()
+
+
+async def _close(websocket: WebSocket, service: Service, code: int, reason: str) -> None:
+    service.metrics.closes.labels(str(code)).inc()
+    try:
+        await websocket.close(code, reason)
+    except (WebSocketDisconnect, WebSocketDisconnected):
+        pass
+
+
+@dataclass
+class Pending:
+    """A reply owed to the client: known already (``reply``) or awaiting the batcher (``outcome``)."""
+
+    request: Request | None
+    received: float
+    outcome: asyncio.Future[Outcome] | None = None
+    reply: dict[str, Any] | None = None
+
+    async def resolve(self) -> dict[str, Any]:
+        if self.reply is not None:
+            return self.reply
+        assert self.outcome is not None and self.request is not None
+        return answer(self.request, await self.outcome, self.received)
+
+
+GOING_AWAY = object()
+"""Queued after the last reply when the server shuts down: the writer then closes with 1001."""
+
+
+class Session:
+    """One accepted connection; :meth:`run` returns when it is closed, whichever side closed it."""
+
+    def __init__(self, websocket: WebSocket, service: Service) -> None:
+        settings = service.settings
+        self.websocket = websocket
+        self.service = service
+        self.batcher = service.batcher
+        self.metrics = service.metrics
+        self.snapshot_bucket = TokenBucket(settings.snapshot_rate, settings.snapshot_burst)
+        self.submit_bucket = TokenBucket(settings.submit_rate, settings.submit_burst)
+        self.pending: asyncio.Queue[Pending | object] = asyncio.Queue(MAX_OUTSTANDING)
+        self.bad_in_a_row = 0
+        self.closed = asyncio.Event()
+        self._stopping = False
+        self._receiving = False
+        self._deadline = 0.0
+        self._reader: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        service = self.service
+        service.sessions.add(self)
+        self.metrics.connections.inc()
+        reader = writer = None
+        try:
+            if not await self._send(service.hello()):
+                return
+            reader = self._reader = asyncio.create_task(self._read())
+            writer = asyncio.create_task(self._write())
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if self._stopping and not writer.done():
+                await self._finish(writer)
+        finally:
+            for task in (reader, writer):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(*(task for task in (reader, writer) if task is not None), return_exceptions=True)
+            if self.batcher is not None:
+                self.batcher.forget(self)
+            service.sessions.discard(self)
+            self.metrics.connections.dec()
+            self.closed.set()
+
+    def stop_reading(self, deadline: float) -> None:
+        """Shutdown: read no more frames; the replies already owed are sent, then the socket is closed."""
+        self._stopping = True
+        self._deadline = deadline
+        if self._receiving and self._reader is not None:
+            self._reader.cancel()
+
+    async def _finish(self, writer: asyncio.Task[None]) -> None:
+        """Let the writer send what is owed and close with 1001, within the shutdown deadline."""
+        timeout = max(0.0, self._deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(self.pending.put(GOING_AWAY), timeout)
+            await asyncio.wait_for(asyncio.shield(writer), timeout=max(0.0, self._deadline - time.monotonic()))
+        except TimeoutError:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await _close(self.websocket, self.service, CloseCode.GOING_AWAY, CloseCode.GOING_AWAY_REASON)
+
+    async def _read(self) -> None:
+        receive = self.websocket.receive
+        while not self._stopping:
+            self._receiving = True
+            try:
+                message = await receive()
+            finally:
+                self._receiving = False
+            if message["type"] == "websocket.disconnect":
+                return
+            await self.pending.put(self._handle(message))
+
+    def _handle(self, message: dict[str, Any]) -> Pending:
+        """Turn one frame into its pending reply, queueing work for the batcher when needed."""
+        received = time.perf_counter()
+        try:
+            text = message.get("text")
+            if text is not None:
+                request = protocol.parse_text(text, self.service.limits)
+            else:
+                request = protocol.parse_binary(message.get("bytes") or b"", self.service.limits)
+        except ProtocolError as exc:
+            self.metrics.messages.labels("invalid").inc()
+            return Pending(None, received, reply=protocol.error(exc.id, exc.code, exc.message))
+        self.metrics.messages.labels(request.kind).inc()
+        if request.kind == "ping":
+            return Pending(request, received, reply=protocol.pong(request.id))
+        if request.kind == "snapshot" and not self.snapshot_bucket.take():
+            return Pending(request, received, reply=protocol.dropped(request.id, DropReason.RATE_LIMITED))
+        if request.kind == "submit" and not self.submit_bucket.take():
+            limit = self.service.settings.submit_rate
+            return Pending(request, received, reply=protocol.error(
+                request.id, ErrorCode.RATE_LIMITED, f"more than {limit:g} submits per second; slow down"
+            ))
+        assert self.batcher is not None and request.image is not None
+        future = self.batcher.enqueue(request.kind, request.image, owner=self)  # type: ignore[arg-type]
+        return Pending(request, received, outcome=future)
+
+    async def _write(self) -> None:
+        limit = self.service.settings.max_bad_messages
+        while True:
+            pending = await self.pending.get()
+            if pending is GOING_AWAY:
+                await _close(self.websocket, self.service, CloseCode.GOING_AWAY, CloseCode.GOING_AWAY_REASON)
+                return
+            assert isinstance(pending, Pending)
+            reply = await pending.resolve()
+            if not await self._send(reply, pending.received):
+                return
+            if reply["type"] == "error" and reply["code"] in protocol.INVALID_INPUT:
+                self.bad_in_a_row += 1
+                if self.bad_in_a_row >= limit > 0:
+                    await _close(self.websocket, self.service, CloseCode.POLICY,
+                                 f"{self.bad_in_a_row} invalid messages in a row")
+                    return
+            elif reply["type"] in RESETTING_REPLIES:
+                self.bad_in_a_row = 0
+
+    async def _send(self, reply: dict[str, Any], received: float | None = None) -> bool:
+        """Send one reply; ``False`` when the client has gone."""
+        try:
+            await self.websocket.send_text(protocol.dumps(reply))
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            return False
+        if received is not None:
+            self.metrics.reply(reply, time.perf_counter() - received)
+        return True

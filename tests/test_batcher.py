@@ -1,0 +1,217 @@
+"""The batcher with the real model: latest wins, submits are never dropped, overload and failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import numpy as np
+import pytest
+
+from livedigit.batcher import Batcher, Dropped, Empty, Failed, Prediction
+from livedigit.metrics import Metrics
+from livedigit.preprocess import Limits, Pixels, Strokes
+from livedigit.protocol import DropReason, ErrorCode
+
+ONE = Strokes([[[50, 10], [52, 60], [51, 110]]])
+SEVEN = Strokes([[[10, 10], [90, 10], [40, 110]]])
+
+
+def ink(seed: int) -> Pixels:
+    """A distinct drawing per seed: a thick bar at a seed-dependent angle."""
+    image = np.zeros((28, 28), np.uint8)
+    for step in range(20):
+        x = 4 + step
+        y = 4 + (step * (seed % 7 + 1)) % 20
+        image[y : y + 3, x : x + 3] = 255
+    return Pixels(image)
+
+
+class Owner:
+    """Stands for a connection (the batcher only needs a hashable identity)."""
+
+
+MakeBatcher = Callable[..., Awaitable[Batcher]]
+
+
+@pytest.fixture
+async def make_batcher(pausable_runtime) -> AsyncIterator[MakeBatcher]:  # type: ignore[no-untyped-def]
+    batchers: list[Batcher] = []
+
+    async def make(**options: object) -> Batcher:
+        batcher = Batcher(pausable_runtime, Metrics(), limits=Limits(), **options)  # type: ignore[arg-type]
+        await batcher.start()
+        batchers.append(batcher)
+        return batcher
+
+    yield make
+    pausable_runtime.resume()
+    for batcher in batchers:
+        await batcher.stop()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
+async def model_blocked(runtime) -> None:  # type: ignore[no-untyped-def]
+    assert await asyncio.to_thread(runtime.blocked.wait, 10), "the model was never called"
+
+
+async def test_latest_snapshot_wins_and_stale_ones_are_never_preprocessed(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher()
+    owner = Owner()
+    pausable_runtime.pause()
+    first = batcher.enqueue("snapshot", ink(0), owner)
+    await model_blocked(pausable_runtime)
+    second = batcher.enqueue("snapshot", ink(1), owner)
+    await until(lambda: batcher.queued == (0, 0))  # taken into the next batch: committed
+    later = [batcher.enqueue("snapshot", ink(seed), owner) for seed in range(2, 12)]
+    assert all(future.done() for future in later[:-1]) and not later[-1].done()
+    assert batcher.queued == (1, 0)
+    pausable_runtime.resume()
+    outcomes = await asyncio.gather(first, second, *later)
+    assert isinstance(outcomes[0], Prediction) and isinstance(outcomes[1], Prediction)
+    assert isinstance(outcomes[-1], Prediction)
+    assert outcomes[2:-1] == [Dropped(DropReason.STALE)] * 9
+    assert sample_count(batcher.metrics.preprocess) == 3
+
+
+def sample_count(histogram) -> float:  # type: ignore[no-untyped-def]
+    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+async def test_submits_are_never_dropped_or_merged(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=4)
+    owner = Owner()
+    pausable_runtime.pause()
+    snapshot = batcher.enqueue("snapshot", ink(0), owner)
+    await model_blocked(pausable_runtime)
+    submits = [batcher.enqueue("submit", ink(seed), owner) for seed in range(12)]
+    snapshots = [batcher.enqueue("snapshot", ink(seed), owner) for seed in range(5)]
+    pausable_runtime.resume()
+    results = await asyncio.gather(*submits)
+    assert all(isinstance(result, Prediction) for result in results)
+    assert isinstance(await snapshot, Prediction)
+    assert isinstance(await snapshots[-1], Prediction)
+    # Each submit got the prediction for its own image, not a neighbour's.
+    direct = pausable_runtime.runtime.predict(np.stack([r.model_input for r in results]))
+    np.testing.assert_allclose([r.probabilities for r in results], direct, atol=1e-5)
+
+
+async def test_batches_take_submits_before_snapshots(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=2)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    finished: list[str] = []
+    owners = [Owner() for _ in range(4)]
+    snapshots = [batcher.enqueue("snapshot", ink(i), owner) for i, owner in enumerate(owners)]
+    submits = [batcher.enqueue("submit", ink(i)) for i in range(4)]
+    for name, futures in (("snapshot", snapshots), ("submit", submits)):
+        for future in futures:
+            future.add_done_callback(lambda _, name=name: finished.append(name))
+    pausable_runtime.resume()
+    await asyncio.gather(blocker, *snapshots, *submits)
+    # The snapshots were queued first, yet every batch took the submits before them.
+    assert finished == ["submit"] * 4 + ["snapshot"] * 4
+
+
+async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=1, snapshot_deadline=0.2)
+    pausable_runtime.pause()
+    busy = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    next_batch = batcher.enqueue("submit", ink(1))
+    await until(lambda: batcher.queued == (0, 0))
+    late = batcher.enqueue("snapshot", ink(2), Owner())
+    await asyncio.sleep(0.3)
+    pausable_runtime.resume()
+    assert await late == Dropped(DropReason.OVERLOADED)
+    assert isinstance(await busy, Prediction) and isinstance(await next_batch, Prediction)
+
+
+async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=1, max_pending_submits=2)
+    pausable_runtime.pause()
+    accepted = [batcher.enqueue("submit", ink(0))]
+    await model_blocked(pausable_runtime)
+    accepted.append(batcher.enqueue("submit", ink(1)))
+    await until(lambda: batcher.queued == (0, 0))
+    accepted += [batcher.enqueue("submit", ink(seed)) for seed in (2, 3)]
+    refused = batcher.enqueue("submit", ink(4))
+    assert refused.done() and isinstance(refused.result(), Failed)
+    assert refused.result().code == ErrorCode.OVERLOADED
+    pausable_runtime.resume()
+    assert all(isinstance(outcome, Prediction) for outcome in await asyncio.gather(*accepted))
+
+
+async def test_a_model_failure_answers_internal_and_the_batcher_recovers(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher()
+    assert batcher.ready
+    pausable_runtime.fail = True
+    outcomes = await asyncio.gather(*(batcher.enqueue("submit", ink(seed)) for seed in range(3)))
+    assert {type(outcome) for outcome in outcomes} == {Failed}
+    assert {outcome.code for outcome in outcomes} == {ErrorCode.INTERNAL}  # type: ignore[union-attr]
+    assert not batcher.ready
+    pausable_runtime.fail = False
+    assert isinstance(await batcher.enqueue("submit", ink(0)), Prediction)
+    assert batcher.ready
+
+
+async def test_empty_and_invalid_drawings_are_answered_without_the_model(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher()
+    calls = len(pausable_runtime.batch_sizes)
+    blank = await batcher.enqueue("submit", Pixels(np.zeros((28, 28), np.uint8)))
+    dot = await batcher.enqueue("submit", Strokes([[[5, 5]]], surface=(280, 280)))
+    nan = await batcher.enqueue("submit", Strokes([[[0, 0], [float("nan"), 1]]]))
+    assert blank == Empty() and dot == Empty()
+    assert isinstance(nan, Failed) and nan.code == ErrorCode.BAD_IMAGE and "stroke 0" in nan.message
+    assert len(pausable_runtime.batch_sizes) == calls
+
+
+async def test_forget_releases_everything_of_a_connection(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=1)
+    gone, other = Owner(), Owner()
+    pausable_runtime.pause()
+    in_model = batcher.enqueue("snapshot", ink(0), gone)
+    await model_blocked(pausable_runtime)
+    taken = batcher.enqueue("submit", ink(1), gone)
+    await until(lambda: batcher.queued == (0, 0))
+    queued = [batcher.enqueue("snapshot", ink(2), gone), batcher.enqueue("submit", ink(3), gone)]
+    kept = batcher.enqueue("submit", ink(4), other)
+    batcher.forget(gone)
+    assert all(future.done() for future in queued) and batcher.queued == (0, 1)
+    pausable_runtime.resume()
+    assert isinstance(await kept, Prediction)
+    assert await taken == Dropped(DropReason.STALE)  # taken into a batch, then skipped: no model time
+    await in_model
+    assert batcher.in_flight == 0 and batcher.queued == (0, 0)
+
+
+async def test_concurrent_items_share_batches(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=8)
+    pausable_runtime.pause()
+    first = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    owners = [Owner() for _ in range(20)]
+    rest = [batcher.enqueue("snapshot", ink(i), owner) for i, owner in enumerate(owners)]
+    pausable_runtime.resume()
+    await asyncio.gather(first, *rest)
+    assert max(pausable_runtime.batch_sizes) == 8
+    assert sum(pausable_runtime.batch_sizes[-4:]) == 21
+
+
+async def test_stop_answers_everything_still_queued(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=1)
+    pausable_runtime.pause()
+    futures = [batcher.enqueue("submit", ink(seed)) for seed in range(4)]
+    await model_blocked(pausable_runtime)
+    await batcher.stop()
+    pausable_runtime.resume()
+    outcomes = [future.result() for future in futures]
+    assert all(isinstance(outcome, Failed) and outcome.code == ErrorCode.OVERLOADED for outcome in outcomes)
+    assert isinstance(batcher.enqueue("submit", ONE).result(), Failed)
