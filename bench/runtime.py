@@ -151,14 +151,19 @@ def table(results: list[dict]) -> str:
     for result in results[1:]:
         rows.append([
             f"{result['config']} / {reference['config']}",
-            f"x{result['import_s'] / reference['import_s']:.0f}", f"x{result['load_s'] / reference['load_s']:.0f}", "",
-            f"x{added_mb(result) / max(added_mb(reference), 1.0):.1f}", f"x{result['rss_warm_mb'] / reference['rss_warm_mb']:.2f}",
-            *(f"x{result['samples_per_s'][str(s)] / reference['samples_per_s'][str(s)]:.2f}" for s in BATCHES),
+            ratio(result["import_s"], reference["import_s"]), ratio(result["load_s"], reference["load_s"]), "",
+            ratio(added_mb(result), max(added_mb(reference), 1.0)), ratio(result["rss_warm_mb"], reference["rss_warm_mb"]),
+            *(ratio(result["samples_per_s"][str(s)], reference["samples_per_s"][str(s)]) for s in BATCHES),
         ])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(len(results) + 1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def ratio(value: float, reference: float) -> str:
+    multiple = value / reference
+    return f"x{multiple:.2f}" if multiple < 10 else f"x{multiple:.0f}"
 
 
 def added_mb(result: dict) -> float:
