@@ -47,7 +47,7 @@ class Service:
         self.sessions: set[Session] = set()
         self.draining = False
         self.model_base = _model_base(settings.model)
-        self._card = _read_card(self.model_base.with_suffix(".json"))
+        self._card: dict[str, Any] = {}
 
     @property
     def ready(self) -> bool:
@@ -66,6 +66,7 @@ class Service:
         if self.runtime is None:
             settings = self.settings
             self.runtime = await asyncio.to_thread(load_runtime, settings.model, settings.runtime, settings.threads)
+        self._card = _read_card(self.model_base.with_suffix(".json"))
         batcher = Batcher(
             self.runtime, self.metrics, limits=self.limits, max_batch=self.settings.max_batch,
             max_wait_ms=self.settings.max_wait_ms, max_pending_submits=self.settings.max_pending_submits,

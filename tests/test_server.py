@@ -232,7 +232,9 @@ async def test_a_client_leaving_mid_flight_leaks_nothing(app_server) -> None:  #
         assert (await ask(other, {"type": "submit", "id": 1, "strokes": ONE}))["type"] == "prediction"
 
 
-async def test_a_model_failure_is_internal_and_the_connection_stays_usable(app_server) -> None:  # type: ignore[no-untyped-def]
+async def test_a_model_failure_is_internal_and_the_connection_stays_usable(  # type: ignore[no-untyped-def]
+    app_server
+) -> None:
     live = app_server()
     ws, _ = await open_ws(live.ws_url)
     async with ws:

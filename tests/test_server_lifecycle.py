@@ -1,0 +1,77 @@
+"""Starting and stopping: a model that cannot load, and SIGTERM closing every WebSocket with 1001."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+from wsutil import ONE, SEVEN, closed, open_ws, replies
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "livedigit", "serve", "--port", str(free_port()), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_a_model_that_cannot_load_stops_start_up_with_one_clear_line(tmp_path: Path, problem: str) -> None:
+    model = tmp_path / "broken"
+    if problem == "corrupt":
+        model.with_suffix(".tflite").write_bytes(b"this is not a flatbuffer" * 10)
+    result = serve("--model", str(model))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if str(model) in line]
+    assert len(lines) == 1, output
+    reason = "No such file" if problem == "missing" else "not a valid .tflite file"
+    assert reason in lines[0] and lines[0].startswith("ERROR")
+
+
+async def test_shutdown_answers_pending_submits_then_closes_with_1001(  # type: ignore[no-untyped-def]
+    app_server
+) -> None:
+    live = app_server()
+    model = live.runtime
+    busy, _ = await open_ws(live.ws_url)
+    idle, _ = await open_ws(live.ws_url)
+    model.pause()
+    await busy.send(json.dumps({"type": "submit", "id": 1, "strokes": ONE}))
+    assert await asyncio.to_thread(model.blocked.wait, 10)
+    await busy.send(json.dumps({"type": "snapshot", "id": 2, "strokes": SEVEN}))
+    await busy.send(json.dumps({"type": "submit", "id": 3, "strokes": SEVEN}))
+    while live.service.batcher.queued[1] + live.service.batcher.in_flight < 2:
+        await asyncio.sleep(0.01)
+    live.server.should_exit = True
+    while not live.service.draining:
+        await asyncio.sleep(0.01)
+    model.resume()
+    answers = await replies(busy, 3)
+    assert [(a["id"], a["type"]) for a in answers] == [(1, "prediction"), (2, "prediction"), (3, "prediction")]
+    assert await closed(busy) == (1001, "server restarting")
+    assert await closed(idle) == (1001, "server restarting")
+    await asyncio.to_thread(live.thread.join, 30)
+    assert not live.thread.is_alive()
+
+
+async def test_sigterm_closes_every_websocket_with_1001_and_exits(start_server) -> None:  # type: ignore[no-untyped-def]
+    process = start_server()
+    sockets = [(await open_ws(process.ws_url))[0] for _ in range(3)]
+    await sockets[0].send(json.dumps({"type": "submit", "id": 1, "strokes": ONE}))
+    assert (await replies(sockets[0], 1))[0]["type"] == "prediction"
+    process.process.send_signal(signal.SIGTERM)
+    codes = await asyncio.gather(*(closed(ws) for ws in sockets))
+    assert codes == [(1001, "server restarting")] * 3
+    returncode = await asyncio.to_thread(process.process.wait, 30)
+    assert returncode in (0, -signal.SIGTERM)
+    log = process.log()
+    assert "closed 3 WebSocket connection(s)" in log and "Traceback" not in log
