@@ -1,8 +1,10 @@
 """Dynamic batching: one queue per process in front of one model, shared by every connection.
 
 The model is run as soon as it is free, on whatever is queued (up to ``max_batch``). Two stages keep the
-CPU busy: while the model thread runs batch *k*, a pool of preprocessing threads turns the drawings of
-batch *k+1* into model inputs, so neither the event loop nor the model waits on the other. A batch waits
+CPU busy: while the model thread runs batch *k*, a preprocessing thread turns the drawings of batch
+*k+1* into model inputs, so neither the event loop nor the model waits on the other. Preprocessing is
+mostly Python holding the GIL, so one preprocessing thread is the default: a second one measured slower
+(the threads only contend for the GIL); the model call releases it. A batch waits
 for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a lone client is
 never delayed.
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -117,7 +118,7 @@ class Batcher:
         max_wait_ms: float = 2.0,
         max_pending_submits: int = 1024,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
-        preprocess_threads: int | None = None,
+        preprocess_threads: int = 1,
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics
@@ -126,7 +127,7 @@ class Batcher:
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_pending_submits = max(0, max_pending_submits)
         self.snapshot_deadline = snapshot_deadline
-        self.preprocess_threads = preprocess_threads or max(1, min(4, os.cpu_count() or 1))
+        self.preprocess_threads = max(1, preprocess_threads)
         self._submits: deque[Job] = deque()
         self._snapshots: dict[Hashable, Job] = {}
         self._taken: set[Job] = set()
