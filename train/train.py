@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
     parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl; '' to skip")
     parser.add_argument("--pen-copies", type=int, default=4, help="augmented renderings per pen-digits train digit")
-    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=1)
@@ -137,11 +137,11 @@ def augment(images, rng_seed: int):  # type: ignore[no-untyped-def]
 
     n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(tf.stack([rng_seed, 0]), 6)
-    angle = tf.random.stateless_uniform([n], seeds[0], -0.2, 0.2)
-    shear = tf.random.stateless_uniform([n], seeds[1], -0.25, 0.25)
-    zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], -0.15, 0.1))
+    angle = tf.random.stateless_uniform([n], seeds[0], -0.15, 0.15)
+    shear = tf.random.stateless_uniform([n], seeds[1], -0.15, 0.15)
+    zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], -0.1, 0.1))
     shift = tf.random.stateless_uniform([n, 2], seeds[3], -2.0, 2.0)
-    thickness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[4], -0.6, 0.6)
+    thickness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[4], -0.4, 0.4)
     cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
     a0, a1 = cos, -sin + shear * cos
     b0, b1 = sin, cos + shear * sin
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_target=args.learning_rate, warmup_steps=steps // 2,
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, use_ema=True, ema_momentum=0.999),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
