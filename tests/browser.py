@@ -120,9 +120,14 @@ class Watch:
 class DigitPage:
     """The drawing page as a test sees it: what it shows, and the controls a person uses."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, allow: Callable[[str], bool] = lambda text: False) -> None:
         self.page = page
         self.watch = Watch(page)
+        self.allow = allow
+        """Which console errors are expected (see :meth:`Watch.problems`)."""
+
+    def problems(self) -> list[str]:
+        return self.watch.problems(self.allow)
 
     def open(self, url: str) -> "DigitPage":
         self.page.goto(url)

@@ -46,6 +46,13 @@ export async function showModelFacts(list) {
       facts.push([ACCURACY_LABELS[key] || `Accuracy, ${humanise(key)}`, `${(value * 100).toFixed(1)}%`]);
     }
   }
+  if (Number.isInteger(model.protocol)) {
+    facts.push(["Protocol", `v${model.protocol} over WebSocket and HTTP`]);
+  }
+  const forms = Array.isArray(model.input_forms) ? model.input_forms.filter((f) => typeof f === "string") : [];
+  if (forms.length > 0) {
+    facts.push(["Accepted input", forms.join(", ")]);
+  }
   const training = objectAt(model, "training");
   if (training && Array.isArray(training.data) && training.data.length > 0) {
     facts.push(["Trained on", training.data.filter((item) => typeof item === "string").join("; ")]);

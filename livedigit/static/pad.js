@@ -40,6 +40,10 @@ export class DrawingPad {
     canvas.addEventListener("pointercancel", (event) => this.#up(event));
     canvas.addEventListener("lostpointercapture", (event) => this.#up(event));
     canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+    // touch-action: none stops scrolling, but the browser still runs its gesture detector on the touches:
+    // a fast stroke ends as a "fling", and the tap that cancels a fling is swallowed, so a Submit tapped
+    // right after drawing would do nothing. Cancelling touchstart keeps the canvas's touches out of it.
+    canvas.addEventListener("touchstart", (event) => event.preventDefault(), { passive: false });
     new ResizeObserver(() => this.#resize()).observe(canvas);
     window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.#invalidate());
     this.#resize();

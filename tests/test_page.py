@@ -1,0 +1,344 @@
+"""The drawing page end to end: Debian's chromium, driven by Playwright, against a real server.
+
+Digits are real pen trajectories from the pen-digits test split, drawn with the mouse or a finger onto
+the canvas, so the whole path a person exercises runs: pointer events, stroke capture, the WebSocket,
+preprocessing, the model, and the page's rendering of the replies.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, WebSocketRoute, sync_playwright
+
+from browser import CHROMIUM, DigitPage, draw_with_mouse, draw_with_touch, launch, stroke_with_mouse
+from livedigit.pendigits import PenDigit
+from livedigit.preprocess import Strokes, preprocess
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CONNECTION_REFUSED = re.compile(r"WebSocket connection to '.*' failed")
+"""What chromium logs for each reconnect attempt while a server is down: expected during a restart."""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} not found: the browser tests drive Debian's chromium (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[..., DigitPage]]:
+    """Factory: ``open_page(url, **context_options)`` opens the page and waits until it is connected.
+
+    After the test, every page must have logged no console error, thrown nothing and broken no rule of
+    the Content-Security-Policy (a reconnecting page's refused connection attempts excepted)."""
+    contexts = []
+    pages: list[DigitPage] = []
+
+    def open_(url: str, allow: Callable[[str], bool] = lambda text: False,
+              setup: Callable[[Page], None] = lambda page: None, **options) -> DigitPage:
+        context = browser.new_context(**{"viewport": {"width": 1100, "height": 900}, **options})
+        contexts.append(context)
+        page = DigitPage(context.new_page(), allow)
+        pages.append(page)
+        setup(page.page)
+        return page.open(url)
+
+    yield open_
+    problems = [problem for page in pages for problem in page.problems()]
+    for context in contexts:
+        context.close()
+    assert problems == [], f"the page reported problems: {problems}"
+
+
+@pytest.fixture(scope="module")
+def samples(pen_test: list[PenDigit]) -> list[PenDigit]:
+    """Twenty digits, two per class, from different writers: the first and third quartiles of each class."""
+    by_class: dict[int, list[PenDigit]] = {}
+    for digit in pen_test:
+        by_class.setdefault(digit.label, []).append(digit)
+    return [group[len(group) * q // 4] for label, group in sorted(by_class.items()) for q in (1, 3)]
+
+
+def two_stroke_digit(pen_test: list[PenDigit], label: int) -> PenDigit:
+    return next(d for d in pen_test if d.label == label and len(d.strokes) == 2 and min(map(len, d.strokes)) >= 4)
+
+
+def origin(page: DigitPage) -> tuple[float, float]:
+    """The canvas's top-left corner in page coordinates."""
+    box = page.canvas_box()
+    return box["x"], box["y"]
+
+
+class SlowNetwork:
+    """Routes the page's WebSocket through Playwright to the real server and holds back the server
+    messages ``hold`` picks until :meth:`release`: replies that are late, or arrive out of order."""
+
+    def __init__(self, hold: Callable[[dict], bool] = lambda message: False) -> None:
+        self.hold = hold
+        self.held: list[str] = []
+        self.delivered: list[dict] = []
+        self.routes: list[WebSocketRoute] = []
+
+    def install(self, page: Page) -> None:
+        page.route_web_socket(re.compile(r"/ws$"), self._route)
+
+    def _route(self, socket: WebSocketRoute) -> None:
+        self.routes.append(socket)
+        upstream = socket.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            parsed = json.loads(message)
+            if self.hold(parsed):
+                self.held.append(message)
+                return
+            self.delivered.append(parsed)
+            socket.send(message)
+
+        upstream.on_message(from_server)
+
+    def release(self) -> None:
+        for message in self.held:
+            self.routes[-1].send(message)
+        self.held.clear()
+
+
+def wait_until(page: Page, condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a Python-side condition while letting Playwright deliver events (frames, console)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        page.wait_for_timeout(25)
+
+
+def test_page_is_served_with_a_strict_csp_and_describes_the_model(server, open_page) -> None:
+    page = open_page(server.http_url)
+    response = page.page.request.get(server.http_url + "/")
+    policy = response.headers.get("content-security-policy", "")
+    assert "script-src" in policy or "default-src" in policy, f"no Content-Security-Policy: {response.headers}"
+    assert "unsafe-inline" not in policy
+    assert page.page.locator("#status-text").inner_text() == "Connected"
+    model = page.page.request.get(server.http_url + "/api/model").json()
+    page.page.wait_for_selector("#model-facts .fact")
+    facts = page.page.locator("#model-facts").inner_text()
+    assert model["name"] in facts
+    assert page.page.locator("#pad").get_attribute("aria-label")
+    assert page.page.locator("#announcer").get_attribute("aria-live") == "polite"
+    for control in ("Undo", "Clear", "Submit"):
+        assert page.page.get_by_role("button", name=control).count() == 1
+
+
+def test_empty_canvas_sends_no_request(server, open_page) -> None:
+    page = open_page(server.http_url)
+    page.page.keyboard.press("Escape")
+    page.page.keyboard.press("Control+z")
+    page.page.keyboard.press("Enter")
+    page.page.click("#submit")
+    page.page.wait_for_timeout(300)
+    assert page.watch.requests() == []
+    assert page.state == "idle"
+    assert page.bars() == [0.0] * 10
+    assert "Draw a digit first" in page.page.locator("#message").inner_text()
+
+
+RECORD_SEND_TIMES = """
+window.sendTimes = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  if (typeof data === "string" && data.includes('"snapshot"')) { window.sendTimes.push(performance.now()); }
+  return send.call(this, data);
+};
+"""
+
+
+def test_bars_follow_the_pen_before_submit(server, open_page, samples) -> None:
+    page = open_page(server.http_url, setup=lambda raw: raw.add_init_script(RECORD_SEND_TIMES))
+    box = page.canvas_box()
+    stroke = page.fit(samples[6].strokes)[0]  # a 3, one long stroke
+    half = len(stroke) // 2
+    stroke_with_mouse(page.page, stroke[:half], pause_ms=15, release=False)
+    page.wait_for_state("live")  # the pen is still down: the guess came from a live snapshot
+    snapshots = [m for m in page.watch.sent if m["type"] == "snapshot"]
+    assert snapshots and all(m["preview"] is True and len(m["surface"]) == 2 for m in snapshots)
+    live = page.watch.replies("prediction")[-1]
+    assert live["final"] is False
+    page.wait_for_bars(live["probabilities"])
+    assert abs(sum(page.bars()) - 1.0) < 0.01
+    assert page.page.evaluate(
+        "() => { const c = document.querySelector('#preview');"
+        " return c.getContext('2d').getImageData(0, 0, 28, 28).data.some((v, i) => i % 4 === 0 && v > 0); }"
+    ), "the preview of the model input stays black"
+    for point in stroke[half:]:
+        page.page.mouse.move(*point)
+        page.page.wait_for_timeout(5)
+    moving = page.page.evaluate("window.sendTimes")
+    page.page.mouse.up()
+    # Lifting the pen always sends the finished stroke, its last point included.
+    end = [stroke[-1][0] - box["x"], stroke[-1][1] - box["y"]]
+    wait_until(page.page, lambda: page.watch.sent[-1]["type"] == "snapshot"
+               and page.watch.sent[-1]["strokes"][0][-1] == pytest.approx(end, abs=1.0),
+               what="the snapshot sent when the pen lifts")
+    gaps = [later - earlier for earlier, later in zip(moving, moving[1:])]
+    assert len(moving) >= 3 and min(gaps) >= 55, f"snapshots while moving came too close: {gaps}"
+    assert page.submit() == page.watch.replies("prediction")[-1]["digit"]
+    assert page.watch.replies("prediction")[-1]["final"] is True
+
+
+def test_submit_recognises_most_pen_digits(server, open_page, samples) -> None:
+    page = open_page(server.http_url)
+    answers = []
+    for digit in samples:
+        page.draw(digit.strokes)
+        answers.append((digit.label, page.submit()))
+        page.page.keyboard.press("Escape")
+        page.wait_for_state("idle")
+    finals = [m for m in page.watch.replies() if m.get("final")]
+    assert [m["digit"] for m in finals] == [answer for _, answer in answers]
+    # What the page sent is the digit as written: the model input matches the pen trajectory's own.
+    for digit, final in zip(samples, finals):
+        seen = np.frombuffer(base64.b64decode(final["preview"]), dtype=np.uint8).reshape(28, 28) / 255.0
+        expected = preprocess(Strokes(digit.strokes))
+        assert np.abs(seen - expected).mean() < 0.02, f"the model saw a different {digit.label}"
+    right = sum(label == answer for label, answer in answers)
+    assert right >= 17, f"only {right}/20 right: {answers}"
+
+
+def test_touch_draws_without_scrolling_the_page(server, open_page, samples) -> None:
+    page = open_page(server.http_url, viewport={"width": 390, "height": 700}, device_scale_factor=2,
+                     is_mobile=True, has_touch=True)
+    page.page.evaluate(
+        "() => { window.pointerTypes = []; document.querySelector('#pad').addEventListener('pointerdown',"
+        " (event) => window.pointerTypes.push(event.pointerType)); }"
+    )
+    assert page.page.evaluate("document.documentElement.scrollHeight > innerHeight"), "the page cannot scroll"
+    cdp = page.page.context.new_cdp_session(page.page)
+    digit = samples[14]  # a 7
+    draw_with_touch(cdp, page.fit(digit.strokes))
+    page.wait_for_state("live")
+    assert set(page.page.evaluate("window.pointerTypes")) == {"touch"}
+    assert page.page.evaluate("scrollY") == 0, "drawing scrolled the page"
+    sent = page.watch.sent[-1]
+    assert len(sent["strokes"]) == len(digit.strokes)
+    assert min(len(stroke) for stroke in sent["strokes"]) >= 3, "a touch stroke was cut short"
+    page.page.tap("#submit")  # at once: a tap right after a stroke must not be swallowed as a gesture
+    page.wait_for_state("final")
+    assert page.digit == page.watch.replies("prediction")[-1]["digit"]
+
+
+def test_clear_resets_and_ignores_late_replies(server, open_page, samples) -> None:
+    network = SlowNetwork()
+    page = open_page(server.http_url, setup=network.install)
+    page.draw(samples[4].strokes)
+    page.wait_for_state("live")
+    page.clear()
+    assert page.state == "idle" and page.bars() == [0.0] * 10
+    assert page.page.evaluate(
+        "() => { const c = document.querySelector('#pad');"
+        " return !c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v) => v > 0); }"
+    ), "the canvas still shows ink"
+    assert page.page.locator("#clear").is_disabled() and page.page.locator("#undo").is_disabled()
+    # Clear while replies are still on their way: when they arrive, they describe a drawing that is gone.
+    network.hold = lambda message: message.get("type") == "prediction"
+    page.draw(samples[8].strokes)
+    wait_until(page.page, lambda: len(network.held) > 0, what="replies in flight")
+    page.page.keyboard.press("Delete")
+    network.release()
+    page.page.wait_for_timeout(300)
+    assert page.state == "idle" and page.bars() == [0.0] * 10
+
+
+def test_undo_removes_the_last_stroke_and_predicts_again(server, open_page, pen_test) -> None:
+    page = open_page(server.http_url)
+    digit = two_stroke_digit(pen_test, 4)
+    page.draw(digit.strokes)
+    wait_until(page.page, lambda: len(page.watch.replies()) == len(page.watch.requests()), what="replies")
+    whole = page.watch.replies("prediction")[-1]
+    page.wait_for_bars(whole["probabilities"])
+    assert len(page.watch.sent[-1]["strokes"]) == 2
+    sent = len(page.watch.requests())
+    page.page.keyboard.press("Control+z")
+    wait_until(page.page, lambda: len(page.watch.requests()) > sent, what="the snapshot after undo")
+    again = page.watch.requests()[-1]
+    assert again["type"] == "snapshot" and len(again["strokes"]) == 1
+    wait_until(page.page, lambda: page.watch.replies()[-1]["id"] == again["id"], what="the reply after undo")
+    reply = page.watch.replies()[-1]
+    assert reply["type"] == "prediction"
+    page.wait_for_bars(reply["probabilities"])
+    assert reply["probabilities"] != whole["probabilities"]
+    sent = len(page.watch.requests())
+    page.page.click("#undo")
+    assert page.state == "idle" and page.bars() == [0.0] * 10
+    page.page.wait_for_timeout(200)
+    assert len(page.watch.requests()) == sent, "undoing the last stroke sent a request for an empty canvas"
+
+
+def test_server_error_is_shown_and_the_page_recovers(start_server, open_page, samples) -> None:
+    server = start_server("--max-strokes", "2")
+    page = open_page(server.http_url)
+    page.draw(samples[0].strokes)
+    page.wait_for_state("live")
+    short = [[(10, 10), (40, 60)], [(60, 10), (60, 80)]]
+    draw_with_mouse(page.page, [[(x + origin(page)[0], y + origin(page)[1]) for x, y in s] for s in short])
+    message = page.page.locator("#message")
+    message.wait_for(state="visible")
+    assert message.get_attribute("role") == "alert"
+    assert "strokes" in message.inner_text()
+    page.page.keyboard.press("Control+z")
+    message.wait_for(state="hidden")
+    page.wait_for_state("live")
+
+
+def test_page_survives_a_server_restart(start_server, open_page, samples) -> None:
+    first = start_server()
+    page = open_page(first.http_url, allow=lambda text: bool(CONNECTION_REFUSED.search(text)))
+    page.draw(samples[2].strokes)  # a 1
+    page.wait_for_state("live")
+    first.stop(signal.SIGTERM)
+    page.wait_for_status("reconnecting")
+    assert "server restarting" in page.page.locator("#status-text").inner_text().lower()
+    replies = len(page.watch.replies())
+    start_server(port=first.port)
+    page.wait_for_status("connected", timeout=30_000)
+    # The page re-sends what is on the canvas: a fresh live guess without touching it.
+    wait_until(page.page, lambda: len(page.watch.replies("prediction")) > 0 and len(page.watch.replies()) > replies,
+               what="a prediction after reconnecting")
+    assert len(page.watch.sockets) >= 2
+    assert page.submit() == page.watch.replies("prediction")[-1]["digit"]
+
+
+def test_a_late_reply_never_replaces_a_newer_one(server, open_page, samples) -> None:
+    """Even if replies arrived out of order, the page keeps the newest: here the network holds back the
+    reply to the first live snapshot and hands it to the page after the later ones."""
+    network = SlowNetwork()
+    network.hold = lambda message: message.get("type") == "prediction" and not network.held
+    page = open_page(server.http_url, setup=network.install)
+    draw_with_mouse(page.page, page.fit(samples[16].strokes), pause_ms=10)  # an 8
+    wait_until(page.page, lambda: any(m.get("type") == "prediction" for m in network.delivered),
+               what="a reply after the held one")
+    page.page.wait_for_timeout(300)
+    newest = [m for m in network.delivered if m.get("type") == "prediction"][-1]
+    page.wait_for_bars(newest["probabilities"])
+    stale = json.loads(network.held[0])
+    assert stale["id"] < newest["id"] and stale["probabilities"] != newest["probabilities"]
+    network.hold = lambda message: False
+    network.release()
+    page.page.wait_for_timeout(300)
+    assert page.bars() == pytest.approx([round(p, 4) for p in newest["probabilities"]], abs=1e-3)
+    assert page.digit == newest["digit"]
