@@ -56,7 +56,21 @@ def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging setup, with the ``livedigit`` loggers printed the same way."""
     logging_config = copy.deepcopy(LOGGING_CONFIG)
     logging_config["loggers"]["livedigit"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    logging_config.setdefault("filters", {})["client_errors"] = {"()": ClientErrorFilter}
+    logging_config["loggers"]["uvicorn.error"]["filters"] = ["client_errors"]
     return logging_config
+
+
+class ClientErrorFilter(logging.Filter):
+    """Log a client's invalid UTF-8 frame as one line: uvicorn adds a traceback, which any client could
+    make the server print at will (the connection is closed with 1007 either way)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid UTF-8 sequence received from client.":
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class Server(uvicorn.Server):
