@@ -142,6 +142,7 @@ class Batcher:
         self._last_arrival: float | None = None
         metrics.queued_snapshots.set_function(lambda: self.queued[0])
         metrics.queued_submits.set_function(lambda: self.queued[1])
+        metrics.in_flight.set_function(lambda: self.in_flight)
         metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
     @property

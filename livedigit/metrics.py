@@ -44,6 +44,12 @@ class Metrics:
                                       registry=registry)
         self.queued_submits = Gauge("livedigit_queued_submits", "Submits waiting for the batcher",
                                     registry=registry)
+        self.in_flight = Gauge("livedigit_in_flight", "Images taken into a batch and not answered yet",
+                               registry=registry)
+        self.client_addresses = Gauge("livedigit_client_addresses", "Client addresses with an open WebSocket",
+                                      registry=registry)
+        self.tasks = Gauge("livedigit_event_loop_tasks", "asyncio tasks alive in the server's event loop",
+                           registry=registry)
         self.ready = Gauge("livedigit_ready", "1 when the model is loaded and the last batch succeeded",
                            registry=registry)
         self.batch_size = Histogram("livedigit_batch_size", "Images per model call", buckets=BATCH_BUCKETS,

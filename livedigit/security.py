@@ -83,6 +83,11 @@ class ConnectionLimits:
     def count(self, client: str) -> int:
         return self._per_client.get(client, 0)
 
+    @property
+    def clients(self) -> int:
+        """Client addresses holding at least one connection."""
+        return len(self._per_client)
+
 
 def content_security_policy(host: str | None) -> str:
     """The page's policy: only its own scripts and styles, WebSockets to its own host, no framing.

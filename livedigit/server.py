@@ -11,9 +11,11 @@ then drop them with 1012, so :class:`Server` does the closing before uvicorn's o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -86,6 +88,17 @@ class Server(uvicorn.Server):
             await app.service.drain(budget)
         self.config.timeout_graceful_shutdown = max(1, round(budget - (time.monotonic() - started)))
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Exit with status 0 after a graceful SIGTERM or Ctrl+C. uvicorn raises the signal again once it
+        has shut down, so the process would end as killed by it (status -15, or a KeyboardInterrupt
+        traceback) although nothing went wrong; a platform reading the status would report a crash."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 def run(settings: Settings) -> int:

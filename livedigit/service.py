@@ -48,6 +48,7 @@ class Service:
         self.draining = False
         self.model_base = _model_base(settings.model)
         self._card: dict[str, Any] = {}
+        self.metrics.client_addresses.set_function(lambda: self.connections.clients)
 
     @property
     def ready(self) -> bool:
@@ -63,6 +64,8 @@ class Service:
 
     async def start(self) -> None:
         """Load the model (unless one was given), start the batcher. Raises :class:`ModelLoadError`."""
+        loop = asyncio.get_running_loop()
+        self.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         if self.runtime is None:
             settings = self.settings
             self.runtime = await asyncio.to_thread(load_runtime, settings.model, settings.runtime, settings.threads)
