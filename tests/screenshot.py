@@ -27,12 +27,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server; default: start one")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
-    parser.add_argument("--label", type=int, default=3, help="which digit to draw")
+    parser.add_argument("--label", type=int, default=5, help="which digit to draw")
+    parser.add_argument("--index", type=int, default=1, help="which of that digit's test samples")
+    parser.add_argument("--fraction", type=float, default=0.8, help="how much of the digit's points to draw")
     parser.add_argument("--scheme", choices=["light", "dark"], default="light")
     args = parser.parse_args()
 
-    digits = [d for d in pendigits.load(SHARED_DATA / "pen_digits.jsonl", "test") if d.label == args.label]
-    digit = max(digits[:40], key=lambda d: sum(len(s) for s in d.strokes))
+    digit = [d for d in pendigits.load(SHARED_DATA / "pen_digits.jsonl", "test") if d.label == args.label][args.index]
     server = None
     if args.url is None:
         server = ServerProcess().start(Path(tempfile.mkdtemp()))
@@ -45,18 +46,16 @@ def main() -> None:
             page = DigitPage(context.new_page()).open(url)
             page.page.wait_for_selector("#model-facts .fact")
             strokes = page.fit(digit.strokes, fill=0.66)
-            first = strokes[0]
-            cut = max(2, int(len(first) * 0.8)) if len(strokes) == 1 else len(first)
-            stroke_with_mouse(page.page, first[:cut], release=len(strokes) > 1)
-            for stroke in strokes[1:-1]:
-                stroke_with_mouse(page.page, stroke)
-            if len(strokes) > 1:
-                last = strokes[-1]
-                stroke_with_mouse(page.page, last[: max(2, len(last) // 2)], release=False)
+            budget = max(2, round(args.fraction * sum(len(stroke) for stroke in strokes)))
+            for stroke in strokes:
+                part = stroke[:budget]
+                budget -= len(part)
+                if len(part) >= 2:
+                    stroke_with_mouse(page.page, part, release=budget > 0)
             page.wait_for_state("live")
             page.page.wait_for_timeout(400)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.page.screenshot(path=str(args.out))
+            page.page.screenshot(path=str(args.out), full_page=True)
             print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
             browser.close()
     finally:

@@ -342,3 +342,18 @@ def test_a_late_reply_never_replaces_a_newer_one(server, open_page, samples) -> 
     page.page.wait_for_timeout(300)
     assert page.bars() == pytest.approx([round(p, 4) for p in newest["probabilities"]], abs=1e-3)
     assert page.digit == newest["digit"]
+
+
+def test_a_silent_connection_is_detected_and_replaced(server, open_page) -> None:
+    """A connection that stays open but answers nothing (a dead mobile link) fails the heartbeat: the page
+    says so, opens a new one, and shows the round-trip time once pongs come back."""
+    network = SlowNetwork(hold=lambda message: message.get("type") == "pong")
+    page = open_page(server.http_url, setup=network.install)
+    assert page.page.locator("#status-rtt").is_hidden()
+    page.wait_for_status("reconnecting", timeout=15_000)
+    assert "no reply" in page.page.locator("#status-text").inner_text().lower()
+    network.hold = lambda message: False
+    page.wait_for_status("connected", timeout=15_000)
+    page.page.wait_for_selector("#status-rtt:not([hidden])")
+    assert re.fullmatch(r"(<1|\d+) ms", page.page.locator("#status-rtt").inner_text())
+    assert len(network.routes) >= 2

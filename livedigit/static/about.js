@@ -63,7 +63,7 @@ export async function showModelFacts(list) {
 /** Long values (sentences rather than figures) get a wider box in a smaller type. */
 function fact(term, value) {
   const group = document.createElement("div");
-  group.className = value.length > 24 ? "fact fact-wide" : "fact";
+  group.className = value.length > 40 ? "fact fact-wide" : "fact";
   const dt = document.createElement("dt");
   dt.textContent = term;
   const dd = document.createElement("dd");
