@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import signal
@@ -197,8 +198,15 @@ def test_bars_follow_the_pen_before_submit(server, open_page, samples) -> None:
                what="the snapshot sent when the pen lifts")
     gaps = [later - earlier for earlier, later in zip(moving, moving[1:])]
     assert len(moving) >= 3 and min(gaps) >= 55, f"snapshots while moving came too close: {gaps}"
-    assert page.submit() == page.watch.replies("prediction")[-1]["digit"]
-    assert page.watch.replies("prediction")[-1]["final"] is True
+    page.page.keyboard.press("Enter")
+    page.wait_for_state("final")
+    final = page.watch.replies("prediction")[-1]
+    assert final["final"] is True and page.digit == final["digit"]
+    confidence = f"{math.floor(final['confidence'] * 100 + 0.5)}%"
+    assert confidence in page.page.locator("#answer-detail").inner_text()
+    page.page.wait_for_function(
+        "(text) => document.querySelector('#announcer').textContent.includes(text)", arg=confidence
+    )  # the polite live region tells screen-reader users the answer
 
 
 def test_submit_recognises_most_pen_digits(server, open_page, samples) -> None:

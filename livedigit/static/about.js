@@ -47,7 +47,7 @@ export async function showModelFacts(list) {
     }
   }
   if (Number.isInteger(model.protocol)) {
-    facts.push(["Protocol", `v${model.protocol} over WebSocket and HTTP`]);
+    facts.push(["Protocol", `v${model.protocol}`]);
   }
   const forms = Array.isArray(model.input_forms) ? model.input_forms.filter((f) => typeof f === "string") : [];
   if (forms.length > 0) {
@@ -63,7 +63,7 @@ export async function showModelFacts(list) {
 /** Long values (sentences rather than figures) get a wider box in a smaller type. */
 function fact(term, value) {
   const group = document.createElement("div");
-  group.className = value.length > 40 ? "fact fact-wide" : "fact";
+  group.className = value.length > 24 ? "fact fact-wide" : "fact";
   const dt = document.createElement("dt");
   dt.textContent = term;
   const dd = document.createElement("dd");

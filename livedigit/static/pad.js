@@ -10,7 +10,7 @@
 const MIN_STEP = 0.75;
 
 /** Pen width as a fraction of the canvas side: a marker-like line, close to the ink the model is used to. */
-const PEN_WIDTH = 0.05;
+const PEN_WIDTH = 0.055;
 
 /** Points per CSS pixel of canvas side in what is sent: enough for the model's 20 px box, far fewer than drawn. */
 const SEND_STEP = 1 / 120;
