@@ -6,14 +6,16 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, free_port
-from wsutil import ONE, SEVEN, closed, open_ws, replies
+from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -75,3 +77,25 @@ async def test_sigterm_closes_every_websocket_with_1001_and_exits(start_server) 
     assert returncode in (0, -signal.SIGTERM)
     log = process.log()
     assert "closed 3 WebSocket connection(s)" in log and "Traceback" not in log
+
+
+def test_the_app_also_runs_under_plain_uvicorn(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "livedigit.app:app", "--port", str(port), "--ws", "websockets-sansio"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (_listening(port) and http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        status, _, reply = http_json(f"http://127.0.0.1:{port}/api/predict", {"strokes": ONE})
+        assert status == 200 and reply["type"] == "prediction"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
