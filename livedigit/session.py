@@ -125,6 +125,8 @@ class Session:
         service = self.service
         service.sessions.add(self)
         self.metrics.connections.inc()
+        if service.draining:  # Shutdown began between admission and here: serve nothing, close with 1001.
+            self.stop_reading(time.monotonic() + service.settings.graceful_shutdown_seconds)
         reader = writer = None
         try:
             if not await self._send(service.hello()):
