@@ -18,7 +18,7 @@ const CLOSE_REASONS = {
   1001: "server restarting",
   1008: "the server closed the connection",
   1009: "the drawing was too large to send",
-  1011: "server error",
+  1011: "connection timed out",
   1012: "server restarting",
   1013: "server busy",
 };
