@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     started = time.time()
+    commit = git_commit()
 
     print("loading MNIST ...", flush=True)
     x_train, y_train, x_test, y_test = load_mnist(args.data)
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.time() - started, 1),
             "tensorflow": tf.__version__,
         },
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "accuracy": accuracies,
         "tflite_vs_keras_max_abs_difference": parity,
     }
