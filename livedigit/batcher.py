@@ -12,7 +12,9 @@ The queue is bounded by design:
 
 * **Snapshots** have one slot per connection (latest wins). A newer snapshot replaces the queued one,
   which is answered ``dropped``/``stale`` without ever being preprocessed; the slot keeps its place in
-  line, so a connection that streams fast is not pushed to the back. Once taken into a batch, a snapshot
+  line, so a connection that streams fast is not pushed to the back. A submit overtakes the queued
+  snapshot the same way: the final drawing makes an older live frame pointless, and its reply (sent in
+  order) would otherwise hold the submit's reply back. Once taken into a batch, a snapshot
   is committed and gets its prediction, which guarantees every connection progress under load.
 * **Submits** are queued in order, never replaced, at most ``max_pending_submits`` of them; beyond that
   a submit is refused with ``overloaded``. Batches take submits first, so under overload snapshots wait;
@@ -210,6 +212,9 @@ class Batcher:
             if len(self._submits) >= self.max_pending_submits:
                 future.set_result(Failed(ErrorCode.OVERLOADED, "the server is busy; try the submit again"))
                 return future
+            overtaken = self._snapshots.pop(owner, None) if owner is not None else None
+            if overtaken is not None:
+                self._resolve(overtaken, Dropped(DropReason.STALE))
             self._submits.append(Job(kind, image, owner, future, now, now))
         else:
             if owner is None:

@@ -215,3 +215,19 @@ async def test_stop_answers_everything_still_queued(make_batcher, pausable_runti
     outcomes = [future.result() for future in futures]
     assert all(isinstance(outcome, Failed) and outcome.code == ErrorCode.OVERLOADED for outcome in outcomes)
     assert isinstance(batcher.enqueue("submit", ONE).result(), Failed)
+
+
+async def test_a_submit_overtakes_the_queued_snapshot_of_its_connection(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=1)
+    drawer, bystander = Owner(), Owner()
+    pausable_runtime.pause()
+    busy = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    mine = batcher.enqueue("snapshot", ink(1), drawer)
+    theirs = batcher.enqueue("snapshot", ink(2), bystander)
+    final = batcher.enqueue("submit", ink(3), drawer)
+    assert mine.done() and mine.result() == Dropped(DropReason.STALE)
+    assert not theirs.done()
+    pausable_runtime.resume()
+    assert isinstance(await final, Prediction) and isinstance(await theirs, Prediction)
+    await busy

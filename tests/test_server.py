@@ -99,8 +99,8 @@ async def test_each_message_gets_exactly_one_reply_in_order(app_server) -> None:
         json.dumps({"type": "submit", "id": 4, "strokes": SEVEN}),
         json.dumps({"type": "wave", "id": 5}),
         json.dumps({"type": "submit", "id": 6, "strokes": [[[0, 0], [1e12, 1]]]}),
-        binary_frame(1, 7, drawing()),
-        json.dumps({"type": "submit", "id": 8, "pixels": pixels_field(np.zeros((5, 5), np.uint8))}),
+        binary_frame(2, 7, drawing()),
+        json.dumps({"type": "snapshot", "id": 8, "pixels": pixels_field(np.zeros((5, 5), np.uint8))}),
         json.dumps({"type": "ping"}),
     ]
     ws, _ = await open_ws(live.ws_url)
@@ -202,8 +202,9 @@ async def test_replies_never_go_back_in_time_with_many_clients(app_server) -> No
     results = await asyncio.gather(*(draw(client) for client in range(8)))
     for answers in results:
         assert [a["id"] for a in answers] == list(range(41))
-        assert answers[-2]["type"] == "prediction" and answers[-1]["type"] == "prediction"
+        assert answers[-1]["type"] == "prediction" and answers[-1]["final"] is True
         assert {a["type"] for a in answers} <= {"prediction", "dropped"}
+        assert all(a["reason"] == "stale" for a in answers if a["type"] == "dropped")
 
 
 async def test_a_client_leaving_mid_flight_leaks_nothing(app_server) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, free_port
-from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
+from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies, sample
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,9 +49,9 @@ async def test_shutdown_answers_pending_submits_then_closes_with_1001(  # type: 
     model.pause()
     await busy.send(json.dumps({"type": "submit", "id": 1, "strokes": ONE}))
     assert await asyncio.to_thread(model.blocked.wait, 10)
-    await busy.send(json.dumps({"type": "snapshot", "id": 2, "strokes": SEVEN}))
-    await busy.send(json.dumps({"type": "submit", "id": 3, "strokes": SEVEN}))
-    while live.service.batcher.queued[1] + live.service.batcher.in_flight < 2:
+    await busy.send(json.dumps({"type": "submit", "id": 2, "strokes": SEVEN}))
+    await busy.send(json.dumps({"type": "snapshot", "id": 3, "strokes": SEVEN}))
+    while sample(live.service, "livedigit_messages_total", {"type": "snapshot"}) < 1:
         await asyncio.sleep(0.01)
     live.server.should_exit = True
     while not live.service.draining:
