@@ -40,7 +40,7 @@ class Settings:
     max_side: int = _option(1024, "largest image width or height, checked before decoding")
     max_png_bytes: int = _option(192 * 1024, "largest PNG file inside a message")
     max_strokes: int = _option(64, "most strokes in one drawing")
-    max_points: int = _option(4096, "most points over all strokes of one drawing")
+    max_points: int = _option(1024, "most points over all strokes of one drawing")
     snapshot_rate: float = _option(30.0, "snapshots per second per connection (token bucket refill)")
     snapshot_burst: int = _option(30, "snapshots a connection may send at once before the rate applies")
     submit_rate: float = _option(5.0, "submits per second per connection")

@@ -61,7 +61,7 @@ class Limits:
     """Largest accepted PNG file."""
     max_strokes: int = 64
     """Most strokes in one drawing."""
-    max_points: int = 4096
+    max_points: int = 1024
     """Most points over all strokes of one drawing."""
 
 

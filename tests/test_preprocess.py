@@ -387,7 +387,7 @@ def valid_png() -> bytes:
         (Strokes("[[1, 2]]"), "list of polylines"),
         (Strokes({"x": [1, 2]}), "list of polylines"),
         (Strokes([[[0, 0], [1, 1]]] * 65), "65 strokes; the limit is 64"),
-        (Strokes([[[0, 0]] * 4000, [[1, 1]] * 97]), "more than 4096 points"),
+        (Strokes([[[0, 0]] * 1000, [[1, 1]] * 25]), "more than 1024 points"),
         (Strokes([5]), "stroke 0 must be a list"),
         (Strokes([None]), "stroke 0 must be a list"),
         (Strokes([[[0, 0], [1, 1]], "abc"]), "stroke 1 must be a list"),

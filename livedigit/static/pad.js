@@ -68,7 +68,7 @@ export class DrawingPad {
    * The strokes as the protocol wants them: thinned to a step that suits the model, rounded to 0.1 px,
    * and never more than `maxPoints` points in all (the step grows until they fit).
    */
-  wireStrokes(maxPoints = 4096) {
+  wireStrokes(maxPoints = 1024) {
     let step = Math.max(1, Math.max(this.width, this.height) * SEND_STEP);
     for (;;) {
       const strokes = this.strokes.map((stroke) => thin(stroke, step));
