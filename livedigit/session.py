@@ -13,6 +13,7 @@ client that floods (or stops reading its replies) is slowed by TCP instead of gr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -190,6 +191,10 @@ class Session:
             self.metrics.messages.labels("invalid").inc()
             return Pending(None, received, reply=protocol.error(exc.id, exc.code, exc.message))
         self.metrics.messages.labels(request.kind).inc()
+        # An owed reply keeps only what the reply needs (id, final, preview); the drawing goes to the
+        # batcher, which lets go of it once used. Otherwise MAX_OUTSTANDING replies waiting behind a slow
+        # one would pin as many drawings of up to max_message_bytes each, per connection.
+        image, request = request.image, dataclasses.replace(request, image=None)
         if request.kind == "ping":
             return Pending(request, received, reply=protocol.pong(request.id))
         if request.kind == "snapshot" and not self.snapshot_bucket.take():
@@ -199,8 +204,8 @@ class Session:
             return Pending(request, received, reply=protocol.error(
                 request.id, ErrorCode.RATE_LIMITED, f"more than {limit:g} submits per second; slow down"
             ))
-        assert self.batcher is not None and request.image is not None
-        future = self.batcher.enqueue(request.kind, request.image, owner=self)  # type: ignore[arg-type]
+        assert self.batcher is not None and image is not None
+        future = self.batcher.enqueue(request.kind, image, owner=self)  # type: ignore[arg-type]
         return Pending(request, received, outcome=future)
 
     async def _write(self) -> None:
