@@ -7,9 +7,11 @@ documenting it does too.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import struct
+import time
 import urllib.request
 import zlib
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import REPO
+from wsutil import SEVEN, ask, open_ws
 
 PROTOCOL = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
 
@@ -157,3 +160,51 @@ def text_chunk_bomb(compressed_text: bool = True) -> bytes:
     kind = b"zTXt" if compressed_text else b"iCCP"
     extra = chunk(kind, b"Comment\x00\x00" + payload)
     return raw_png(28, 28, rows=(b"\x00" + b"\x00" * 28) * 28, extra=extra)
+
+
+# Clients.
+
+
+class Bystander:
+    """A well-behaved client on its own connection: asks the same things again and again, and the answers
+    must stay the same whatever other clients do to the server."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.asked = 0
+        self.reference: dict[str, Any] = {}
+
+    @classmethod
+    async def open(cls, url: str) -> "Bystander":
+        ws, _ = await open_ws(url)
+        bystander = cls(ws)
+        bystander.reference = await bystander._ask()
+        assert bystander.reference["type"] == "prediction", bystander.reference
+        return bystander
+
+    async def _ask(self) -> dict[str, Any]:
+        self.asked += 1
+        answer = await ask(self.ws, {"type": "submit", "id": self.asked, "strokes": SEVEN})
+        assert answer["id"] == self.asked, answer
+        return answer
+
+    async def check(self) -> None:
+        answer = await self._ask()
+        assert answer["type"] == "prediction" and answer["final"] is True, answer
+        assert answer["digit"] == self.reference["digit"]
+        np.testing.assert_allclose(answer["probabilities"], self.reference["probabilities"], atol=1e-4)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def settle(http_url: str, want: dict[str, float], timeout: float = 60.0) -> dict[str, float]:
+    """Poll ``/metrics`` until every gauge in ``want`` has its value; fail with the last values if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = await asyncio.to_thread(scrape, http_url)
+        if all(samples.get(name, 0.0) == value for name, value in want.items()):
+            return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never settled: want {want}, have {({name: samples.get(name) for name in want})}")
+        await asyncio.sleep(0.1)
