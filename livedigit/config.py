@@ -46,6 +46,10 @@ class Settings:
     submit_rate: float = _option(5.0, "submits per second per connection")
     submit_burst: int = _option(10, "submits a connection may send at once before the rate applies")
     max_bad_messages: int = _option(32, "consecutive invalid messages after which a connection is closed with 1008")
+    message_rate: float = _option(
+        100.0, "frames per second read from one connection, in bursts of as many; a faster client is read more "
+        "slowly (TCP holds it back), so it cannot take the server's time from the others; 0: no limit"
+    )
     max_connections: int = _option(1000, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
     max_pending_submits: int = _option(1024, "submits queued across all connections before new ones are refused")

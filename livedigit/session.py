@@ -114,6 +114,7 @@ class Session:
         self.metrics = service.metrics
         self.snapshot_bucket = TokenBucket(settings.snapshot_rate, settings.snapshot_burst)
         self.submit_bucket = TokenBucket(settings.submit_rate, settings.submit_burst)
+        self.frame_bucket = TokenBucket(settings.message_rate, max(1, round(settings.message_rate)))
         self.pending: asyncio.Queue[Pending | object] = asyncio.Queue(MAX_OUTSTANDING)
         self.bad_in_a_row = 0
         self.closed = asyncio.Event()
@@ -171,6 +172,10 @@ class Session:
         while not self._stopping:
             self._receiving = True
             try:
+                # Pacing: however fast a client sends, it costs the event loop (and so every other
+                # connection) at most message_rate frames a second; the rest waits in TCP buffers.
+                while not self.frame_bucket.take():
+                    await asyncio.sleep(1.0 / self.frame_bucket.rate)
                 message = await receive()
             finally:
                 self._receiving = False

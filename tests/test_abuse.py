@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import struct
+import time
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ from hardutil import CLOSE_CODES, Bystander, log_problems, rss_mb, scrape
 from livedigit.config import Settings
 from livedigit.server import config
 from livedigit.session import MAX_OUTSTANDING
-from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, open_ws, reply, sample
+from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, open_ws, replies, reply, sample
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,9 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
     """Two dozen clients send 64 KB snapshots as fast as the socket takes them (many times what the model
     can serve) for as long as another client submits: every submit gets its prediction, snapshots are
     shed (in the replies and in /metrics), each flooder's newest snapshot is still answered, memory stays
-    flat."""
-    server = start_server("--snapshot-rate", "0", "--submit-rate", "0", "--max-connections-per-client", "1000")
+    flat. Rate limits and pacing are off, so that a few clients can offer that much."""
+    server = start_server("--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0",
+                          "--max-connections-per-client", "1000")
     before = await asyncio.to_thread(scrape, server.http_url)
     raster = drawing(256)
     resident: list[float] = []
@@ -114,7 +116,7 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
 async def test_replies_owed_behind_a_slow_one_do_not_pin_the_drawings(app_server) -> None:  # type: ignore[no-untyped-def]
     """Eight clients each queue a submit the busy model holds, then 250 snapshots of 256 KB behind it:
     the 2,000 owed replies wait in order, but the server keeps one drawing per connection, not 500 MB."""
-    live = app_server(snapshot_rate=0, max_connections_per_client=100)
+    live = app_server(snapshot_rate=0, message_rate=0, max_connections_per_client=100)
     model = live.runtime
     process = psutil.Process()
     frame = struct.pack(">BBBBIHH", 1, 1, 0, 0, 0, 1024, 255) + os.urandom(1024 * 255)
@@ -141,6 +143,29 @@ async def test_replies_owed_behind_a_slow_one_do_not_pin_the_drawings(app_server
         answers = [await reply(ws) for _ in range(MAX_OUTSTANDING - 5)]
         assert answers[0]["type"] == "prediction" and answers[-1]["type"] == "prediction"
         await ws.close()
+
+
+async def test_a_flooding_client_is_read_at_the_message_rate_while_others_are_served(app_server) -> None:  # type: ignore[no-untyped-def]
+    """A client that sends 150 pings at once is read at ``--message-rate`` (here 50 a second, bursts of
+    50): at no moment has the server taken more of its frames than the burst plus the rate times the time
+    elapsed. Every ping still gets its pong, in order, and a bystander is answered all along."""
+    live = app_server(message_rate=50, submit_rate=0)
+    bystander = await Bystander.open(live.ws_url)
+    ws, _ = await open_ws(live.ws_url)
+    async with ws:
+        started = time.monotonic()
+        for index in range(150):
+            await ws.send(json.dumps({"type": "ping", "id": index}))
+        reader = asyncio.create_task(replies(ws, 150))
+        read = []
+        while not reader.done():
+            read.append((time.monotonic() - started, sample(live.service, "livedigit_messages_total", {"type": "ping"})))
+            await bystander.check()
+            await asyncio.sleep(0.05)
+        answers = await reader
+    assert [(a["type"], a["id"]) for a in answers] == [("pong", index) for index in range(150)]
+    assert read and all(count <= 50 + 50 * elapsed + 1 for elapsed, count in read), read
+    await bystander.close()
 
 
 def raw_websocket(port: int, headers: str = "") -> tuple[socket.socket, bytes]:

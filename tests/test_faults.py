@@ -217,7 +217,7 @@ async def test_a_model_failing_every_other_batch_never_stops_the_batcher(faulty_
     """Eight clients stream snapshots and submits while every other model call raises: each frame still
     gets exactly one reply, in order, each a prediction, a drop or ``internal``; readiness follows the
     last call; once the model recovers everything is answered normally."""
-    live = faulty_server(snapshot_burst=1000, submit_burst=1000)
+    live = faulty_server(snapshot_burst=1000, submit_burst=1000, max_batch=4)
     model, service = live.runtime, live.service
     model.plan_faults(["raise", None], cycle=True)
 

@@ -57,10 +57,10 @@ TIMEOUT = 30.0
 FUZZ_FLAGS = [
     "--max-side", str(MAX_SIDE), "--max-png-bytes", str(MAX_PNG_BYTES), "--max-strokes", str(MAX_STROKES),
     "--max-points", str(MAX_POINTS), "--max-bad-messages", str(MAX_BAD),
-    "--snapshot-rate", "0", "--submit-rate", "0", "--max-connections-per-client", "1000",
+    "--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0", "--max-connections-per-client", "1000",
 ]
-"""Rate limits off so that every frame reaches parsing and preprocessing; small caps so that frames
-crossing them are cheap to generate."""
+"""Rate limits and pacing off so that every frame reaches parsing and preprocessing at full speed; small
+caps so that frames crossing them are cheap to generate."""
 
 FUZZ_SETTINGS = settings(
     deadline=None, derandomize=True, database=None, print_blob=True,
