@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 import struct
 import time
@@ -208,3 +209,33 @@ async def settle(http_url: str, want: dict[str, float], timeout: float = 60.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"never settled: want {want}, have {({name: samples.get(name) for name in want})}")
         await asyncio.sleep(0.1)
+
+
+class LogWatch(logging.Handler):
+    """Collects what an in-process server logs at WARNING or above, to check that nothing escaped.
+
+    Attach it after the server has started: uvicorn's logging setup replaces the handlers it configures.
+    """
+
+    LOGGERS = ("asyncio", "livedigit", "uvicorn", "uvicorn.error")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "LogWatch":
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+    def problems(self, expected: tuple[str, ...] = ()) -> list[str]:
+        """Every record except those whose message contains one of ``expected``."""
+        lines = [f"{record.name} {record.levelname}: {record.getMessage()}" for record in self.records]
+        return [line for line in lines if not any(text in line for text in expected)]

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from conftest import AppServer, PausableRuntime, free_port
-from hardutil import Bystander, log_problems, rss_mb, scrape, settle, zlib_bomb
+from hardutil import Bystander, LogWatch, log_problems, rss_mb, scrape, settle, zlib_bomb
 from livedigit.config import Settings
 from wsutil import ONE, SEVEN, binary_frame, closed, drawing, http_json, open_ws, pixels_field, replies, sample
 
@@ -99,6 +99,12 @@ async def test_clients_leaving_while_their_images_are_in_the_model_cost_nothing(
     """Forty clients leave while their drawings are queued, preprocessed and waiting for the busy model:
     the model never computes them, every job and task is released, the one remaining client is answered."""
     live = app_server(max_batch=8, max_connections_per_client=1000)
+    with LogWatch() as log:
+        await _leave_mid_flight(live)
+    assert not log.problems(), log.problems()
+
+
+async def _leave_mid_flight(live: AppServer) -> None:
     model, service = live.runtime, live.service
     bystander = await Bystander.open(live.ws_url)
     tasks_idle = sample(service, "livedigit_event_loop_tasks")
@@ -169,7 +175,7 @@ def faulty_server(model_runtime):  # type: ignore[no-untyped-def]
     servers: list[AppServer] = []
 
     def start(**overrides: Any) -> AppServer:
-        settings = Settings(**{"port": free_port(), "log_level": "critical", **overrides})
+        settings = Settings(**{"port": free_port(), "log_level": "warning", **overrides})
         server = AppServer(settings, FaultyRuntime(model_runtime))  # type: ignore[arg-type]
         servers.append(server)
         return server.start()
@@ -184,6 +190,13 @@ async def test_a_failed_batch_answers_internal_only_to_its_own_messages(faulty_s
     """The batch the model fails on is answered ``internal``; the next batch, queued behind it, is
     answered normally, and readiness comes back with it."""
     live = faulty_server()
+    with LogWatch() as log:
+        await _fail_one_batch(live, fault)
+    assert not log.problems(expected=("the model failed on a batch of 1",)), log.problems()
+    assert len(log.records) == 1
+
+
+async def _fail_one_batch(live: AppServer, fault: str) -> None:
     model, service = live.runtime, live.service
     victim, _ = await open_ws(live.ws_url)
     others = [(await open_ws(live.ws_url))[0] for _ in range(5)]
@@ -218,6 +231,12 @@ async def test_a_model_failing_every_other_batch_never_stops_the_batcher(faulty_
     gets exactly one reply, in order, each a prediction, a drop or ``internal``; readiness follows the
     last call; once the model recovers everything is answered normally."""
     live = faulty_server(snapshot_burst=1000, submit_burst=1000, max_batch=4)
+    with LogWatch() as log:
+        await _stream_through_failures(live)
+    assert not log.problems(expected=("the model failed on a batch of",)), log.problems()
+
+
+async def _stream_through_failures(live: AppServer) -> None:
     model, service = live.runtime, live.service
     model.plan_faults(["raise", None], cycle=True)
 
