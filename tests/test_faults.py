@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from conftest import AppServer, PausableRuntime, free_port
 from hardutil import Bystander, LogWatch, log_problems, rss_mb, scrape, settle, zlib_bomb
 from livedigit.config import Settings
-from wsutil import ONE, SEVEN, binary_frame, closed, drawing, http_json, open_ws, pixels_field, replies, sample
+from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, http_json, open_ws, pixels_field, replies, sample
 
 pytestmark = pytest.mark.slow
 
@@ -296,3 +296,15 @@ async def test_sigterm_answers_what_was_sent_closes_every_socket_with_1001_and_e
     log = server.log()
     assert "closed 31 WebSocket connection(s)" in log
     assert not log_problems(log), "\n".join(log_problems(log))
+
+
+async def test_shutdown_closes_a_connection_whose_reading_is_paced(app_server) -> None:  # type: ignore[no-untyped-def]
+    """A connection held back by ``--message-rate`` (its reader waiting for the next token) is closed
+    with 1001 at shutdown like any other, not left for uvicorn to drop after the grace period."""
+    live = app_server(message_rate=0.5)
+    ws, _ = await open_ws(live.ws_url)
+    assert (await ask(ws, {"type": "ping", "id": 1})) == {"type": "pong", "id": 1}
+    live.server.should_exit = True
+    assert await closed(ws) == (1001, "server restarting")
+    await asyncio.to_thread(live.thread.join, 30)
+    assert not live.thread.is_alive()
