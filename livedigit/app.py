@@ -28,7 +28,7 @@ from livedigit.config import Settings
 from livedigit.metrics import CONTENT_TYPE
 from livedigit.protocol import ErrorCode, ProtocolError
 from livedigit.runtime import ModelLoadError, Runtime
-from livedigit.security import SecurityHeadersMiddleware
+from livedigit.security import RouterClientMiddleware, SecurityHeadersMiddleware
 from livedigit.service import Service, answer
 from livedigit.session import websocket_endpoint
 
@@ -80,7 +80,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             WebSocketRoute("/ws", websocket_endpoint),
             Mount("/static", StaticFiles(directory=str(STATIC), check_dir=False), name="static"),
         ],
-        middleware=[Middleware(SecurityHeadersMiddleware)],
+        middleware=[
+            Middleware(SecurityHeadersMiddleware),
+            *([Middleware(RouterClientMiddleware)] if settings.forwarded_allow_ips.strip() == "*" else []),
+        ],
     )
     app.service = service
     app.state.service = service

@@ -4,6 +4,7 @@
   visitor's browser to talk to this server (cross-site WebSocket hijacking). Browsers always send
   ``Origin``; scripts usually do not, and are accepted unless ``allow_no_origin`` is off.
 * **Connection caps** per process and per client address, so one client cannot take every slot.
+* **Client address** behind Heroku's router: the address the router appended, not one the client wrote.
 * **Security headers** on every HTTP response: a Content-Security-Policy without inline scripts,
   ``nosniff``, no referrer, no framing.
 """
@@ -87,6 +88,30 @@ class ConnectionLimits:
     def clients(self) -> int:
         """Client addresses holding at least one connection."""
         return len(self._per_client)
+
+
+class RouterClientMiddleware:
+    """The client address behind a router that appends the address it saw to ``X-Forwarded-For``
+    (Heroku's), used with ``--forwarded-allow-ips '*'``.
+
+    The router's entry is the last one of the first ``X-Forwarded-For`` header; everything before it,
+    and any further ``X-Forwarded-For`` header, was written by the client. uvicorn trusting every hop
+    takes the first entry (of the last header) instead, which a client can set to anything to dodge the
+    per-address connection cap and the HTTP rate limit.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            for name, value in scope.get("headers", []):
+                if name == b"x-forwarded-for":
+                    last = value.decode("latin-1").rsplit(",", 1)[-1].strip()
+                    if last:
+                        scope = {**scope, "client": (last, 0)}
+                    break
+        await self.app(scope, receive, send)
 
 
 def content_security_policy(host: str | None) -> str:

@@ -29,7 +29,7 @@ from hardutil import CLOSE_CODES, Bystander, log_problems, rss_mb, scrape
 from livedigit.config import Settings
 from livedigit.server import config
 from livedigit.session import MAX_OUTSTANDING
-from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, open_ws, replies, reply, sample
+from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, http_json, open_ws, replies, reply, sample
 
 pytestmark = pytest.mark.slow
 
@@ -330,6 +330,31 @@ async def test_refused_connections_leave_no_trace(app_server) -> None:  # type: 
     again, _ = await open_ws(live.ws_url)
     async with again:
         assert (await ask(again, {"type": "ping", "id": 1}))["type"] == "pong"
+
+
+async def test_behind_a_router_a_client_cannot_pick_its_own_address(app_server) -> None:  # type: ignore[no-untyped-def]
+    """With ``--forwarded-allow-ips '*'`` the client is the address the router appended (the last entry of
+    the first X-Forwarded-For header): writing other entries, or a second header, does not get a client
+    past the per-address cap or the HTTP rate limit."""
+    live = app_server(forwarded_allow_ips="*", max_connections_per_client=1, submit_rate=0.01, submit_burst=1)
+    router = {"X-Forwarded-For": "203.0.113.9"}
+    first, _ = await open_ws(live.ws_url, additional_headers=router)
+    for headers in (
+        [("X-Forwarded-For", "198.51.100.1, 203.0.113.9")],
+        [("X-Forwarded-For", "198.51.100.2,203.0.113.9")],
+        [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-For", "198.51.100.3")],
+    ):
+        again = await connect(live.ws_url, additional_headers=headers, open_timeout=30)
+        assert await closed(again) == (1013, "too many connections from your address; retry later"), headers
+    other, _ = await open_ws(live.ws_url, additional_headers={"X-Forwarded-For": "203.0.113.9, 192.0.2.44"})
+    assert live.service.connections.count("192.0.2.44") == 1
+    for ws in (first, other):
+        await ws.close()
+    statuses = [
+        http_json(live.http_url + "/api/predict", {"strokes": ONE}, {"X-Forwarded-For": f"198.51.100.{n}, 192.0.2.7"})[0]
+        for n in range(3)
+    ]
+    assert statuses == [200, 429, 429]
 
 
 @pytest.mark.parametrize("origin", [
