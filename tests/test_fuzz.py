@@ -661,7 +661,8 @@ def test_the_fuzzed_server_stayed_healthy(fuzzing: Fuzzing) -> None:
     fuzzing.bystander.check()
     fuzzer = fuzzing.fuzzer
     assert fuzzer.frames >= 2000, fuzzer.frames
-    assert fuzzer.policy_closes >= 1 and fuzzer.seen.get("prediction", 0) > 100, fuzzer.seen
+    served = sum(fuzzer.seen.get(kind, 0) for kind in ("prediction", "empty", "dropped"))
+    assert fuzzer.policy_closes >= 1 and served > 150, fuzzer.seen  # the valid paths were well exercised
     samples = scrape(fuzzing.server.http_url)
     assert samples["livedigit_queued_snapshots"] == 0 and samples["livedigit_queued_submits"] == 0
     assert samples["livedigit_ready"] == 1
