@@ -52,6 +52,9 @@ prediction that late no longer matches what the person sees."""
 ARRIVAL_SMOOTHING = 0.2
 """Weight of the newest gap in the moving average of the time between arrivals."""
 
+PROBE_INTERVAL = 5.0
+"""Seconds between test batches while the model is failing and no traffic tells whether it recovered."""
+
 MAX_ARRIVAL_GAP = 0.1
 """Gaps are capped at this (seconds) so that one idle period does not disable waiting for long."""
 
@@ -272,7 +275,11 @@ class Batcher:
         """Run each preprocessed batch through the model, one at a time, in the model thread."""
         loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._handoff.get()
+            try:
+                jobs = await asyncio.wait_for(self._handoff.get(), None if self._healthy else PROBE_INTERVAL)
+            except TimeoutError:
+                await self._probe(loop)
+                continue
             self._handoff.task_done()
             live = []
             for job in jobs:
@@ -300,6 +307,16 @@ class Batcher:
             self.metrics.batch_size.observe(len(live))
             for job, row in zip(live, probabilities):
                 self._resolve(job, Prediction(row, job.model_input))  # type: ignore[arg-type]
+
+    async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run a blank digit through a failed model, so readiness recovers without waiting for traffic."""
+        try:
+            await loop.run_in_executor(self._model_thread, self._predict, [np.zeros((SIZE, SIZE), np.float32)])
+        except Exception as exc:
+            logger.warning("the model still fails (%s); next check in %.0f s", exc, PROBE_INTERVAL)
+            return
+        logger.info("the model answers again; ready")
+        self._healthy = True
 
     async def _preprocess(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[Job]:
         """Preprocess ``jobs`` in the pool; answer the empty and invalid ones; return those for the model."""

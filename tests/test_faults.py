@@ -265,6 +265,25 @@ async def _stream_through_failures(live: AppServer) -> None:
     assert http_json(live.http_url + "/readyz")[0] == 200
 
 
+async def test_readiness_comes_back_without_traffic_once_the_model_recovers(faulty_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A model that keeps failing leaves the server unready; once it answers again, the batcher's own
+    test batches make it ready again, with no client having to send anything."""
+    monkeypatch.setattr("livedigit.batcher.PROBE_INTERVAL", 0.2)
+    live = faulty_server()
+    live.runtime.plan_faults(["raise", "raise", "raise"])
+    with LogWatch():
+        ws, _ = await open_ws(live.ws_url)
+        failed = json.loads(await asyncio.wait_for(_ask(ws, {"type": "submit", "id": 1, "strokes": SEVEN}), 20))
+        assert failed["type"] == "error" and failed["code"] == "internal"
+        assert http_json(live.http_url + "/readyz")[0] == 503
+        deadline = time.monotonic() + 20
+        while http_json(live.http_url + "/readyz")[0] != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert http_json(live.http_url + "/readyz")[0] == 200
+        assert live.runtime.batch_sizes[-1] == 1 and len(live.runtime.batch_sizes) >= 4
+        await ws.close()
+
+
 async def test_sigterm_answers_what_was_sent_closes_every_socket_with_1001_and_exits_0(start_server) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM while 20 heavy submits, one sent just before the signal and an HTTP prediction are in
     flight, with 30 more clients connected: every submit is answered, every socket gets 1001 "server
