@@ -121,7 +121,7 @@ class Batcher:
         limits: Limits,
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
-        max_pending_submits: int = 1024,
+        max_pending_submits: int = 256,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         preprocess_threads: int = 1,
     ) -> None:

@@ -36,9 +36,9 @@ class Settings:
     threads: int = _option(1, "CPU threads the model may use per batch")
     max_batch: int = _option(64, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")
-    max_message_bytes: int = _option(256 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")
+    max_message_bytes: int = _option(64 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")
     max_side: int = _option(1024, "largest image width or height, checked before decoding")
-    max_png_bytes: int = _option(192 * 1024, "largest PNG file inside a message")
+    max_png_bytes: int = _option(48 * 1024, "largest PNG file inside a message")
     max_strokes: int = _option(64, "most strokes in one drawing")
     max_points: int = _option(1024, "most points over all strokes of one drawing")
     snapshot_rate: float = _option(30.0, "snapshots per second per connection (token bucket refill)")
@@ -50,9 +50,9 @@ class Settings:
         100.0, "frames per second read from one connection, in bursts of as many; a faster client is read more "
         "slowly (TCP holds it back), so it cannot take the server's time from the others; 0: no limit"
     )
-    max_connections: int = _option(1000, "concurrent WebSocket connections per process")
+    max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
-    max_pending_submits: int = _option(1024, "submits queued across all connections before new ones are refused")
+    max_pending_submits: int = _option(256, "submits queued across all connections before new ones are refused")
     allowed_origins: str = _option(
         "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"
     )

@@ -38,14 +38,14 @@ SUBMITS = 30
 
 
 async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -> None:  # type: ignore[no-untyped-def]
-    """Two dozen clients send 64 KB snapshots as fast as the socket takes them (many times what the model
+    """Two dozen clients send 58 KB snapshots as fast as the socket takes them (many times what the model
     can serve) for as long as another client submits: every submit gets its prediction, snapshots are
     shed (in the replies and in /metrics), each flooder's newest snapshot is still answered, memory stays
     flat. Rate limits and pacing are off, so that a few clients can offer that much."""
     server = start_server("--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0",
                           "--max-connections-per-client", "1000")
     before = await asyncio.to_thread(scrape, server.http_url)
-    raster = drawing(256)
+    raster = drawing(240)
     resident: list[float] = []
     submitting = asyncio.Event()
     done = asyncio.Event()
@@ -117,11 +117,11 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
 async def test_replies_owed_behind_a_slow_one_do_not_pin_the_drawings(app_server) -> None:  # type: ignore[no-untyped-def]
     """Eight clients each queue a submit the busy model holds, then 250 snapshots of 256 KB behind it:
     the 2,000 owed replies wait in order, but the server keeps one drawing per connection, not 500 MB."""
-    live = app_server(snapshot_rate=0, message_rate=0, max_connections_per_client=100)
+    live = app_server(snapshot_rate=0, message_rate=0, max_connections_per_client=100, max_message_bytes=256 * 1024)
     model = live.runtime
     process = psutil.Process()
     frame = struct.pack(">BBBBIHH", 1, 1, 0, 0, 0, 1024, 255) + os.urandom(1024 * 255)
-    assert len(frame) < Settings().max_message_bytes
+    assert len(frame) < live.service.settings.max_message_bytes
     baseline = process.memory_info().rss / 2**20
     sockets = []
     model.pause()

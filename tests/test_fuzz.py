@@ -56,7 +56,7 @@ TIMEOUT = 30.0
 
 FUZZ_FLAGS = [
     "--max-side", str(MAX_SIDE), "--max-png-bytes", str(MAX_PNG_BYTES), "--max-strokes", str(MAX_STROKES),
-    "--max-points", str(MAX_POINTS), "--max-bad-messages", str(MAX_BAD),
+    "--max-points", str(MAX_POINTS), "--max-bad-messages", str(MAX_BAD), "--max-message-bytes", str(MAX_MESSAGE_BYTES),
     "--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0", "--max-connections-per-client", "1000",
 ]
 """Rate limits and pacing off so that every frame reaches parsing and preprocessing at full speed; small

@@ -22,7 +22,7 @@ async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # ty
         assert hello["protocol"] == 1
         assert hello["model"] == {"name": "livedigit-cnn", "runtime": "litert"}
         assert hello["limits"] == {
-            "max_message_bytes": 262144, "max_side": 1024, "max_png_bytes": 196608, "max_strokes": 64,
+            "max_message_bytes": 65536, "max_side": 1024, "max_png_bytes": 49152, "max_strokes": 64,
             "max_points": 1024, "snapshot_rate": 30.0, "snapshot_burst": 30, "submit_rate": 5.0,
             "submit_burst": 10, "max_bad_messages": 32,
         }
