@@ -24,20 +24,22 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LIVEDIGIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def shared_file(name: str) -> Path:
+    """A file of the shared data folder, or a skip that says where it was looked for."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{name} not found at {path} (set LIVEDIGIT_SHARED_DATA to the folder holding it)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def mnist_path() -> Path:
-    path = SHARED_DATA / "mnist.npz"
-    if not path.is_file():
-        pytest.skip(f"MNIST not found at {path} (set LIVEDIGIT_SHARED_DATA to the folder holding mnist.npz)")
-    return path
+    return shared_file("mnist.npz")
 
 
 @pytest.fixture(scope="session")
 def pen_path() -> Path:
-    path = SHARED_DATA / "pen_digits.jsonl"
-    if not path.is_file():
-        pytest.skip(f"pen digits not found at {path} (set LIVEDIGIT_SHARED_DATA to the folder holding it)")
-    return path
+    return shared_file("pen_digits.jsonl")
 
 
 @pytest.fixture(scope="session")
