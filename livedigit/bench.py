@@ -443,7 +443,9 @@ class ResourceWatch:
         self._cpu_start: tuple[float, float] | None = None
         self.cpu_percent: float | None = None
         self.bench_cpu_percent: float | None = None
+        self.machine: dict[str, float] = {}
         self._bench_start = (time.monotonic(), sum(psutil.Process().cpu_times()[:2]))
+        self._machine_start = psutil.cpu_times()
 
     def _cpu_seconds(self) -> float | None:
         if self.process is not None:
@@ -462,6 +464,7 @@ class ResourceWatch:
         cpu = self._cpu_seconds()
         self._cpu_start = (time.monotonic(), cpu) if cpu is not None else None
         self._bench_start = (time.monotonic(), sum(psutil.Process().cpu_times()[:2]))
+        self._machine_start = psutil.cpu_times()
 
     def sample(self) -> None:
         rss = self._rss_bytes()
@@ -475,6 +478,10 @@ class ResourceWatch:
             self.cpu_percent = round(100.0 * (cpu - self._cpu_start[1]) / (now - self._cpu_start[0]), 1)
         bench_cpu = sum(psutil.Process().cpu_times()[:2])
         self.bench_cpu_percent = round(100.0 * (bench_cpu - self._bench_start[1]) / (now - self._bench_start[0]), 1)
+        self.machine = _machine_load(self._machine_start, psutil.cpu_times(), now - self._bench_start[0])
+        if self.cpu_percent is not None and self.process is not None:
+            others = self.machine["busy_percent"] - self.cpu_percent - self.bench_cpu_percent
+            self.machine["others_percent"] = round(max(0.0, others), 1)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -483,7 +490,22 @@ class ResourceWatch:
             "rss_mb_max": round(max(self.rss) / 2**20, 1) if self.rss else None,
             "rss_mb_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1) if self.rss else None,
             "bench_client_cpu_percent": self.bench_cpu_percent,
+            "machine": self.machine,
         }
+
+
+def _machine_load(before: Any, after: Any, seconds: float) -> dict[str, float]:
+    """All cores' busy time and steal time (the hypervisor running someone else) over the window, in % of
+    one core, so they add up with the per-process figures; ``others`` is what neither process used."""
+    def delta(name: str) -> float:
+        return getattr(after, name, 0.0) - getattr(before, name, 0.0)
+
+    idle = delta("idle") + delta("iowait")
+    total = sum(getattr(after, name) - getattr(before, name) for name in after._fields
+                if name not in ("guest", "guest_nice"))
+    busy = total - idle - delta("steal")
+    scale = 100.0 / seconds if seconds > 0 else 0.0
+    return {"busy_percent": round(busy * scale, 1), "steal_percent": round(delta("steal") * scale, 1)}
 
 
 def scrape(http_url: str) -> list[Any] | None:
@@ -885,8 +907,20 @@ def _over_knee(run: dict[str, Any], knee_ms: float, knee_dropped: float) -> str 
 
 
 def _machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": sys.version.split()[0], "platform": sys.platform}
+    """Where the figures were measured: they only compare with figures from the same machine and code."""
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": sys.version.split()[0], "platform": sys.platform, "git_commit": commit}
 
 
 # --- the printed report ---------------------------------------------------------------------------
@@ -944,8 +978,10 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             detail.append(f"connections {run['connection_errors']}")
         if run["batch_sizes"]:
             detail.append(f"batches {run['batch_sizes']['buckets']}")
+        machine = run["server"].get("machine", {})
         detail.append(f"bench client cpu {run['server']['bench_client_cpu_percent']}%, "
-                      f"lag p99 {run['client_lag_ms']['p99']} ms")
+                      f"lag p99 {run['client_lag_ms']['p99']} ms, other processes {machine.get('others_percent', '-')}%"
+                      f", steal {machine.get('steal_percent', '-')}%")
         if ceiling:
             detail.append(f"predictions/s {run['predictions_per_s']} = "
                           f"{run['predictions_per_s'] / ceiling['ceiling_per_s']:.1%} of the model-alone ceiling")
