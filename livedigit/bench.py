@@ -47,6 +47,8 @@ Strokes = list[list[list[float]]]
 
 SWEEP_CLIENTS = "25,50,100,150,200,300,400,600,800"
 MAX_SERVER_START_S = 60.0
+DISTURBED_PERCENT = 5.0
+"""CPU (% of one core) used by processes other than the server and the bench above which a run is flagged."""
 DRAIN_S = 5.0
 """How long a run waits after its end for replies still in flight, beyond which they count as lost."""
 
@@ -442,6 +444,8 @@ class ResourceWatch:
         self.rss: list[float] = []
         self._cpu_start: tuple[float, float] | None = None
         self.cpu_percent: float | None = None
+        self.loop_cpu_percent: float | None = None
+        self._loop_start: float | None = None
         self.bench_cpu_percent: float | None = None
         self.machine: dict[str, float] = {}
         self._bench_start = (time.monotonic(), sum(psutil.Process().cpu_times()[:2]))
@@ -460,9 +464,19 @@ class ResourceWatch:
             return float(self.process.memory_info().rss)
         return _metric(scrape(self.http_url), "process_resident_memory_bytes")
 
+    def _main_thread_seconds(self) -> float | None:
+        """CPU time of the server's main thread, the one running the event loop (its id is the pid)."""
+        if self.process is None:
+            return None
+        for thread in self.process.threads():
+            if thread.id == self.process.pid:
+                return thread.user_time + thread.system_time
+        return None
+
     def begin(self) -> None:
         cpu = self._cpu_seconds()
         self._cpu_start = (time.monotonic(), cpu) if cpu is not None else None
+        self._loop_start = self._main_thread_seconds()
         self._bench_start = (time.monotonic(), sum(psutil.Process().cpu_times()[:2]))
         self._machine_start = psutil.cpu_times()
 
@@ -476,6 +490,9 @@ class ResourceWatch:
         cpu = self._cpu_seconds()
         if self._cpu_start is not None and cpu is not None and now > self._cpu_start[0]:
             self.cpu_percent = round(100.0 * (cpu - self._cpu_start[1]) / (now - self._cpu_start[0]), 1)
+            loop = self._main_thread_seconds()
+            if loop is not None and self._loop_start is not None:
+                self.loop_cpu_percent = round(100.0 * (loop - self._loop_start) / (now - self._cpu_start[0]), 1)
         bench_cpu = sum(psutil.Process().cpu_times()[:2])
         self.bench_cpu_percent = round(100.0 * (bench_cpu - self._bench_start[1]) / (now - self._bench_start[0]), 1)
         self.machine = _machine_load(self._machine_start, psutil.cpu_times(), now - self._bench_start[0])
@@ -487,6 +504,7 @@ class ResourceWatch:
         return {
             "source": "psutil" if self.process is not None else ("metrics" if self.rss else None),
             "cpu_percent": self.cpu_percent,
+            "event_loop_cpu_percent": self.loop_cpu_percent,
             "rss_mb_max": round(max(self.rss) / 2**20, 1) if self.rss else None,
             "rss_mb_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1) if self.rss else None,
             "bench_client_cpu_percent": self.bench_cpu_percent,
@@ -527,13 +545,16 @@ def _metric(families: list[Any] | None, name: str) -> float | None:
     return None
 
 
-def batch_histogram(families: list[Any] | None) -> dict[str, Any] | None:
-    """The server's batch-size histogram (cumulative ``le`` buckets, sum, count), if it exports one."""
+def histogram(families: list[Any] | None, suffix: str, labels: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """A server histogram whose name ends with ``suffix`` (cumulative ``le`` buckets, sum, count), summed
+    over the series matching ``labels``; ``None`` when the server does not export it."""
     for family in families or ():
-        if family.type == "histogram" and family.name.endswith("batch_size"):
+        if family.type == "histogram" and family.name.endswith(suffix):
             buckets: Counter[float] = Counter()
             totals: Counter[str] = Counter()
             for sample in family.samples:
+                if any(sample.labels.get(key) != value for key, value in (labels or {}).items()):
+                    continue
                 if sample.name.endswith("_bucket"):
                     buckets[float(sample.labels["le"])] += sample.value
                 elif sample.name.endswith(("_sum", "_count")):
@@ -542,20 +563,50 @@ def batch_histogram(families: list[Any] | None) -> dict[str, Any] | None:
     return None
 
 
+def _difference(before: dict[str, Any] | None, after: dict[str, Any]) -> tuple[list[tuple[float, float]], float, float]:
+    """The run's own part of a histogram: cumulative (bound, count) pairs, sum and count."""
+    before = before or {"buckets": {}, "sum": 0.0, "count": 0.0}
+    cumulative = sorted((bound, count - before["buckets"].get(bound, 0.0)) for bound, count in after["buckets"].items())
+    return cumulative, after["sum"] - before["sum"], after["count"] - before["count"]
+
+
 def batch_sizes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
     """The batches formed during the run: how many, their mean size, and how many fell in each bucket."""
     if after is None:
         return None
-    before = before or {"buckets": {}, "sum": 0.0, "count": 0.0}
-    cumulative = sorted((bound, count - before["buckets"].get(bound, 0.0)) for bound, count in after["buckets"].items())
+    cumulative, total, batches = _difference(before, after)
     buckets, previous = {}, 0.0
     for bound, count in cumulative:
         if count - previous:
             buckets["+Inf" if bound == float("inf") else f"<={bound:g}"] = int(count - previous)
         previous = count
-    batches = after["count"] - before["count"]
     return {"metric": after["name"], "batches": int(batches), "buckets": buckets,
-            "mean": round((after["sum"] - before["sum"]) / batches, 2) if batches else None}
+            "mean": round(total / batches, 2) if batches else None}
+
+
+def server_latency(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The server's own receive-to-send time for predictions during the run, in ms: quantiles estimated
+    from the histogram buckets (linear within a bucket, as Prometheus does), so only as fine as they are."""
+    if after is None:
+        return None
+    cumulative, _, count = _difference(before, after)
+    if count <= 0:
+        return None
+
+    def quantile(q: float) -> float | None:
+        rank, low, below = q * count, 0.0, 0.0
+        for bound, seen in cumulative:
+            if seen >= rank:
+                if bound == float("inf"):
+                    return None
+                inside = seen - below
+                return round(1000.0 * (low + (bound - low) * ((rank - below) / inside if inside else 1.0)), 1)
+            low, below = bound, seen
+        return None
+
+    over = {f"over_{ms}ms": int(count - next((seen for bound, seen in cumulative if bound >= ms / 1000.0), count))
+            for ms in (50, 100)}
+    return {"count": int(count), "p50": quantile(0.5), "p99": quantile(0.99), **over}
 
 
 # --- one measured run ----------------------------------------------------------------------------
@@ -573,7 +624,7 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
     """Run ``workload`` against ``target`` over ``transport`` ("websocket" or "http") and summarize it."""
     loop_started = time.monotonic()
     watch = ResourceWatch(target.http_url, target.pid)
-    histogram_before = batch_histogram(scrape(target.http_url))
+    metrics_before = scrape(target.http_url)
     hands = deal(digits, workload.clients, workload.seed)
     quotas = _quotas(workload)
     start = loop_started + 0.5 + workload.warmup
@@ -605,7 +656,7 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
         p.cancel()
     await asyncio.gather(*people, return_exceptions=True)
     window = workload.duration if workload.digits is None else recorder.last_scheduled + interval - start
-    histogram_after = batch_histogram(scrape(target.http_url))
+    metrics_after = scrape(target.http_url)
     snapshots = recorder.snapshots.summary(max(window, 1e-9))
     submits = recorder.submits.summary(max(window, 1e-9))
     answered = recorder.submits.predicted + recorder.submits.empty
@@ -622,7 +673,9 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
         "predictions_per_s": round((recorder.snapshots.answered + recorder.submits.answered) / max(window, 1e-9), 1),
         "connection_errors": dict(recorder.connection_errors),
         "client_lag_ms": percentiles(recorder.lag_ms),
-        "batch_sizes": batch_sizes(histogram_before, histogram_after),
+        "batch_sizes": batch_sizes(histogram(metrics_before, "batch_size"), histogram(metrics_after, "batch_size")),
+        "server_latency_ms": server_latency(histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
+                                            histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"})),
         "server": watch.summary(),
     }
 
@@ -744,6 +797,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="find the knee: more clients per step, with batching on and off")
     sweep.add_argument("--sweep-clients", default=SWEEP_CLIENTS, help=f"client counts (default {SWEEP_CLIENTS})")
     sweep.add_argument("--sweep-duration", type=float, default=8.0, help="measured seconds per step (default 8)")
+    sweep.add_argument("--sweep-modes", default="batched,unbatched",
+                       help="which servers to sweep: batched, unbatched (--max-batch 1), http (POST /api/predict, "
+                            "batched server); default batched,unbatched")
     sweep.add_argument("--knee-ms", type=float, default=100.0, help="p99 live latency that marks the knee (default 100)")
     sweep.add_argument("--knee-dropped", type=float, default=0.10,
                        help="share of snapshots dropped that also marks the knee (default 0.10)")
@@ -814,6 +870,9 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--url must be a loopback address (127.0.0.1), not {host}"
         if args.unbatched or args.references or args.sweep:
             return "--unbatched, --references and --sweep start their own servers; drop --url"
+    unknown = {part.strip() for part in args.sweep_modes.split(",") if part.strip()} - {"batched", "unbatched", "http"}
+    if unknown:
+        return f"unknown --sweep-modes {', '.join(sorted(unknown))}; use batched, unbatched, http"
     return None
 
 
@@ -870,13 +929,15 @@ async def _runs(args: argparse.Namespace, digits: list[pendigits.PenDigit], repo
 async def _sweep(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> dict[str, Any]:
     counts = sorted({int(part) for part in args.sweep_clients.split(",") if part.strip()})
     result: dict[str, Any] = {"knee_ms": args.knee_ms, "knee_dropped": args.knee_dropped, "modes": {}}
-    for mode, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
+    modes = {"batched": (args.max_batch, "websocket"), "unbatched": (1, "websocket"), "http": (args.max_batch, "http")}
+    for mode in dict.fromkeys(part.strip() for part in args.sweep_modes.split(",") if part.strip()):
+        max_batch, transport = modes[mode]
         steps: list[dict[str, Any]] = []
         knee: dict[str, Any] = {"last_good": None, "first_bad": None, "reason": None}
         with ManagedServer(_server_flags(args, max_batch=max_batch), max(counts), args.rate) as server:
             target = Target(server.ws_url, server.http_url, server.process.pid)  # type: ignore[union-attr]
             for clients in counts:
-                run = await run_load(target, _workload(args, clients, args.sweep_duration), digits, "websocket",
+                run = await run_load(target, _workload(args, clients, args.sweep_duration), digits, transport,
                                      f"{mode} {clients}", args.quiet)
                 steps.append(run)
                 reason = _over_knee(run, args.knee_ms, args.knee_dropped)
@@ -887,9 +948,10 @@ async def _sweep(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> 
                 await asyncio.sleep(1.0)
         result["modes"][mode] = {"steps": steps, "knee": knee,
                                  "peak_predictions_per_s": max(run["predictions_per_s"] for run in steps)}
-    good = [result["modes"][mode]["knee"]["last_good"] for mode in ("batched", "unbatched")]
+    knees = {mode: data["knee"] for mode, data in result["modes"].items()}
+    good = [knees[mode]["last_good"] if mode in knees else None for mode in ("batched", "unbatched")]
     result["ratio"] = round(good[0] / good[1], 2) if all(good) else None
-    result["ratio_is_lower_bound"] = result["modes"]["batched"]["knee"]["first_bad"] is None
+    result["ratio_is_lower_bound"] = "batched" in knees and knees["batched"]["first_bad"] is None
     return result
 
 
@@ -946,8 +1008,9 @@ def format_report(report: dict[str, Any]) -> str:
             knee = data["knee"]
             lines.append(f"  knee: last good {knee['last_good']} clients, first over {knee['first_bad']} "
                          f"({knee['reason'] or 'never within the sweep'})")
-        bound = " (at least; batching never reached the knee)" if sweep["ratio_is_lower_bound"] else ""
-        lines.append(f"knee ratio batched/unbatched: {sweep['ratio']}{bound}")
+        if sweep["ratio"] is not None:
+            bound = " (at least; batching never reached the knee)" if sweep["ratio_is_lower_bound"] else ""
+            lines.append(f"knee ratio batched/unbatched: {sweep['ratio']}{bound}")
     return "\n".join(lines)
 
 
@@ -978,14 +1041,23 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             detail.append(f"connections {run['connection_errors']}")
         if run["batch_sizes"]:
             detail.append(f"batches {run['batch_sizes']['buckets']}")
+        if run.get("server_latency_ms"):
+            inside = run["server_latency_ms"]
+            detail.append(f"server-side prediction latency p50 {inside['p50']} ms, p99 {inside['p99']} ms, "
+                          f"{inside['over_50ms']} over 50 ms")
         machine = run["server"].get("machine", {})
-        detail.append(f"bench client cpu {run['server']['bench_client_cpu_percent']}%, "
+        detail.append(f"server event loop cpu {run['server'].get('event_loop_cpu_percent', '-')}%, "
+                      f"bench client cpu {run['server']['bench_client_cpu_percent']}%, "
                       f"lag p99 {run['client_lag_ms']['p99']} ms, other processes {machine.get('others_percent', '-')}%"
                       f", steal {machine.get('steal_percent', '-')}%")
         if ceiling:
             detail.append(f"predictions/s {run['predictions_per_s']} = "
                           f"{run['predictions_per_s'] / ceiling['ceiling_per_s']:.1%} of the model-alone ceiling")
         lines.append(f"  {run['name']}: " + "; ".join(detail))
+        disturbed = max(machine.get("others_percent", 0.0), machine.get("steal_percent", 0.0))
+        if disturbed > DISTURBED_PERCENT:
+            lines.append(f"  warning: other processes or the hypervisor took {disturbed}% of a core during "
+                         f"{run['name']}; its figures do not describe this server alone")
     return lines
 
 
