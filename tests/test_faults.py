@@ -67,7 +67,8 @@ async def vanish(url: str, index: int, frames: list[str | bytes]) -> None:
 async def test_a_disconnect_storm_leaks_nothing_and_spares_the_other_clients(start_server) -> None:  # type: ignore[no-untyped-def]
     """300 clients drop mid-batch, five times over: every gauge returns to idle, RSS stays flat, and a
     bystander gets the same answer throughout."""
-    server = start_server("--max-connections-per-client", "1000", "--submit-rate", "0")
+    server = start_server("--max-connections-per-client", "1000", "--submit-rate", "0",
+                          "--max-pending-submits", "1024")
     bystander = await Bystander.open(server.ws_url)
     idle = {
         "livedigit_connections": 1.0, "livedigit_client_addresses": 1.0, "livedigit_queued_snapshots": 0.0,
