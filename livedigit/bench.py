@@ -368,6 +368,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_ready(process: subprocess.Popen, http_url: str, timeout: float) -> bool:  # type: ignore[type-arg]
+    """Poll ``/readyz`` until it answers 200 (True), the process exits or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(http_url + "/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 class ManagedServer:
     """``python -m livedigit serve`` started by the bench on a free loopback port, and its process.
 
@@ -397,18 +410,14 @@ class ManagedServer:
         command = [sys.executable, "-m", "livedigit", "serve", *self.flags]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + MAX_SERVER_START_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.http_url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
+        if wait_until_ready(self.process, self.http_url, MAX_SERVER_START_S):
+            return self
+        exited = self.process.poll()
+        tail = self.tail()
         self.stop()
-        raise RuntimeError(f"the server was not ready within {MAX_SERVER_START_S:.0f} s:\n{self.tail()}")
+        if exited is not None:
+            raise RuntimeError(f"the server exited with {exited}:\n{tail}")
+        raise RuntimeError(f"the server was not ready within {MAX_SERVER_START_S:.0f} s:\n{tail}")
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from livedigit import pendigits
+from livedigit.bench import wait_until_ready
 from livedigit.config import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,16 +79,10 @@ class ServerProcess:
             command, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.http_url + "/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
+        if wait_until_ready(self.process, self.http_url, timeout):
+            return self
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
         self.stop()
         raise RuntimeError(f"server not ready within {timeout} s:\n{self.log()}")
 
