@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image as PILImage
@@ -28,7 +28,10 @@ from livedigit.preprocess import (
     Pixels,
     Png,
     PreprocessError,
+    STROKE_WIDTH,
     Strokes,
+    draw_strokes,
+    normalize,
     preprocess,
     render_strokes,
 )
@@ -291,6 +294,47 @@ def test_strokes_and_pixels_of_the_same_drawing_agree() -> None:
     # Pens differ slightly in shape; the digit and its placement must not.
     assert np.abs(rendered - from_pixels).mean() < 0.06
     assert np.corrcoef(rendered.ravel(), from_pixels.ravel())[0, 1] > 0.85
+
+
+def normalized_canvas(strokes: list) -> np.ndarray | None:
+    """What render_strokes must equal: the drawn canvas, whole, through the general normalize()."""
+    points = [np.asarray(stroke, dtype=np.float64) for stroke in strokes if len(stroke)]
+    everything = np.concatenate(points)
+    low = everything.min(axis=0)
+    extent = float((everything.max(axis=0) - low).max())
+    canvas = draw_strokes(points, low, extent, STROKE_WIDTH)
+    return normalize(np.asarray(canvas, dtype=np.float32) / 255.0)
+
+
+def assert_same_image(got: np.ndarray | None, expected: np.ndarray | None) -> None:
+    assert (got is None) == (expected is None)
+    if expected is not None:
+        assert np.array_equal(got, expected)
+
+
+def test_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(pen_test: list[pendigits.PenDigit]) -> None:
+    """render_strokes crops the canvas to Pillow's box of non-zero pixels instead of thresholding it all;
+    on every growing prefix of real pen digits that must give exactly what normalize() gives."""
+    compared = 0
+    for digit in pen_test[::10]:
+        flat = [(index, point) for index, stroke in enumerate(digit.strokes) for point in stroke]
+        for end in range(2, len(flat) + 1, 3):
+            prefix: dict[int, list] = {}
+            for index, point in flat[:end]:
+                prefix.setdefault(index, []).append(point)
+            strokes = list(prefix.values())
+            assert_same_image(render_strokes(strokes), normalized_canvas(strokes))
+            compared += 1
+    assert compared > 3000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=1, max_size=12),
+                min_size=1, max_size=5))
+def test_any_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(strokes: list) -> None:
+    everything = np.concatenate([np.asarray(stroke) for stroke in strokes])
+    assume(np.ptp(everything, axis=0).max() > 1e-3)  # smaller is a dot, refused before drawing
+    assert_same_image(render_strokes(strokes), normalized_canvas(strokes))
 
 
 def test_pen_digits_render_like_mnist(mnist_path: Path, pen_test: list[pendigits.PenDigit]) -> None:
