@@ -661,7 +661,9 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
                 measuring = True
                 watch.begin()
             await asyncio.to_thread(watch.sample)
-            if not quiet and time.monotonic() < end:
+            if quiet or time.monotonic() >= end:
+                recorder.recent.clear()
+            else:
                 _progress(label, recorder, time.monotonic() - start, workload)
         watch.finish()
         for p in people:
