@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -633,6 +634,7 @@ class Target:
 async def run_load(target: Target, workload: Workload, digits: list[pendigits.PenDigit], transport: str,
                    label: str, quiet: bool = False) -> dict[str, Any]:
     """Run ``workload`` against ``target`` over ``transport`` ("websocket" or "http") and summarize it."""
+    speed_before = await asyncio.to_thread(reference_digit_us, digits)
     loop_started = time.monotonic()
     watch = ResourceWatch(target.http_url, target.pid)
     metrics_before = scrape(target.http_url)
@@ -671,6 +673,7 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
         await asyncio.gather(*people, return_exceptions=True)
     window = workload.duration if workload.digits is None else recorder.last_scheduled + interval - start
     metrics_after = scrape(target.http_url)
+    speed_after = await asyncio.to_thread(reference_digit_us, digits)
     snapshots = recorder.snapshots.summary(max(window, 1e-9))
     submits = recorder.submits.summary(max(window, 1e-9))
     answered = recorder.submits.predicted + recorder.submits.empty
@@ -691,6 +694,7 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
         "server_latency_ms": server_latency(histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
                                             histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"})),
         "server": watch.summary(),
+        "reference_digit_us": {"before": speed_before, "after": speed_after},
     }
 
 
@@ -777,6 +781,51 @@ def model_ceiling(digits: list[pendigits.PenDigit], points: int, model: str, run
         "threads": threads,
         "runtime": runtime_kind,
     }
+
+
+REFERENCE_FRAMES = 100
+"""Frames of the pen-digit test split timed by :func:`reference_digit_us`, in each of its passes."""
+
+REFERENCE_PASSES = 3
+"""Passes over those frames; the fastest counts, as a preemption only ever slows one down."""
+
+SPEED_CHANGE = 0.3
+"""Relative change of :func:`reference_digit_us` across a run above which the run is flagged."""
+
+
+def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
+    """Microseconds this machine takes, right now, for one frame through preprocess and the shipped model.
+
+    A shared or virtual machine's speed drifts (here it has halved for tens of minutes at a time), and
+    latency figures mean little without it: measured before and after every run, it says how fast the
+    machine was, and a change across a run flags the run.
+    """
+    from livedigit.config import DEFAULT_MODEL
+    from livedigit.preprocess import Strokes as StrokesImage, preprocess
+
+    runtime = _reference_runtime(str(DEFAULT_MODEL))
+    frames = [frame for digit in digits[:40] for frame in drawing(digit, 4).frames][:REFERENCE_FRAMES]
+
+    def run(frames: list[Strokes]) -> None:
+        for frame in frames:
+            tensor = preprocess(StrokesImage(frame))
+            if tensor is not None:
+                runtime.predict(tensor[None])
+
+    run(frames[:20])
+    passes = []
+    for _ in range(REFERENCE_PASSES):
+        started = time.perf_counter()
+        run(frames)
+        passes.append((time.perf_counter() - started) / max(1, len(frames)))
+    return round(min(passes) * 1e6, 1)
+
+
+@functools.cache
+def _reference_runtime(model: str) -> Any:
+    from livedigit.runtime import load_runtime
+
+    return load_runtime(model, "litert", num_threads=1)
 
 
 def _time_per_call(call: Callable[[], Any], budget_s: float) -> float:
@@ -1085,7 +1134,14 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
         if ceiling:
             detail.append(f"predictions/s {run['predictions_per_s']} = "
                           f"{run['predictions_per_s'] / ceiling['ceiling_per_s']:.1%} of the model-alone ceiling")
+        speed = run.get("reference_digit_us")
+        if speed:
+            detail.append(f"reference digit {speed['before']} us before, {speed['after']} us after")
         lines.append(f"  {run['name']}: " + "; ".join(detail))
+        if speed and abs(speed["after"] - speed["before"]) > SPEED_CHANGE * min(speed["before"], speed["after"]):
+            lines.append(f"  warning: this machine's speed changed during {run['name']} (a reference digit took "
+                         f"{speed['before']} us before and {speed['after']} us after); compare its figures "
+                         f"with care")
         disturbed = max(machine.get("others_percent", 0.0), machine.get("steal_percent", 0.0))
         if disturbed > DISTURBED_PERCENT:
             lines.append(f"  warning: other processes or the hypervisor took {disturbed}% of a core during "

@@ -40,6 +40,8 @@ def check_run(run: dict, clients: int) -> None:
         assert tally["offered_per_s"] == pytest.approx(tally["sent"] / run["window_s"], rel=0.02)
     assert run["snapshots"]["offered_per_s"] <= clients * run["rate_per_client"] * 1.05
     assert 0.0 <= run["submits"]["accuracy"] <= 1.0
+    speed = run["reference_digit_us"]
+    assert 10.0 < speed["before"] < 1e5 and 10.0 < speed["after"] < 1e5
 
 
 def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, capsys):
@@ -60,6 +62,7 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
     server = run["server"]
     assert server["source"] == "psutil" and server["rss_mb_max"] > 10 and server["cpu_percent"] > 0
     assert "websocket" in captured.out and "clients" in captured.out
+    assert f"reference digit {run['reference_digit_us']['before']} us before" in captured.out
 
 
 def test_bench_against_a_running_server_and_the_http_reference(server, pen_path, tmp_path):
