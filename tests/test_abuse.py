@@ -142,7 +142,11 @@ async def test_replies_owed_behind_a_slow_one_do_not_pin_the_drawings(app_server
         model.resume()
     for ws in sockets:
         answers = [await reply(ws) for _ in range(MAX_OUTSTANDING - 5)]
-        assert answers[0]["type"] == "prediction" and answers[-1]["type"] == "prediction"
+        assert answers[0]["type"] == "prediction"
+        # The newest snapshot is never overtaken; it is predicted, or shed as overloaded when its slot has
+        # waited for the paused model longer than the snapshot deadline (sending 500 MB can take that).
+        last = answers[-1]
+        assert last["type"] == "prediction" or (last["type"], last["reason"]) == ("dropped", "overloaded"), last
         await ws.close()
 
 

@@ -662,7 +662,10 @@ def test_the_fuzzed_server_stayed_healthy(fuzzing: Fuzzing) -> None:
     fuzzer = fuzzing.fuzzer
     assert fuzzer.frames >= 2000, fuzzer.frames
     served = sum(fuzzer.seen.get(kind, 0) for kind in ("prediction", "empty", "dropped"))
-    assert fuzzer.policy_closes >= 1 and served > 150, fuzzer.seen  # the valid paths were well exercised
+    # The valid paths were well exercised. How many valid frames are answered before a connection is
+    # closed for 32 invalid ones in a row depends on timing (a snapshot dropped as stale does not reset
+    # the count, a prediction does): 149 to 241 have been seen.
+    assert fuzzer.policy_closes >= 1 and served > 100, fuzzer.seen
     samples = scrape(fuzzing.server.http_url)
     assert samples["livedigit_queued_snapshots"] == 0 and samples["livedigit_queued_submits"] == 0
     assert samples["livedigit_ready"] == 1

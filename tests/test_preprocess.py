@@ -302,6 +302,8 @@ def normalized_canvas(strokes: list) -> np.ndarray | None:
     everything = np.concatenate(points)
     low = everything.min(axis=0)
     extent = float((everything.max(axis=0) - low).max())
+    if extent == 0.0:  # all points in one place: a dot, refused before anything is drawn
+        return None
     canvas = draw_strokes(points, low, extent, STROKE_WIDTH)
     return normalize(np.asarray(canvas, dtype=np.float32) / 255.0)
 
