@@ -704,8 +704,8 @@ def collector_paused() -> Iterator[None]:
 
     The bench's own pauses would be reported as server latency: while a full collection runs, every
     simulated client stops at once, the replies that arrive meanwhile are read late, and the frames that
-    fell due are then sent in one burst. With 100 clients such collections took up to 93 ms, several
-    times per run. Reference counting still frees almost everything a run allocates.
+    fell due are then sent in one burst. With 100 clients such collections took 78 and 93 ms within
+    one 20 s run. Reference counting still frees almost everything a run allocates.
     """
     gc.collect()
     gc.disable()
@@ -796,7 +796,7 @@ SPEED_CHANGE = 0.3
 def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
     """Microseconds this machine takes, right now, for one frame through preprocess and the shipped model.
 
-    A shared or virtual machine's speed drifts (here it has halved for tens of minutes at a time), and
+    A shared or virtual machine's speed drifts (this one ran at half speed for over an hour), and
     latency figures mean little without it: measured before and after every run, it says how fast the
     machine was, and a change across a run flags the run.
     """
