@@ -800,10 +800,9 @@ def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
     latency figures mean little without it: measured before and after every run, it says how fast the
     machine was, and a change across a run flags the run.
     """
-    from livedigit.config import DEFAULT_MODEL
     from livedigit.preprocess import Strokes as StrokesImage, preprocess
 
-    runtime = _reference_runtime(str(DEFAULT_MODEL))
+    runtime = _reference_runtime()
     frames = [frame for digit in digits[:40] for frame in drawing(digit, 4).frames][:REFERENCE_FRAMES]
 
     def run(frames: list[Strokes]) -> None:
@@ -822,10 +821,12 @@ def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
 
 
 @functools.cache
-def _reference_runtime(model: str) -> Any:
+def _reference_runtime() -> Any:
+    """The shipped model on LiteRT, one thread: loaded once per process, whatever the server runs."""
+    from livedigit.config import DEFAULT_MODEL
     from livedigit.runtime import load_runtime
 
-    return load_runtime(model, "litert", num_threads=1)
+    return load_runtime(DEFAULT_MODEL, "litert", num_threads=1)
 
 
 def _time_per_call(call: Callable[[], Any], budget_s: float) -> float:

@@ -22,6 +22,7 @@ from PIL import ImageDraw
 from scipy import ndimage
 
 from livedigit import pendigits
+from livedigit.bench import drawing
 from livedigit.preprocess import (
     SIZE,
     Limits,
@@ -319,12 +320,7 @@ def test_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(pen_test: li
     on every growing prefix of real pen digits that must give exactly what normalize() gives."""
     compared = 0
     for digit in pen_test[::10]:
-        flat = [(index, point) for index, stroke in enumerate(digit.strokes) for point in stroke]
-        for end in range(2, len(flat) + 1, 3):
-            prefix: dict[int, list] = {}
-            for index, point in flat[:end]:
-                prefix.setdefault(index, []).append(point)
-            strokes = list(prefix.values())
+        for strokes in drawing(digit, 3).frames:
             assert_same_image(render_strokes(strokes), normalized_canvas(strokes))
             compared += 1
     assert compared > 3000
