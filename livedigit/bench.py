@@ -45,6 +45,10 @@ import psutil
 from livedigit import pendigits
 from livedigit.client import ConnectionClosed, Dropped, Empty, LiveDigitClient, LiveDigitError, Prediction
 from livedigit.client import ServerError, websocket_url
+from livedigit.config import DEFAULT_MODEL, Settings
+from livedigit.preprocess import Limits, preprocess
+from livedigit.preprocess import Strokes as StrokesImage
+from livedigit.runtime import load_runtime
 
 Strokes = list[list[list[float]]]
 
@@ -746,10 +750,6 @@ def model_ceiling(digits: list[pendigits.PenDigit], points: int, model: str, run
     This is the most any server could deliver on one core with the same model: no sockets, no JSON, no
     scheduling, and batches always full.
     """
-    from livedigit.config import Settings
-    from livedigit.preprocess import Limits, Strokes as StrokesImage, preprocess
-    from livedigit.runtime import load_runtime
-
     settings = Settings()
     limits = Limits(settings.max_side, settings.max_png_bytes, settings.max_strokes, settings.max_points)
     frames = [frame for digit in digits[:400] for frame in drawing(digit, points).frames]
@@ -800,8 +800,6 @@ def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
     latency figures mean little without it: measured before and after every run, it says how fast the
     machine was, and a change across a run flags the run.
     """
-    from livedigit.preprocess import Strokes as StrokesImage, preprocess
-
     runtime = _reference_runtime()
     frames = [frame for digit in digits[:40] for frame in drawing(digit, 4).frames][:REFERENCE_FRAMES]
 
@@ -823,9 +821,6 @@ def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
 @functools.cache
 def _reference_runtime() -> Any:
     """The shipped model on LiteRT, one thread: loaded once per process, whatever the server runs."""
-    from livedigit.config import DEFAULT_MODEL
-    from livedigit.runtime import load_runtime
-
     return load_runtime(DEFAULT_MODEL, "litert", num_threads=1)
 
 
@@ -912,7 +907,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.ceiling or args.references or args.sweep:
             _say(args, "measuring the model alone in this process")
-            report["ceiling"] = model_ceiling(digits, args.points, args.model or _default_model(),
+            report["ceiling"] = model_ceiling(digits, args.points, args.model or str(DEFAULT_MODEL),
                                               args.runtime or "litert", args.threads or 1, args.max_batch or 64)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             if args.sweep:
@@ -956,12 +951,6 @@ def _check(args: argparse.Namespace) -> str | None:
     if unknown:
         return f"unknown --sweep-modes {', '.join(sorted(unknown))}; use batched, unbatched, http"
     return None
-
-
-def _default_model() -> str:
-    from livedigit.config import DEFAULT_MODEL
-
-    return str(DEFAULT_MODEL)
 
 
 def _server_flags(args: argparse.Namespace, max_batch: int | None = None) -> list[str]:
