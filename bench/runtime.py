@@ -100,16 +100,32 @@ def worker(config: str, model: str, rounds: int, round_seconds: float) -> dict:
             rates.append(calls * size / elapsed)
         throughput[str(size)] = statistics.median(rates)
     return {
-        "config": config, "runtime": kind, "threads": int(threads),
-        "import_s": import_s, "load_s": load_s, "first_call_s": first_call_s,
-        "rss_baseline_mb": baseline, "rss_loaded_mb": loaded, "rss_warm_mb": warm,
+        "config": config,
+        "runtime": kind,
+        "threads": int(threads),
+        "import_s": import_s,
+        "load_s": load_s,
+        "first_call_s": first_call_s,
+        "rss_baseline_mb": baseline,
+        "rss_loaded_mb": loaded,
+        "rss_warm_mb": warm,
         "samples_per_s": throughput,
     }
 
 
 def run_worker(config: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", config, "--model", args.model,
-               "--rounds", str(args.rounds), "--round-seconds", str(args.round_seconds)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        config,
+        "--model",
+        args.model,
+        "--rounds",
+        str(args.rounds),
+        "--round-seconds",
+        str(args.round_seconds),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     if done.returncode != 0:
@@ -129,10 +145,14 @@ def environment(model: str) -> dict:
     base = Path(model).with_suffix("") if Path(model).suffix in (".tflite", ".keras") else Path(model)
     tflite = base.with_suffix(".tflite")
     return {
-        "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
         "load_average": [round(value, 2) for value in os.getloadavg()],
-        "ai_edge_litert": version("ai-edge-litert"), "tensorflow": version("tensorflow-cpu"),
-        "model": str(base), "tflite_bytes": tflite.stat().st_size if tflite.exists() else None,
+        "ai_edge_litert": version("ai-edge-litert"),
+        "tensorflow": version("tensorflow-cpu"),
+        "model": str(base),
+        "tflite_bytes": tflite.stat().st_size if tflite.exists() else None,
     }
 
 
@@ -142,21 +162,32 @@ def table(results: list[dict]) -> str:
     header += [f"b={size}/s" for size in BATCHES]
     rows = [header]
     for result in results:
-        rows.append([
-            result["config"], f"{result['import_s']:.3f}", f"{result['load_s']:.3f}",
-            f"{result['rss_baseline_mb']:.0f} MB", f"{added_mb(result):.0f} MB", f"{result['rss_warm_mb']:.0f} MB",
-            *(f"{result['samples_per_s'][str(size)]:.0f}" for size in BATCHES),
-        ])
+        rows.append(
+            [
+                result["config"],
+                f"{result['import_s']:.3f}",
+                f"{result['load_s']:.3f}",
+                f"{result['rss_baseline_mb']:.0f} MB",
+                f"{added_mb(result):.0f} MB",
+                f"{result['rss_warm_mb']:.0f} MB",
+                *(f"{result['samples_per_s'][str(size)]:.0f}" for size in BATCHES),
+            ]
+        )
     reference = results[0]
     for result in results[1:]:
-        rows.append([
-            f"{result['config']} / {reference['config']}",
-            ratio(result["import_s"], reference["import_s"]), ratio(result["load_s"], reference["load_s"]), "",
-            ratio(added_mb(result), max(added_mb(reference), 1.0)), ratio(result["rss_warm_mb"], reference["rss_warm_mb"]),
-            *(ratio(result["samples_per_s"][str(s)], reference["samples_per_s"][str(s)]) for s in BATCHES),
-        ])
+        rows.append(
+            [
+                f"{result['config']} / {reference['config']}",
+                ratio(result["import_s"], reference["import_s"]),
+                ratio(result["load_s"], reference["load_s"]),
+                "",
+                ratio(added_mb(result), max(added_mb(reference), 1.0)),
+                ratio(result["rss_warm_mb"], reference["rss_warm_mb"]),
+                *(ratio(result["samples_per_s"][str(s)], reference["samples_per_s"][str(s)]) for s in BATCHES),
+            ]
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     lines.insert(len(results) + 1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -180,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     info = environment(args.model)
     results = [run_worker(config, args) for config in args.configs.split(",")]
     info["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
-    print(f"model {info['model']} ({info['tflite_bytes']} bytes tflite); python {info['python']}, "
-          f"{info['cpus']} CPUs, load average {info['load_average']} -> {info['load_average_after']}; "
-          f"ai-edge-litert {info['ai_edge_litert']}, tensorflow {info['tensorflow']}")
+    print(
+        f"model {info['model']} ({info['tflite_bytes']} bytes tflite); python {info['python']}, "
+        f"{info['cpus']} CPUs, load average {info['load_average']} -> {info['load_average_after']}; "
+        f"ai-edge-litert {info['ai_edge_litert']}, tensorflow {info['tensorflow']}"
+    )
     print(f"samples/s: median of {args.rounds} rounds of {args.round_seconds} s; each config in a fresh process")
     print(table(results))
     print(f"total {time.perf_counter() - started:.1f} s")

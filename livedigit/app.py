@@ -17,7 +17,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -134,8 +134,9 @@ async def predict(request: Request) -> Response:
     client = request.client.host if request.client else "unknown"
     if not service.http_submits.take(client):
         rate = service.settings.submit_rate
-        return _error(429, ErrorCode.RATE_LIMITED, f"more than {rate:g} predictions per second; slow down",
-                      service, received)
+        return _error(
+            429, ErrorCode.RATE_LIMITED, f"more than {rate:g} predictions per second; slow down", service, received
+        )
     try:
         parsed = protocol.parse_body(body, service.limits)
     except ProtocolError as exc:

@@ -305,7 +305,7 @@ class Batcher:
             self._healthy = True
             self.metrics.inference.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(live))
-            for job, row in zip(live, probabilities):
+            for job, row in zip(live, probabilities, strict=True):
                 self._resolve(job, Prediction(row, job.model_input))  # type: ignore[arg-type]
 
     async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -359,9 +359,11 @@ class Batcher:
         jobs = []
         while self._submits and len(jobs) < self.max_batch:
             jobs.append(self._submits.popleft())
-        expired = list(itertools.takewhile(
-            lambda owner: now - self._snapshots[owner].since > self.snapshot_deadline, self._snapshots
-        ))
+        expired = list(
+            itertools.takewhile(
+                lambda owner: now - self._snapshots[owner].since > self.snapshot_deadline, self._snapshots
+            )
+        )
         for owner in expired:
             self._resolve(self._snapshots.pop(owner), Dropped(DropReason.OVERLOADED))
         for owner in list(itertools.islice(self._snapshots, self.max_batch - len(jobs))):

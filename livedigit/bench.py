@@ -43,8 +43,16 @@ import numpy as np
 import psutil
 
 from livedigit import pendigits
-from livedigit.client import ConnectionClosed, Dropped, Empty, LiveDigitClient, LiveDigitError, Prediction
-from livedigit.client import ServerError, websocket_url
+from livedigit.client import (
+    ConnectionClosed,
+    Dropped,
+    Empty,
+    LiveDigitClient,
+    LiveDigitError,
+    Prediction,
+    ServerError,
+    websocket_url,
+)
 from livedigit.config import DEFAULT_MODEL, Settings
 from livedigit.preprocess import Limits, preprocess
 from livedigit.preprocess import Strokes as StrokesImage
@@ -75,7 +83,7 @@ class Drawing:
 def drawing(digit: pendigits.PenDigit, points: int) -> Drawing:
     """The prefixes of ``digit`` every ``points`` points, the last one being the full trajectory."""
     total = sum(len(stroke) for stroke in digit.strokes)
-    cuts = list(range(points, total, points)) + [total]
+    cuts = [*list(range(points, total, points)), total]
     frames = []
     for cut in cuts:
         prefix, left = [], cut
@@ -93,7 +101,7 @@ def deal(digits: list[pendigits.PenDigit], clients: int, seed: int) -> list[list
     order = list(digits)
     random.Random(seed).shuffle(order)
     step = max(1, len(order) // max(1, clients))
-    return [order[i * step % len(order):] + order[: i * step % len(order)] for i in range(clients)]
+    return [order[i * step % len(order) :] + order[: i * step % len(order)] for i in range(clients)]
 
 
 # --- counting ---------------------------------------------------------------------------------------
@@ -137,8 +145,13 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
         return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
     array = np.asarray(values)
     p50, p95, p99 = np.percentile(array, [50, 95, 99])
-    return {"count": len(values), "p50": round(float(p50), 2), "p95": round(float(p95), 2),
-            "p99": round(float(p99), 2), "max": round(float(array.max()), 2)}
+    return {
+        "count": len(values),
+        "p50": round(float(p50), 2),
+        "p95": round(float(p95), 2),
+        "p99": round(float(p99), 2),
+        "max": round(float(array.max()), 2),
+    }
 
 
 @dataclass
@@ -211,8 +224,9 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-def _schedule(workload: Workload, digits: list[pendigits.PenDigit], quota: int | None,
-              first: float, end: float) -> Iterator[tuple[float, str, Strokes, int]]:
+def _schedule(
+    workload: Workload, digits: list[pendigits.PenDigit], quota: int | None, first: float, end: float
+) -> Iterator[tuple[float, str, Strokes, int]]:
     """(when, kind, strokes, label) for one client: its frames at ``rate`` until ``end`` or its quota."""
     interval = 1.0 / workload.rate
     tick = 0
@@ -235,8 +249,15 @@ def _schedule(workload: Workload, digits: list[pendigits.PenDigit], quota: int |
         done += 1
 
 
-async def _websocket_person(url: str, workload: Workload, digits: list[pendigits.PenDigit], quota: int | None,
-                            first: float, end: float, recorder: Recorder) -> None:
+async def _websocket_person(
+    url: str,
+    workload: Workload,
+    digits: list[pendigits.PenDigit],
+    quota: int | None,
+    first: float,
+    end: float,
+    recorder: Recorder,
+) -> None:
     tasks: list[asyncio.Task[Any]] = []
     try:
         client = LiveDigitClient(url, timeout=workload.timeout, open_timeout=workload.timeout)
@@ -249,8 +270,9 @@ async def _websocket_person(url: str, workload: Workload, digits: list[pendigits
             await _sleep_until(when)
             now = time.monotonic()
             recorder.sent(kind, when, now - when)
-            request = client.send_snapshot(strokes) if kind == "snapshot" else asyncio.ensure_future(
-                client.submit(strokes))
+            request = (
+                client.send_snapshot(strokes) if kind == "snapshot" else asyncio.ensure_future(client.submit(strokes))
+            )
             request.add_done_callback(_recording(recorder, kind, when, now, label))
             tasks.append(request)
             if len(tasks) > 256:
@@ -265,8 +287,9 @@ async def _websocket_person(url: str, workload: Workload, digits: list[pendigits
         await client.close()
 
 
-def _recording(recorder: Recorder, kind: str, scheduled: float, sent_at: float,
-               label: int) -> Callable[[asyncio.Future[Any]], None]:
+def _recording(
+    recorder: Recorder, kind: str, scheduled: float, sent_at: float, label: int
+) -> Callable[[asyncio.Future[Any]], None]:
     def record(request: asyncio.Future[Any]) -> None:
         if request.cancelled():
             outcome: Any = None
@@ -290,8 +313,10 @@ class HttpConnection:
         if self._streams is None:
             self._streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._streams
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         writer.write(head.encode("ascii") + body)
         status_line = await reader.readline()
         if not status_line:
@@ -320,8 +345,15 @@ class HttpConnection:
             self._streams = None
 
 
-async def _http_person(http_url: str, workload: Workload, digits: list[pendigits.PenDigit], quota: int | None,
-                       first: float, end: float, recorder: Recorder) -> None:
+async def _http_person(
+    http_url: str,
+    workload: Workload,
+    digits: list[pendigits.PenDigit],
+    quota: int | None,
+    first: float,
+    end: float,
+    recorder: Recorder,
+) -> None:
     """The old design: a page that POSTs each frame and sends nothing while a request is in flight."""
     parts = urlsplit(http_url)
     connection = HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80)
@@ -330,8 +362,8 @@ async def _http_person(http_url: str, workload: Workload, digits: list[pendigits
     async def post(kind: str, strokes: Strokes, scheduled: float, sent_at: float, label: int) -> None:
         try:
             status, body = await asyncio.wait_for(
-                connection.request("POST", "/api/predict", json.dumps({"strokes": strokes}).encode()),
-                workload.timeout)
+                connection.request("POST", "/api/predict", json.dumps({"strokes": strokes}).encode()), workload.timeout
+            )
             reply = json.loads(body)
             outcome: Any
             if status == 200 and reply.get("type") == "prediction":
@@ -397,11 +429,23 @@ class ManagedServer:
 
     def __init__(self, flags: list[str], clients: int, rate: float) -> None:
         self.port = free_port()
-        self.flags = ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-                      "--max-connections-per-client", str(clients + 16),
-                      "--max-connections", str(max(1000, clients + 16)),
-                      "--submit-rate", str(max(5.0, 2.0 * clients * rate)),
-                      "--submit-burst", str(max(10, 2 * clients)), *flags]
+        self.flags = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--max-connections-per-client",
+            str(clients + 16),
+            "--max-connections",
+            str(max(1000, clients + 16)),
+            "--submit-rate",
+            str(max(5.0, 2.0 * clients * rate)),
+            "--submit-burst",
+            str(max(10, 2 * clients)),
+            *flags,
+        ]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="livedigit-bench-", suffix=".log", delete=False)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -413,10 +457,11 @@ class ManagedServer:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ManagedServer":
+    def start(self) -> ManagedServer:
         command = [sys.executable, "-m", "livedigit", "serve", *self.flags]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         if wait_until_ready(self.process, self.http_url, MAX_SERVER_START_S):
             return self
         exited = self.process.poll()
@@ -440,7 +485,7 @@ class ManagedServer:
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> ManagedServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -531,12 +576,14 @@ class ResourceWatch:
 def _machine_load(before: Any, after: Any, seconds: float) -> dict[str, float]:
     """All cores' busy time and steal time (the hypervisor running someone else) over the window, in % of
     one core, so they add up with the per-process figures; ``others`` is what neither process used."""
+
     def delta(name: str) -> float:
         return getattr(after, name, 0.0) - getattr(before, name, 0.0)
 
     idle = delta("idle") + delta("iowait")
-    total = sum(getattr(after, name) - getattr(before, name) for name in after._fields
-                if name not in ("guest", "guest_nice"))
+    total = sum(
+        getattr(after, name) - getattr(before, name) for name in after._fields if name not in ("guest", "guest_nice")
+    )
     busy = total - idle - delta("steal")
     scale = 100.0 / seconds if seconds > 0 else 0.0
     return {"busy_percent": round(busy * scale, 1), "steal_percent": round(delta("steal") * scale, 1)}
@@ -596,8 +643,12 @@ def batch_sizes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> 
         if count - previous:
             buckets["+Inf" if bound == float("inf") else f"<={bound:g}"] = int(count - previous)
         previous = count
-    return {"metric": after["name"], "batches": int(batches), "buckets": buckets,
-            "mean": round(total / batches, 2) if batches else None}
+    return {
+        "metric": after["name"],
+        "batches": int(batches),
+        "buckets": buckets,
+        "mean": round(total / batches, 2) if batches else None,
+    }
 
 
 def server_latency(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -620,8 +671,10 @@ def server_latency(before: dict[str, Any] | None, after: dict[str, Any] | None) 
             low, below = bound, seen
         return None
 
-    over = {f"over_{ms}ms": int(count - next((seen for bound, seen in cumulative if bound >= ms / 1000.0), count))
-            for ms in (50, 100)}
+    over = {
+        f"over_{ms}ms": int(count - next((seen for bound, seen in cumulative if bound >= ms / 1000.0), count))
+        for ms in (50, 100)
+    }
     return {"count": int(count), "p50": quantile(0.5), "p99": quantile(0.99), **over}
 
 
@@ -635,8 +688,14 @@ class Target:
     pid: int | None
 
 
-async def run_load(target: Target, workload: Workload, digits: list[pendigits.PenDigit], transport: str,
-                   label: str, quiet: bool = False) -> dict[str, Any]:
+async def run_load(
+    target: Target,
+    workload: Workload,
+    digits: list[pendigits.PenDigit],
+    transport: str,
+    label: str,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Run ``workload`` against ``target`` over ``transport`` ("websocket" or "http") and summarize it."""
     speed_before = await asyncio.to_thread(reference_digit_us, digits)
     loop_started = time.monotonic()
@@ -654,8 +713,9 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
     url = target.ws_url if transport == "websocket" else target.http_url
     with collector_paused():
         people = [
-            asyncio.ensure_future(person(url, workload, hands[i], quotas[i],
-                                         loop_started + 0.5 + phases() * interval, end, recorder))
+            asyncio.ensure_future(
+                person(url, workload, hands[i], quotas[i], loop_started + 0.5 + phases() * interval, end, recorder)
+            )
             for i in range(workload.clients)
         ]
         watch.begin()
@@ -695,8 +755,10 @@ async def run_load(target: Target, workload: Workload, digits: list[pendigits.Pe
         "connection_errors": dict(recorder.connection_errors),
         "client_lag_ms": percentiles(recorder.lag_ms),
         "batch_sizes": batch_sizes(histogram(metrics_before, "batch_size"), histogram(metrics_after, "batch_size")),
-        "server_latency_ms": server_latency(histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
-                                            histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"})),
+        "server_latency_ms": server_latency(
+            histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
+            histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"}),
+        ),
         "server": watch.summary(),
         "reference_digit_us": {"before": speed_before, "after": speed_after},
     }
@@ -735,16 +797,26 @@ def _progress(label: str, recorder: Recorder, elapsed: float, workload: Workload
     p99 = f"{np.percentile(snapshots, 99):6.1f}" if snapshots else "     -"
     phase = "warmup" if elapsed < 0 else f"{elapsed:5.0f}s"
     errors = sum(recorder.snapshots.errors.values()) + sum(recorder.submits.errors.values())
-    print(f"[{label}] {phase} clients {workload.clients}  snapshots/s {len(snapshots):5d}  "
-          f"not predicted {unanswered:4d}  submits/s {submits:4d}  p99 live {p99} ms  errors {errors}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[{label}] {phase} clients {workload.clients}  snapshots/s {len(snapshots):5d}  "
+        f"not predicted {unanswered:4d}  submits/s {submits:4d}  p99 live {p99} ms  errors {errors}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # --- the model alone -----------------------------------------------------------------------------
 
 
-def model_ceiling(digits: list[pendigits.PenDigit], points: int, model: str, runtime_kind: str, threads: int,
-                  max_batch: int, budget_s: float = 4.0) -> dict[str, Any]:
+def model_ceiling(
+    digits: list[pendigits.PenDigit],
+    points: int,
+    model: str,
+    runtime_kind: str,
+    threads: int,
+    max_batch: int,
+    budget_s: float = 4.0,
+) -> dict[str, Any]:
     """Samples/s of preprocess + runtime (and of the runtime alone) in this process, on the same frames.
 
     This is the most any server could deliver on one core with the same model: no sockets, no JSON, no
@@ -841,8 +913,11 @@ def _time_per_call(call: Callable[[], Any], budget_s: float) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``livedigit bench``."""
     load = parser.add_argument_group("load")
-    load.add_argument("--url", help="WebSocket URL of a running server (loopback, e.g. ws://127.0.0.1:8000/ws); "
-                                    "without it the bench starts its own server")
+    load.add_argument(
+        "--url",
+        help="WebSocket URL of a running server (loopback, e.g. ws://127.0.0.1:8000/ws); "
+        "without it the bench starts its own server",
+    )
     load.add_argument("--clients", type=int, default=100, help="concurrent drawing clients (default 100)")
     load.add_argument("--rate", type=float, default=10.0, help="snapshots per second per client (default 10)")
     load.add_argument("--points", type=int, default=4, help="pen points added between snapshots (default 4)")
@@ -850,8 +925,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--digits", type=int, help="stop after this many submits in all, instead of --duration")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring starts (default 2)")
     load.add_argument("--timeout", type=float, default=10.0, help="seconds a reply may take before it counts as lost")
-    load.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH),
-                      help="pen_digits.jsonl; the test split is replayed (default: ../shared/data/pen_digits.jsonl)")
+    load.add_argument(
+        "--pen-digits",
+        default=str(pendigits.DEFAULT_PATH),
+        help="pen_digits.jsonl; the test split is replayed (default: ../shared/data/pen_digits.jsonl)",
+    )
     load.add_argument("--seed", type=int, default=1, help="shuffles which digits each client draws")
     load.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     load.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -861,25 +939,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     served.add_argument("--threads", type=int, default=None, help="passed to livedigit serve (and to --ceiling)")
     served.add_argument("--runtime", default=None, help="passed to livedigit serve (and to --ceiling)")
     served.add_argument("--model", default=None, help="passed to livedigit serve (and to --ceiling)")
-    served.add_argument("--server-arg", action="append", default=[], metavar="FLAG",
-                        help="any other serve flag, e.g. --server-arg=--snapshot-rate=60 (repeatable)")
+    served.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="any other serve flag, e.g. --server-arg=--snapshot-rate=60 (repeatable)",
+    )
     refs = parser.add_argument_group("reference points")
     refs.add_argument("--ceiling", action="store_true", help="(a) the model alone in this process, batched")
     refs.add_argument("--unbatched", action="store_true", help="(b) the same load on a server with --max-batch 1")
-    refs.add_argument("--http", action="store_true",
-                      help="(c) the same clients over POST /api/predict, one request at a time per client")
+    refs.add_argument(
+        "--http",
+        action="store_true",
+        help="(c) the same clients over POST /api/predict, one request at a time per client",
+    )
     refs.add_argument("--references", action="store_true", help="all three reference points")
     sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--sweep", action="store_true",
-                       help="find the knee: more clients per step, with batching on and off")
+    sweep.add_argument(
+        "--sweep", action="store_true", help="find the knee: more clients per step, with batching on and off"
+    )
     sweep.add_argument("--sweep-clients", default=SWEEP_CLIENTS, help=f"client counts (default {SWEEP_CLIENTS})")
     sweep.add_argument("--sweep-duration", type=float, default=8.0, help="measured seconds per step (default 8)")
-    sweep.add_argument("--sweep-modes", default="batched,unbatched",
-                       help="which servers to sweep: batched, unbatched (--max-batch 1), http (POST /api/predict, "
-                            "batched server); default batched,unbatched")
-    sweep.add_argument("--knee-ms", type=float, default=100.0, help="p99 live latency that marks the knee (default 100)")
-    sweep.add_argument("--knee-dropped", type=float, default=0.10,
-                       help="share of snapshots dropped that also marks the knee (default 0.10)")
+    sweep.add_argument(
+        "--sweep-modes",
+        default="batched,unbatched",
+        help="which servers to sweep: batched, unbatched (--max-batch 1), http (POST /api/predict, "
+        "batched server); default batched,unbatched",
+    )
+    sweep.add_argument(
+        "--knee-ms", type=float, default=100.0, help="p99 live latency that marks the knee (default 100)"
+    )
+    sweep.add_argument(
+        "--knee-dropped",
+        type=float,
+        default=0.10,
+        help="share of snapshots dropped that also marks the knee (default 0.10)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -899,16 +995,25 @@ def main(args: argparse.Namespace) -> int:
     try:
         digits = pendigits.load(args.pen_digits, "test")
     except FileNotFoundError:
-        print(f"livedigit bench: pen digits not found at {args.pen_digits}; pass --pen-digits "
-              "PATH/pen_digits.jsonl (see shared/data/README.md)", file=sys.stderr)
+        print(
+            f"livedigit bench: pen digits not found at {args.pen_digits}; pass --pen-digits "
+            "PATH/pen_digits.jsonl (see shared/data/README.md)",
+            file=sys.stderr,
+        )
         return 2
     options = {name: value for name, value in vars(args).items() if not callable(value)}
     report: dict[str, Any] = {"machine": _machine(), "options": options, "runs": []}
     try:
         if args.ceiling or args.references or args.sweep:
             _say(args, "measuring the model alone in this process")
-            report["ceiling"] = model_ceiling(digits, args.points, args.model or str(DEFAULT_MODEL),
-                                              args.runtime or "litert", args.threads or 1, args.max_batch or 64)
+            report["ceiling"] = model_ceiling(
+                digits,
+                args.points,
+                args.model or str(DEFAULT_MODEL),
+                args.runtime or "litert",
+                args.threads or 1,
+                args.max_batch or 64,
+            )
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             if args.sweep:
                 report["sweep"] = runner.run(_sweep(args, digits))
@@ -965,8 +1070,16 @@ def _server_flags(args: argparse.Namespace, max_batch: int | None = None) -> lis
 def _workload(args: argparse.Namespace, clients: int | None = None, duration: float | None = None) -> Workload:
     digits = args.digits if duration is None else None
     warmup = 0.0 if digits is not None else args.warmup
-    return Workload(clients or args.clients, args.rate, args.points, duration or args.duration, warmup, digits,
-                    args.timeout, args.seed)
+    return Workload(
+        clients or args.clients,
+        args.rate,
+        args.points,
+        duration or args.duration,
+        warmup,
+        digits,
+        args.timeout,
+        args.seed,
+    )
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -1008,8 +1121,14 @@ async def _sweep(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> 
         with ManagedServer(_server_flags(args, max_batch=max_batch), max(counts), args.rate) as server:
             target = Target(server.ws_url, server.http_url, server.process.pid)  # type: ignore[union-attr]
             for clients in counts:
-                run = await run_load(target, _workload(args, clients, args.sweep_duration), digits, transport,
-                                     f"{mode} {clients}", args.quiet)
+                run = await run_load(
+                    target,
+                    _workload(args, clients, args.sweep_duration),
+                    digits,
+                    transport,
+                    f"{mode} {clients}",
+                    args.quiet,
+                )
                 steps.append(run)
                 reason = _over_knee(run, args.knee_ms, args.knee_dropped)
                 if reason:
@@ -1017,8 +1136,11 @@ async def _sweep(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> 
                     break
                 knee["last_good"] = clients
                 await asyncio.sleep(1.0)
-        result["modes"][mode] = {"steps": steps, "knee": knee,
-                                 "peak_predictions_per_s": max(run["predictions_per_s"] for run in steps)}
+        result["modes"][mode] = {
+            "steps": steps,
+            "knee": knee,
+            "peak_predictions_per_s": max(run["predictions_per_s"] for run in steps),
+        }
     knees = {mode: data["knee"] for mode, data in result["modes"].items()}
     good = [knees[mode]["last_good"] if mode in knees else None for mode in ("batched", "unbatched")]
     result["ratio"] = round(good[0] / good[1], 2) if all(good) else None
@@ -1043,17 +1165,34 @@ def _machine() -> dict[str, Any]:
     """Where the figures were measured: they only compare with figures from the same machine and code."""
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": sys.version.split()[0], "platform": sys.platform, "git_commit": commit}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "git_commit": commit,
+    }
 
 
 # --- the printed report ---------------------------------------------------------------------------
@@ -1064,21 +1203,26 @@ def format_report(report: dict[str, Any]) -> str:
     lines: list[str] = []
     ceiling = report.get("ceiling")
     if ceiling:
-        lines += ["model alone (this process, one thread, same frames):",
-                  f"  preprocess          {ceiling['preprocess_per_s']:>9.0f} /s",
-                  f"  runtime batch {ceiling['batch_size']:<4d}  {ceiling['runtime_batched_per_s']:>9.0f} /s",
-                  f"  runtime batch 1     {ceiling['runtime_single_per_s']:>9.0f} /s",
-                  f"  preprocess+runtime  {ceiling['ceiling_per_s']:>9.0f} /s batched, "
-                  f"{ceiling['ceiling_unbatched_per_s']:.0f} /s unbatched", ""]
+        lines += [
+            "model alone (this process, one thread, same frames):",
+            f"  preprocess          {ceiling['preprocess_per_s']:>9.0f} /s",
+            f"  runtime batch {ceiling['batch_size']:<4d}  {ceiling['runtime_batched_per_s']:>9.0f} /s",
+            f"  runtime batch 1     {ceiling['runtime_single_per_s']:>9.0f} /s",
+            f"  preprocess+runtime  {ceiling['ceiling_per_s']:>9.0f} /s batched, "
+            f"{ceiling['ceiling_unbatched_per_s']:.0f} /s unbatched",
+            "",
+        ]
     if report.get("runs"):
         lines += _runs_table(report["runs"], ceiling)
     sweep = report.get("sweep")
     if sweep:
         for mode, data in sweep["modes"].items():
-            lines += ["", f"sweep, {mode}:"] + _runs_table(data["steps"], ceiling)
+            lines += ["", f"sweep, {mode}:", *_runs_table(data["steps"], ceiling)]
             knee = data["knee"]
-            lines.append(f"  knee: last good {knee['last_good']} clients, first over {knee['first_bad']} "
-                         f"({knee['reason'] or 'never within the sweep'})")
+            lines.append(
+                f"  knee: last good {knee['last_good']} clients, first over {knee['first_bad']} "
+                f"({knee['reason'] or 'never within the sweep'})"
+            )
         if sweep["ratio"] is not None:
             bound = " (at least; batching never reached the knee)" if sweep["ratio_is_lower_bound"] else ""
             lines.append(f"knee ratio batched/unbatched: {sweep['ratio']}{bound}")
@@ -1086,22 +1230,30 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> list[str]:
-    header = (f"{'run':<16}{'clients':>8}{'snap/s off':>11}{'snap/s ok':>10}{'sub/s':>7}"
-              f"{'live p50':>9}{'p95':>7}{'p99':>7}{'max':>8}{'submit p99':>11}{'dropped':>9}{'errors':>7}"
-              f"{'batch':>7}{'cpu%':>6}{'rss MB':>7}{'acc':>6}")
+    header = (
+        f"{'run':<16}{'clients':>8}{'snap/s off':>11}{'snap/s ok':>10}{'sub/s':>7}"
+        f"{'live p50':>9}{'p95':>7}{'p99':>7}{'max':>8}{'submit p99':>11}{'dropped':>9}{'errors':>7}"
+        f"{'batch':>7}{'cpu%':>6}{'rss MB':>7}{'acc':>6}"
+    )
     lines = [header]
     for run in runs:
         snap, sub, server = run["snapshots"], run["submits"], run["server"]
         live = snap["latency_ms"]
-        errors = sum(snap["errors"].values()) + sum(sub["errors"].values()) + snap["lost"] + sub["lost"] + \
-            sum(run["connection_errors"].values())
+        errors = (
+            sum(snap["errors"].values())
+            + sum(sub["errors"].values())
+            + snap["lost"]
+            + sub["lost"]
+            + sum(run["connection_errors"].values())
+        )
         batches = run["batch_sizes"]
         lines.append(
             f"{run['name']:<16}{run['clients']:>8}{snap['offered_per_s']:>11.0f}{snap['achieved_per_s']:>10.0f}"
             f"{sub['achieved_per_s']:>7.1f}{_ms(live['p50']):>9}{_ms(live['p95']):>7}{_ms(live['p99']):>7}"
             f"{_ms(live['max']):>8}{_ms(sub['latency_ms']['p99']):>11}{snap['dropped_share']:>9.1%}{errors:>7}"
             f"{_num(batches and batches['mean'], '.1f'):>7}{_num(server['cpu_percent']):>6}"
-            f"{_num(server['rss_mb_max']):>7}{_num(sub['accuracy'], '.3f'):>6}")
+            f"{_num(server['rss_mb_max']):>7}{_num(sub['accuracy'], '.3f'):>6}"
+        )
     for run in runs:
         detail = []
         if run["snapshots"]["dropped"]:
@@ -1114,28 +1266,38 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             detail.append(f"batches {run['batch_sizes']['buckets']}")
         if run.get("server_latency_ms"):
             inside = run["server_latency_ms"]
-            detail.append(f"server-side prediction latency p50 {inside['p50']} ms, p99 {inside['p99']} ms, "
-                          f"{inside['over_50ms']} over 50 ms")
+            detail.append(
+                f"server-side prediction latency p50 {inside['p50']} ms, p99 {inside['p99']} ms, "
+                f"{inside['over_50ms']} over 50 ms"
+            )
         machine = run["server"].get("machine", {})
-        detail.append(f"server event loop cpu {run['server'].get('event_loop_cpu_percent', '-')}%, "
-                      f"bench client cpu {run['server']['bench_client_cpu_percent']}%, "
-                      f"lag p99 {run['client_lag_ms']['p99']} ms, other processes {machine.get('others_percent', '-')}%"
-                      f", steal {machine.get('steal_percent', '-')}%")
+        detail.append(
+            f"server event loop cpu {run['server'].get('event_loop_cpu_percent', '-')}%, "
+            f"bench client cpu {run['server']['bench_client_cpu_percent']}%, "
+            f"lag p99 {run['client_lag_ms']['p99']} ms, other processes {machine.get('others_percent', '-')}%"
+            f", steal {machine.get('steal_percent', '-')}%"
+        )
         if ceiling:
-            detail.append(f"predictions/s {run['predictions_per_s']} = "
-                          f"{run['predictions_per_s'] / ceiling['ceiling_per_s']:.1%} of the model-alone ceiling")
+            detail.append(
+                f"predictions/s {run['predictions_per_s']} = "
+                f"{run['predictions_per_s'] / ceiling['ceiling_per_s']:.1%} of the model-alone ceiling"
+            )
         speed = run.get("reference_digit_us")
         if speed:
             detail.append(f"reference digit {speed['before']} us before, {speed['after']} us after")
         lines.append(f"  {run['name']}: " + "; ".join(detail))
         if speed and abs(speed["after"] - speed["before"]) > SPEED_CHANGE * min(speed["before"], speed["after"]):
-            lines.append(f"  warning: this machine's speed changed during {run['name']} (a reference digit took "
-                         f"{speed['before']} us before and {speed['after']} us after); compare its figures "
-                         f"with care")
+            lines.append(
+                f"  warning: this machine's speed changed during {run['name']} (a reference digit took "
+                f"{speed['before']} us before and {speed['after']} us after); compare its figures "
+                f"with care"
+            )
         disturbed = max(machine.get("others_percent", 0.0), machine.get("steal_percent", 0.0))
         if disturbed > DISTURBED_PERCENT:
-            lines.append(f"  warning: other processes or the hypervisor took {disturbed}% of a core during "
-                         f"{run['name']}; its figures do not describe this server alone")
+            lines.append(
+                f"  warning: other processes or the hypervisor took {disturbed}% of a core during "
+                f"{run['name']}; its figures do not describe this server alone"
+            )
     return lines
 
 

@@ -21,18 +21,23 @@ def main(argv: list[str] | None = None) -> int:
     from livedigit import bench, client, server
     from livedigit.config import Settings
 
-    serve = commands.add_parser("serve", help="run the web server (page, WebSocket, REST)",
-                                description="Run the web server. Every flag also reads an environment variable.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the web server (page, WebSocket, REST)",
+        description="Run the web server. Every flag also reads an environment variable.",
+    )
     Settings.add_arguments(serve)
     serve.set_defaults(run=lambda args: server.run(Settings.from_arguments(args)))
 
-    predict = commands.add_parser("predict", help="predict image files locally or through a server",
-                                  description=client.predict_command.__doc__)
+    predict = commands.add_parser(
+        "predict", help="predict image files locally or through a server", description=client.predict_command.__doc__
+    )
     client.add_predict_arguments(predict)
     predict.set_defaults(run=client.predict_command)
 
-    load = commands.add_parser("bench", help="measure the server under many drawing clients",
-                               description=bench.main.__doc__)
+    load = commands.add_parser(
+        "bench", help="measure the server under many drawing clients", description=bench.main.__doc__
+    )
     bench.add_arguments(load)
     load.set_defaults(run=bench.main)
 

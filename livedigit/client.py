@@ -41,7 +41,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, S
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -130,9 +130,9 @@ class Dropped:
     reason: str
 
 
-Result = Union[Prediction, Empty]
-Reply = Union[Prediction, Empty, Dropped]
-ImageLike = Union[Image, np.ndarray, bytes, bytearray, str, os.PathLike, Sequence]
+Result = Prediction | Empty
+Reply = Prediction | Empty | Dropped
+ImageLike = Image | np.ndarray | bytes | bytearray | str | os.PathLike | Sequence
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ class LiveDigitClient:
         self._lock = asyncio.Lock()
         self._closed = False
 
-    async def __aenter__(self) -> "LiveDigitClient":
+    async def __aenter__(self) -> LiveDigitClient:
         await self.connect()
         return self
 
@@ -566,7 +566,7 @@ class LiveDigit:
         self._thread = threading.Thread(target=self._loop.run_forever, name="livedigit-client", daemon=True)
         self._client = LiveDigitClient(url, **options)
 
-    def __enter__(self) -> "LiveDigit":
+    def __enter__(self) -> LiveDigit:
         self._thread.start()
         try:
             self._call(self._client.connect())
@@ -626,11 +626,15 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``livedigit predict``."""
     from livedigit.config import DEFAULT_MODEL
 
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="PNG images or .npy arrays (2-D, ink high: uint8 0..255 or float 0..1)")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="PNG images or .npy arrays (2-D, ink high: uint8 0..255 or float 0..1)"
+    )
     parser.add_argument("--url", help="server to ask, e.g. ws://127.0.0.1:8000/ws; without it the model runs here")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object per file (with the ten probabilities) instead of text")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per file (with the ten probabilities) instead of text",
+    )
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="local mode: model base path or file")
     parser.add_argument("--runtime", default="litert", choices=RUNTIMES, help="local mode: inference runtime")
     parser.add_argument("--timeout", type=float, default=30.0, help="--url mode: seconds to wait for each reply")
@@ -656,7 +660,7 @@ def predict_command(args: argparse.Namespace) -> int:
             print(f"livedigit predict: {exc}", file=sys.stderr)
             return 2
     failed = False
-    for path, outcome in zip(args.files, outcomes):
+    for path, outcome in zip(args.files, outcomes, strict=True):
         if isinstance(outcome, ServerError):
             failed = True
             print(f"livedigit predict: {path}: {outcome.message}", file=sys.stderr)
@@ -674,9 +678,17 @@ def _print_outcome(path: str, outcome: Result | ServerError, as_json: bool) -> N
         print(json.dumps({"file": path, "type": "empty"}) if as_json else f"{path}\tempty")
         return
     if as_json:
-        print(json.dumps({"file": path, "type": "prediction", "digit": outcome.digit,
-                          "confidence": round(outcome.confidence, 6),
-                          "probabilities": [round(p, 6) for p in outcome.probabilities]}))
+        print(
+            json.dumps(
+                {
+                    "file": path,
+                    "type": "prediction",
+                    "digit": outcome.digit,
+                    "confidence": round(outcome.confidence, 6),
+                    "probabilities": [round(p, 6) for p in outcome.probabilities],
+                }
+            )
+        )
     else:
         print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}")
 
@@ -713,7 +725,7 @@ def _predict_local(paths: Sequence[str], model: str, runtime_kind: str) -> list[
             inputs.append((index, tensor))
     if inputs:
         probabilities = load_runtime(model, runtime_kind).predict(np.stack([tensor for _, tensor in inputs]))
-        for (index, _), row in zip(inputs, probabilities):
+        for (index, _), row in zip(inputs, probabilities, strict=True):
             digit = int(np.argmax(row))
             outcomes[index] = Prediction(None, True, digit, float(row[digit]), tuple(float(p) for p in row))
     return outcomes

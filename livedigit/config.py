@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "livedigit-cnn"
 """The shipped model's base name; the runtime adds ``.tflite`` or ``.keras``, the card is ``.json``."""
@@ -47,8 +48,9 @@ class Settings:
     submit_burst: int = _option(10, "submits a connection may send at once before the rate applies")
     max_bad_messages: int = _option(32, "consecutive invalid messages after which a connection is closed with 1008")
     message_rate: float = _option(
-        100.0, "frames per second read from one connection, in bursts of as many; a faster client is read more "
-        "slowly (TCP holds it back), so it cannot take the server's time from the others; 0: no limit"
+        100.0,
+        "frames per second read from one connection, in bursts of as many; a faster client is read more "
+        "slowly (TCP holds it back), so it cannot take the server's time from the others; 0: no limit",
     )
     max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
@@ -60,13 +62,15 @@ class Settings:
     forwarded_allow_ips: str = _option(
         "127.0.0.1", "comma-separated proxy addresses whose X-Forwarded-For is trusted ('*' on Heroku)"
     )
-    ping_interval: float = _option(20.0, "seconds between server WebSocket pings (Heroku drops idle sockets after 55 s)")
+    ping_interval: float = _option(
+        20.0, "seconds between server WebSocket pings (Heroku drops idle sockets after 55 s)"
+    )
     ping_timeout: float = _option(20.0, "seconds to wait for a pong before closing the connection")
     graceful_shutdown_seconds: float = _option(10.0, "longest a SIGTERM waits for submits and connections to finish")
     log_level: str = _option("info", "uvicorn log level: critical, error, warning, info, debug")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its environment variables; ``overrides`` win over the environment."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -86,14 +90,14 @@ class Settings:
             help_text = f"{item.metadata['help']} (env {env}; default {item.default!r})"
             flag = "--" + item.name.replace("_", "-")
             if item.type in ("bool", bool):
-                parser.add_argument(flag, dest=item.name, default=None, action=argparse.BooleanOptionalAction,
-                                    help=help_text)
+                parser.add_argument(
+                    flag, dest=item.name, default=None, action=argparse.BooleanOptionalAction, help=help_text
+                )
             else:
-                parser.add_argument(flag, dest=item.name, default=None, type=_TYPES[str(item.type)],
-                                    help=help_text)
+                parser.add_argument(flag, dest=item.name, default=None, type=_TYPES[str(item.type)], help=help_text)
 
     @classmethod
-    def from_arguments(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_arguments(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from parsed flags, falling back to the environment and the defaults."""
         return cls.from_env(environ, **{item.name: getattr(args, item.name, None) for item in fields(cls)})
 

@@ -27,50 +27,71 @@ class Metrics:
         ProcessCollector(registry=registry)
         self.connections = Gauge("livedigit_connections", "Open WebSocket connections", registry=registry)
         self.connections_refused = Counter(
-            "livedigit_connections_refused", "WebSocket connections refused, by reason", ["reason"],
+            "livedigit_connections_refused",
+            "WebSocket connections refused, by reason",
+            ["reason"],
             registry=registry,
         )
         self.messages = Counter(
-            "livedigit_messages", "Client messages received, by type (invalid: not parseable)", ["type"],
+            "livedigit_messages",
+            "Client messages received, by type (invalid: not parseable)",
+            ["type"],
             registry=registry,
         )
         self.replies = Counter("livedigit_replies", "Replies sent, by type", ["type"], registry=registry)
-        self.dropped = Counter("livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"],
-                               registry=registry)
+        self.dropped = Counter(
+            "livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"], registry=registry
+        )
         self.errors = Counter("livedigit_errors", "Replies of type 'error', by code", ["code"], registry=registry)
-        self.closes = Counter("livedigit_closes", "Connections closed by the server, by close code", ["code"],
-                              registry=registry)
-        self.queued_snapshots = Gauge("livedigit_queued_snapshots", "Snapshots waiting for the batcher",
-                                      registry=registry)
-        self.queued_submits = Gauge("livedigit_queued_submits", "Submits waiting for the batcher",
-                                    registry=registry)
-        self.in_flight = Gauge("livedigit_in_flight", "Images taken into a batch and not answered yet",
-                               registry=registry)
-        self.client_addresses = Gauge("livedigit_client_addresses", "Client addresses with an open WebSocket",
-                                      registry=registry)
-        self.tasks = Gauge("livedigit_event_loop_tasks", "asyncio tasks alive in the server's event loop",
-                           registry=registry)
-        self.ready = Gauge("livedigit_ready", "1 when the model is loaded and the last batch succeeded",
-                           registry=registry)
-        self.batch_size = Histogram("livedigit_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
-                                    registry=registry)
+        self.closes = Counter(
+            "livedigit_closes", "Connections closed by the server, by close code", ["code"], registry=registry
+        )
+        self.queued_snapshots = Gauge(
+            "livedigit_queued_snapshots", "Snapshots waiting for the batcher", registry=registry
+        )
+        self.queued_submits = Gauge("livedigit_queued_submits", "Submits waiting for the batcher", registry=registry)
+        self.in_flight = Gauge(
+            "livedigit_in_flight", "Images taken into a batch and not answered yet", registry=registry
+        )
+        self.client_addresses = Gauge(
+            "livedigit_client_addresses", "Client addresses with an open WebSocket", registry=registry
+        )
+        self.tasks = Gauge(
+            "livedigit_event_loop_tasks", "asyncio tasks alive in the server's event loop", registry=registry
+        )
+        self.ready = Gauge(
+            "livedigit_ready", "1 when the model is loaded and the last batch succeeded", registry=registry
+        )
+        self.batch_size = Histogram(
+            "livedigit_batch_size", "Images per model call", buckets=BATCH_BUCKETS, registry=registry
+        )
         self.queue_wait = Histogram(
-            "livedigit_queue_wait_seconds", "From enqueue to being taken into a batch, per message",
-            buckets=TIME_BUCKETS, registry=registry,
+            "livedigit_queue_wait_seconds",
+            "From enqueue to being taken into a batch, per message",
+            buckets=TIME_BUCKETS,
+            registry=registry,
         )
         self.preprocess = Histogram(
-            "livedigit_preprocess_seconds", "Preprocessing one image (decode, rasterise, normalize)",
-            buckets=TIME_BUCKETS, registry=registry,
+            "livedigit_preprocess_seconds",
+            "Preprocessing one image (decode, rasterise, normalize)",
+            buckets=TIME_BUCKETS,
+            registry=registry,
         )
         self.model_wait = Histogram(
-            "livedigit_model_wait_seconds", "From preprocessed to the start of its model call, per batch",
-            buckets=TIME_BUCKETS, registry=registry,
+            "livedigit_model_wait_seconds",
+            "From preprocessed to the start of its model call, per batch",
+            buckets=TIME_BUCKETS,
+            registry=registry,
         )
-        self.inference = Histogram("livedigit_inference_seconds", "One model call (a whole batch)",
-                                   buckets=TIME_BUCKETS, registry=registry)
+        self.inference = Histogram(
+            "livedigit_inference_seconds", "One model call (a whole batch)", buckets=TIME_BUCKETS, registry=registry
+        )
         self.latency = Histogram(
-            "livedigit_reply_latency_seconds", "From receiving a message to sending its reply, by reply type",
-            ["type"], buckets=TIME_BUCKETS, registry=registry,
+            "livedigit_reply_latency_seconds",
+            "From receiving a message to sending its reply, by reply type",
+            ["type"],
+            buckets=TIME_BUCKETS,
+            registry=registry,
         )
         self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image as PILImage
@@ -94,7 +94,7 @@ class Strokes:
     surface: tuple[float, float] | None = field(default=None)
 
 
-Image = Union[Pixels, Png, Strokes]
+Image = Pixels | Png | Strokes
 
 
 def preprocess(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray | None:

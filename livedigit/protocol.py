@@ -132,9 +132,7 @@ def parse_message(message: dict[str, Any], limits: Limits) -> Request:
         return Request("ping", message_id)
     if kind not in ("snapshot", "submit"):
         shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else type(kind).__name__
-        raise ProtocolError(
-            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit or ping", message_id
-        )
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit or ping", message_id)
     try:
         return Request(kind, message_id, parse_image(message, limits), _preview(message))
     except ProtocolError as error:
@@ -161,12 +159,14 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
         )
     version, kind_code, flags, _reserved, message_id, width, height = BINARY_HEADER.unpack_from(frame)
     if version != VERSION:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"binary frame version {version}; this server speaks {VERSION}",
-                            message_id)
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, f"binary frame version {version}; this server speaks {VERSION}", message_id
+        )
     kind = BINARY_KINDS.get(kind_code)
     if kind is None:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot) or 2 (submit)",
-                            message_id)
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot) or 2 (submit)", message_id
+        )
     _check_side(width, height, limits, message_id)
     data = memoryview(frame)[BINARY_HEADER.size :]
     if len(data) != width * height:
@@ -324,18 +324,23 @@ def _json_type(value: Any) -> str:
 
 
 def hello(model_name: str, runtime: str, limits: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "hello", "protocol": VERSION, "model": {"name": model_name, "runtime": runtime},
-            "limits": limits}
+    return {"type": "hello", "protocol": VERSION, "model": {"name": model_name, "runtime": runtime}, "limits": limits}
 
 
 def prediction(
-    message_id: MessageId, final: bool, probabilities: np.ndarray, latency_ms: float,
+    message_id: MessageId,
+    final: bool,
+    probabilities: np.ndarray,
+    latency_ms: float,
     model_input: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``."""
     digit = int(np.argmax(probabilities))
     reply: dict[str, Any] = {
-        "type": "prediction", "id": message_id, "final": final, "digit": digit,
+        "type": "prediction",
+        "id": message_id,
+        "final": final,
+        "digit": digit,
         "confidence": round(float(probabilities[digit]), 6),
         "probabilities": [round(float(p), 6) for p in probabilities],
         "latency_ms": round(latency_ms, 3),

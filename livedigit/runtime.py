@@ -78,11 +78,15 @@ class LiteRTRuntime:
             raise ModelLoadError(f"cannot load model {self.path}: not a valid .tflite file ({exc})") from None
         shapes = [tuple(d["shape_signature"]) for d in input_detail + output_detail]
         dtypes = [d["dtype"] for d in input_detail + output_detail]
-        if (len(input_detail), len(output_detail)) != (1, 1) or shapes[0][1:] != (SIZE, SIZE, 1) \
-                or shapes[1][1:] != (CLASSES,) or dtypes != [np.float32, np.float32]:
+        if (
+            (len(input_detail), len(output_detail)) != (1, 1)
+            or shapes[0][1:] != (SIZE, SIZE, 1)
+            or shapes[1][1:] != (CLASSES,)
+            or dtypes != [np.float32, np.float32]
+        ):
             raise ModelLoadError(
-                f"cannot load model {self.path}: it maps {shapes[:len(input_detail)]} to "
-                f"{shapes[len(input_detail):]}; a digit model maps float32 (n, {SIZE}, {SIZE}, 1) to (n, {CLASSES})"
+                f"cannot load model {self.path}: it maps {shapes[: len(input_detail)]} to "
+                f"{shapes[len(input_detail) :]}; a digit model maps float32 (n, {SIZE}, {SIZE}, 1) to (n, {CLASSES})"
             )
         self._input_index = input_detail[0]["index"]
         self._output_index = output_detail[0]["index"]

@@ -155,9 +155,13 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                message = {**message, "headers": [
-                    *message.get("headers", []), *((name, value) for name, value in extra if name not in present)
-                ]}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        *((name, value) for name, value in extra if name not in present),
+                    ],
+                }
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -37,8 +37,10 @@ class Service:
     def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
         self.settings = settings
         self.limits = Limits(
-            max_side=settings.max_side, max_png_bytes=settings.max_png_bytes,
-            max_strokes=settings.max_strokes, max_points=settings.max_points,
+            max_side=settings.max_side,
+            max_png_bytes=settings.max_png_bytes,
+            max_strokes=settings.max_strokes,
+            max_points=settings.max_points,
         )
         self.metrics = Metrics()
         self.runtime = runtime
@@ -72,8 +74,12 @@ class Service:
             self.runtime = await asyncio.to_thread(load_runtime, settings.model, settings.runtime, settings.threads)
         self._card = _read_card(self.model_base.with_suffix(".json"))
         batcher = Batcher(
-            self.runtime, self.metrics, limits=self.limits, max_batch=self.settings.max_batch,
-            max_wait_ms=self.settings.max_wait_ms, max_pending_submits=self.settings.max_pending_submits,
+            self.runtime,
+            self.metrics,
+            limits=self.limits,
+            max_batch=self.settings.max_batch,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_pending_submits=self.settings.max_pending_submits,
         )
         try:
             await batcher.start()
@@ -112,11 +118,16 @@ class Service:
         """The limits a client should respect, as sent in ``hello`` and ``/api/model``."""
         settings = self.settings
         return {
-            "max_message_bytes": settings.max_message_bytes, "max_side": settings.max_side,
-            "max_png_bytes": settings.max_png_bytes, "max_strokes": settings.max_strokes,
-            "max_points": settings.max_points, "snapshot_rate": settings.snapshot_rate,
-            "snapshot_burst": settings.snapshot_burst, "submit_rate": settings.submit_rate,
-            "submit_burst": settings.submit_burst, "max_bad_messages": settings.max_bad_messages,
+            "max_message_bytes": settings.max_message_bytes,
+            "max_side": settings.max_side,
+            "max_png_bytes": settings.max_png_bytes,
+            "max_strokes": settings.max_strokes,
+            "max_points": settings.max_points,
+            "snapshot_rate": settings.snapshot_rate,
+            "snapshot_burst": settings.snapshot_burst,
+            "submit_rate": settings.submit_rate,
+            "submit_burst": settings.submit_burst,
+            "max_bad_messages": settings.max_bad_messages,
         }
 
     def hello(self) -> dict[str, Any]:
@@ -132,8 +143,11 @@ class Service:
             "protocol": protocol.VERSION,
             "input_forms": list(protocol.INPUT_FORMS),
             "limits": self.limits_info(),
-            "accuracy": None if accuracy is None else {
-                key: value for key, value in accuracy.items()
+            "accuracy": None
+            if accuracy is None
+            else {
+                key: value
+                for key, value in accuracy.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             },
             "parameters": card.get("parameters") if isinstance(card.get("parameters"), int) else None,

@@ -45,8 +45,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     """Check the origin and the connection caps, then serve the connection until it ends."""
     service: Service = websocket.app.state.service
     headers = websocket.headers
-    if not origin_allowed(headers.get("origin"), headers.get("host"), service.settings.origins(),
-                          service.settings.allow_no_origin):
+    if not origin_allowed(
+        headers.get("origin"), headers.get("host"), service.settings.origins(), service.settings.allow_no_origin
+    ):
         service.metrics.connections_refused.labels("origin").inc()
         await _deny(websocket, 403, "this Origin may not open a WebSocket here")
         return
@@ -206,9 +207,13 @@ class Session:
             return Pending(request, received, reply=protocol.dropped(request.id, DropReason.RATE_LIMITED))
         if request.kind == "submit" and not self.submit_bucket.take():
             limit = self.service.settings.submit_rate
-            return Pending(request, received, reply=protocol.error(
-                request.id, ErrorCode.RATE_LIMITED, f"more than {limit:g} submits per second; slow down"
-            ))
+            return Pending(
+                request,
+                received,
+                reply=protocol.error(
+                    request.id, ErrorCode.RATE_LIMITED, f"more than {limit:g} submits per second; slow down"
+                ),
+            )
         assert self.batcher is not None and image is not None
         future = self.batcher.enqueue(request.kind, image, owner=self)  # type: ignore[arg-type]
         return Pending(request, received, outcome=future)
@@ -227,8 +232,9 @@ class Session:
             if reply["type"] == "error" and reply["code"] in protocol.INVALID_INPUT:
                 self.bad_in_a_row += 1
                 if self.bad_in_a_row >= limit > 0:
-                    await _close(self.websocket, self.service, CloseCode.POLICY,
-                                 f"{self.bad_in_a_row} invalid messages in a row")
+                    await _close(
+                        self.websocket, self.service, CloseCode.POLICY, f"{self.bad_in_a_row} invalid messages in a row"
+                    )
                     return
             elif reply["type"] in RESETTING_REPLIES:
                 self.bad_in_a_row = 0

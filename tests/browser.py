@@ -129,7 +129,7 @@ class DigitPage:
     def problems(self) -> list[str]:
         return self.watch.problems(self.allow)
 
-    def open(self, url: str) -> "DigitPage":
+    def open(self, url: str) -> DigitPage:
         self.page.goto(url)
         self.wait_for_status("connected")
         return self
@@ -170,7 +170,8 @@ class DigitPage:
         self.page.wait_for_function(
             "(expected) => [...document.querySelectorAll('#bars .bar')].every((bar, i) =>"
             " Math.abs(parseFloat(bar.style.getPropertyValue('--p') || '0') - expected[i]) < 1e-3)",
-            arg=expected, timeout=timeout,
+            arg=expected,
+            timeout=timeout,
         )
 
     def wait_for_state(self, state: str, timeout: float = 10_000) -> None:

@@ -72,11 +72,14 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start(self, log_dir: Path, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, log_dir: Path, timeout: float = 30.0) -> ServerProcess:
         self.log_path = log_dir / f"server-{self.port}.log"
         command = [sys.executable, "-m", "livedigit", "serve", "--port", str(self.port), *self.args]
         self.process = subprocess.Popen(
-            command, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, text=True,
+            command,
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         if wait_until_ready(self.process, self.http_url, timeout):
@@ -178,7 +181,7 @@ class AppServer:
     def service(self) -> Any:
         return self.app.state.service
 
-    def start(self, timeout: float = 30.0) -> "AppServer":
+    def start(self, timeout: float = 30.0) -> AppServer:
         from livedigit.app import create_app
         from livedigit.server import Server, config
 

@@ -18,9 +18,8 @@ import zlib
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 from wsutil import SEVEN, ask, open_ws
 
 PROTOCOL = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -68,8 +67,10 @@ def check_reply(reply: Any) -> None:
     expected = REPLY_KEYS[kind]
     assert expected <= keys <= expected | {"preview"}, reply
     message_id = reply["id"]
-    assert message_id is None or isinstance(message_id, str) or (
-        isinstance(message_id, int) and not isinstance(message_id, bool)
+    assert (
+        message_id is None
+        or isinstance(message_id, str)
+        or (isinstance(message_id, int) and not isinstance(message_id, bool))
     ), reply
     if kind == "prediction":
         probabilities = reply["probabilities"]
@@ -125,8 +126,9 @@ def chunk(kind: bytes, data: bytes) -> bytes:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def raw_png(width: int, height: int, bit_depth: int = 8, colour: int = 0, rows: bytes | None = None,
-            extra: bytes = b"") -> bytes:
+def raw_png(
+    width: int, height: int, bit_depth: int = 8, colour: int = 0, rows: bytes | None = None, extra: bytes = b""
+) -> bytes:
     """A PNG assembled by hand: IHDR declaring ``width`` x ``height``, then ``extra`` chunks, then IDAT
     with ``rows`` (the filtered scanlines; compressed as given, so it need not match the header)."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
@@ -176,7 +178,7 @@ class Bystander:
         self.reference: dict[str, Any] = {}
 
     @classmethod
-    async def open(cls, url: str) -> "Bystander":
+    async def open(cls, url: str) -> Bystander:
         ws, _ = await open_ws(url)
         bystander = cls(ws)
         bystander.reference = await bystander._ask()
@@ -207,7 +209,7 @@ async def settle(http_url: str, want: dict[str, float], timeout: float = 60.0) -
         if all(samples.get(name, 0.0) == value for name, value in want.items()):
             return samples
         if time.monotonic() > deadline:
-            raise AssertionError(f"never settled: want {want}, have {({name: samples.get(name) for name in want})}")
+            raise AssertionError(f"never settled: want {want}, have { ({name: samples.get(name) for name in want}) }")
         await asyncio.sleep(0.1)
 
 
@@ -226,7 +228,7 @@ class LogWatch(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
-    def __enter__(self) -> "LogWatch":
+    def __enter__(self) -> LogWatch:
         for name in self.LOGGERS:
             logging.getLogger(name).addHandler(self)
         return self

@@ -17,10 +17,10 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser import DigitPage, launch, stroke_with_mouse  # noqa: E402
-from conftest import REPO, SHARED_DATA, ServerProcess  # noqa: E402
+from browser import DigitPage, launch, stroke_with_mouse
+from conftest import REPO, SHARED_DATA, ServerProcess
 
-from livedigit import pendigits  # noqa: E402
+from livedigit import pendigits
 
 
 def main() -> None:
@@ -41,8 +41,9 @@ def main() -> None:
     try:
         with sync_playwright() as playwright:
             browser = launch(playwright)
-            context = browser.new_context(viewport={"width": 1200, "height": 860}, device_scale_factor=1,
-                                          color_scheme=args.scheme)
+            context = browser.new_context(
+                viewport={"width": 1200, "height": 860}, device_scale_factor=1, color_scheme=args.scheme
+            )
             page = DigitPage(context.new_page()).open(url)
             page.page.wait_for_selector("#model-facts .fact")
             strokes = page.fit(digit.strokes, fill=0.66)

@@ -22,14 +22,14 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from hardutil import CLOSE_CODES, Bystander, log_problems, rss_mb, scrape
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, http_json, open_ws, replies, reply, sample
 
-from hardutil import CLOSE_CODES, Bystander, log_problems, rss_mb, scrape
 from livedigit.config import Settings
 from livedigit.server import config
 from livedigit.session import MAX_OUTSTANDING
-from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, http_json, open_ws, replies, reply, sample
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,9 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
     can serve) for as long as another client submits: every submit gets its prediction, snapshots are
     shed (in the replies and in /metrics), each flooder's newest snapshot is still answered, memory stays
     flat. Rate limits and pacing are off, so that a few clients can offer that much."""
-    server = start_server("--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0",
-                          "--max-connections-per-client", "1000")
+    server = start_server(
+        "--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0", "--max-connections-per-client", "1000"
+    )
     before = await asyncio.to_thread(scrape, server.http_url)
     raster = drawing(240)
     resident: list[float] = []
@@ -54,6 +55,7 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
         """Snapshots until the submitter is done (at least 50), then a ping: its pong ends the replies."""
         ws, _ = await open_ws(server.ws_url, max_size=None)
         async with ws:
+
             async def read() -> list[dict[str, Any]]:
                 answers = []
                 while not answers or answers[-1]["type"] != "pong":
@@ -95,7 +97,8 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
     after = await asyncio.to_thread(scrape, server.http_url)
 
     assert [(a["id"], a["type"], a.get("final")) for a in submits] == [
-        (index, "prediction", True) for index in range(SUBMITS)], submits
+        (index, "prediction", True) for index in range(SUBMITS)
+    ], submits
     shed = sent = 0
     for answers in flooded:
         assert [a["id"] for a in answers] == list(range(len(answers)))
@@ -105,7 +108,9 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
         shed += sum(a["type"] == "dropped" for a in answers)
         sent += len(answers)
     assert shed > 2 * (sent - shed), (shed, sent)  # offered at least three times what was served
-    metric_shed = sum(after.get(f'livedigit_dropped_total{{reason="{reason}"}}', 0) for reason in ("stale", "overloaded"))
+    metric_shed = sum(
+        after.get(f'livedigit_dropped_total{{reason="{reason}"}}', 0) for reason in ("stale", "overloaded")
+    )
     assert metric_shed == shed
     assert after.get('livedigit_errors_total{code="overloaded"}', 0) == 0
     assert max(resident) - rss_mb(before) < 150, (rss_mb(before), resident)
@@ -164,7 +169,9 @@ async def test_a_flooding_client_is_read_at_the_message_rate_while_others_are_se
         reader = asyncio.create_task(replies(ws, 150))
         read = []
         while not reader.done():
-            read.append((time.monotonic() - started, sample(live.service, "livedigit_messages_total", {"type": "ping"})))
+            read.append(
+                (time.monotonic() - started, sample(live.service, "livedigit_messages_total", {"type": "ping"}))
+            )
             await bystander.check()
             await asyncio.sleep(0.05)
         answers = await reader
@@ -177,10 +184,12 @@ def raw_websocket(port: int, headers: str = "") -> tuple[socket.socket, bytes]:
     """A WebSocket opened by hand over a plain socket; returns it and the bytes read after the 101."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=20)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-    ).encode())
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+        ).encode()
+    )
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
@@ -252,7 +261,8 @@ BROKEN_FRAMES = {
     "declared length of 2^62 bytes": (bytes([0x82, 0xFF]) + struct.pack(">Q", 2**62) + b"\x00" * 4, 1009),
     "binary frame over the limit": (ws_frame(0x2, b"\x01" * (MAX_BYTES + 1))[:1024], 1009),
     "fragments adding up past the limit": (
-        ws_frame(0x2, b"\x01" * 60000, fin=False) + b"".join(ws_frame(0x0, b"\x01" * 60000, fin=False) for _ in range(4)),
+        ws_frame(0x2, b"\x01" * 60000, fin=False)
+        + b"".join(ws_frame(0x0, b"\x01" * 60000, fin=False) for _ in range(4)),
         1009,
     ),
 }
@@ -356,17 +366,31 @@ async def test_behind_a_router_a_client_cannot_pick_its_own_address(app_server) 
     for ws in (first, other):
         await ws.close()
     statuses = [
-        http_json(live.http_url + "/api/predict", {"strokes": ONE}, {"X-Forwarded-For": f"198.51.100.{n}, 192.0.2.7"})[0]
+        http_json(live.http_url + "/api/predict", {"strokes": ONE}, {"X-Forwarded-For": f"198.51.100.{n}, 192.0.2.7"})[
+            0
+        ]
         for n in range(3)
     ]
     assert statuses == [200, 429, 429]
 
 
-@pytest.mark.parametrize("origin", [
-    "http://127.0.0.1:1", "https://127.0.0.1", "http://[", "http://127.0.0.1:99999", "http://127.0.0.1:-1",
-    "file://", "", "null", "http://user@evil.example", "ws://evil.example", "http://127.0.0.1.evil.example",
-    "http://%31%32%37.0.0.1",
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:1",
+        "https://127.0.0.1",
+        "http://[",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:-1",
+        "file://",
+        "",
+        "null",
+        "http://user@evil.example",
+        "ws://evil.example",
+        "http://127.0.0.1.evil.example",
+        "http://%31%32%37.0.0.1",
+    ],
+)
 async def test_odd_origins_are_refused_with_403_never_an_error(app_server, origin) -> None:  # type: ignore[no-untyped-def]
     """Malformed, mismatched or look-alike origins: refused with 403, nothing counted, nothing logged."""
     live = app_server()
@@ -378,13 +402,30 @@ async def test_odd_origins_are_refused_with_403_never_an_error(app_server, origi
 
 
 TRAVERSALS = [
-    "/static/../app.py", "/static/%2e%2e/app.py", "/static/%2E%2E/app.py", "/static/.%2e/app.py",
-    "/static/%2e./app.py", "/static/..%2fapp.py", "/static/..%2Fapp.py", "/static/%2e%2e%2fapp.py",
-    "/static/%252e%252e/app.py", "/static/%252e%252e%252fapp.py", "/static/..%5capp.py", "/static/..\\app.py",
-    "/static/%2e%2e%5capp.py", "/static//etc/passwd", "/static/%2fetc%2fpasswd", "/static/../../../../etc/passwd",
-    "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/static/....//app.py", "/static/..;/app.py",
-    "/static/app.js%00.py", "/static/%c0%ae%c0%ae/app.py", "/static/%u002e%u002e/app.py",
-    "/static/./../templates/index.html", "/static/" + "../" * 40 + "etc/passwd",
+    "/static/../app.py",
+    "/static/%2e%2e/app.py",
+    "/static/%2E%2E/app.py",
+    "/static/.%2e/app.py",
+    "/static/%2e./app.py",
+    "/static/..%2fapp.py",
+    "/static/..%2Fapp.py",
+    "/static/%2e%2e%2fapp.py",
+    "/static/%252e%252e/app.py",
+    "/static/%252e%252e%252fapp.py",
+    "/static/..%5capp.py",
+    "/static/..\\app.py",
+    "/static/%2e%2e%5capp.py",
+    "/static//etc/passwd",
+    "/static/%2fetc%2fpasswd",
+    "/static/../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/....//app.py",
+    "/static/..;/app.py",
+    "/static/app.js%00.py",
+    "/static/%c0%ae%c0%ae/app.py",
+    "/static/%u002e%u002e/app.py",
+    "/static/./../templates/index.html",
+    "/static/" + "../" * 40 + "etc/passwd",
 ]
 
 
@@ -411,9 +452,15 @@ def test_every_http_response_carries_the_security_headers(server) -> None:  # ty
     block."""
     with httpx.Client(base_url=server.http_url, timeout=20) as client:
         responses = [
-            client.get("/"), client.get("/static/app.js"), client.get("/api/model"), client.get("/metrics"),
-            client.get("/readyz"), client.get("/nowhere"), client.get("/api/predict"),
-            client.post("/api/predict", content=b"{oops"), client.get("/ws"),
+            client.get("/"),
+            client.get("/static/app.js"),
+            client.get("/api/model"),
+            client.get("/metrics"),
+            client.get("/readyz"),
+            client.get("/nowhere"),
+            client.get("/api/predict"),
+            client.post("/api/predict", content=b"{oops"),
+            client.get("/ws"),
         ]
         page = responses[0].text
     for response in responses:

@@ -30,8 +30,13 @@ def check_run(run: dict, clients: int) -> None:
     assert run["clients"] == clients
     for kind in ("snapshots", "submits"):
         tally = run[kind]
-        outcomes = (tally["predicted"] + tally["empty"] + sum(tally["dropped"].values())
-                    + sum(tally["errors"].values()) + tally["lost"])
+        outcomes = (
+            tally["predicted"]
+            + tally["empty"]
+            + sum(tally["dropped"].values())
+            + sum(tally["errors"].values())
+            + tally["lost"]
+        )
         assert tally["sent"] > 0
         assert outcomes == tally["sent"], tally
         latency = tally["latency_ms"]
@@ -46,8 +51,25 @@ def check_run(run: dict, clients: int) -> None:
 
 def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = cli.main(["bench", "--clients", "3", "--duration", "3", "--warmup", "1", "--rate", "10",
-                     "--pen-digits", str(pen_path), "--max-batch", "8", "--json", str(out)])
+    code = cli.main(
+        [
+            "bench",
+            "--clients",
+            "3",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--rate",
+            "10",
+            "--pen-digits",
+            str(pen_path),
+            "--max-batch",
+            "8",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "p99 live" in captured.err
@@ -67,8 +89,25 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
 
 def test_bench_against_a_running_server_and_the_http_reference(server, pen_path, tmp_path):
     out = tmp_path / "bench.json"
-    code = cli.main(["bench", "--url", server.ws_url, "--clients", "2", "--digits", "6", "--rate", "20",
-                     "--http", "--quiet", "--pen-digits", str(pen_path), "--json", str(out)])
+    code = cli.main(
+        [
+            "bench",
+            "--url",
+            server.ws_url,
+            "--clients",
+            "2",
+            "--digits",
+            "6",
+            "--rate",
+            "20",
+            "--http",
+            "--quiet",
+            "--pen-digits",
+            str(pen_path),
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     websocket, http = json.loads(out.read_text())["runs"]
     assert (websocket["transport"], http["transport"]) == ("websocket", "http")
@@ -82,8 +121,9 @@ def test_bench_against_a_running_server_and_the_http_reference(server, pen_path,
 def test_model_ceiling_measures_preprocess_and_runtime(pen_test):
     from livedigit.config import DEFAULT_MODEL
 
-    ceiling = model_ceiling(pen_test[:20], points=4, model=str(DEFAULT_MODEL), runtime_kind="litert", threads=1,
-                            max_batch=16, budget_s=0.3)
+    ceiling = model_ceiling(
+        pen_test[:20], points=4, model=str(DEFAULT_MODEL), runtime_kind="litert", threads=1, max_batch=16, budget_s=0.3
+    )
     assert ceiling["frames"] > 20 and ceiling["batch_size"] == 16
     assert 0 < ceiling["ceiling_per_s"] < min(ceiling["preprocess_per_s"], ceiling["runtime_batched_per_s"])
 

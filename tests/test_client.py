@@ -211,8 +211,10 @@ def files(tmp_path, pen_test):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     wrong_type = tmp_path / "notes.txt"
     wrong_type.write_text("7")
-    return {"good": [str(good_png), str(good_npy)],
-            "bad": [str(broken), str(wrong_type), str(tmp_path / "missing.png")]}
+    return {
+        "good": [str(good_png), str(good_npy)],
+        "bad": [str(broken), str(wrong_type), str(tmp_path / "missing.png")],
+    }
 
 
 def test_predict_command_locally(files, capsys):
@@ -230,7 +232,7 @@ def test_predict_command_json_local_and_through_the_server_agree(server, files, 
     assert cli.main(["predict", "--json", "--url", server.ws_url, *files["good"]]) == 0
     remote = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [item["file"] for item in local] == [item["file"] for item in remote] == files["good"]
-    for here, there in zip(local, remote):
+    for here, there in zip(local, remote, strict=True):
         assert here["type"] == there["type"] == "prediction"
         assert here["digit"] == there["digit"]
         np.testing.assert_allclose(here["probabilities"], there["probabilities"], atol=1e-3)
@@ -258,7 +260,12 @@ def test_predict_command_without_a_server_fails_clearly(files, capsys):
 
 
 def test_livedigit_predict_entry_point(server, files):
-    done = subprocess.run([sys.executable, "-m", "livedigit", "predict", "--url", server.http_url, *files["good"]],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "livedigit", "predict", "--url", server.http_url, *files["good"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == files["good"]

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
-
 from conftest import AppServer, PausableRuntime, free_port
 from hardutil import Bystander, LogWatch, log_problems, rss_mb, scrape, settle, zlib_bomb
-from livedigit.config import Settings
+from websockets.asyncio.client import connect
 from wsutil import ONE, SEVEN, ask, binary_frame, closed, drawing, http_json, open_ws, pixels_field, replies, sample
+
+from livedigit.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +67,14 @@ async def vanish(url: str, index: int, frames: list[str | bytes]) -> None:
 async def test_a_disconnect_storm_leaks_nothing_and_spares_the_other_clients(start_server) -> None:  # type: ignore[no-untyped-def]
     """300 clients drop mid-batch, five times over: every gauge returns to idle, RSS stays flat, and a
     bystander gets the same answer throughout."""
-    server = start_server("--max-connections-per-client", "1000", "--submit-rate", "0",
-                          "--max-pending-submits", "1024")
+    server = start_server("--max-connections-per-client", "1000", "--submit-rate", "0", "--max-pending-submits", "1024")
     bystander = await Bystander.open(server.ws_url)
     idle = {
-        "livedigit_connections": 1.0, "livedigit_client_addresses": 1.0, "livedigit_queued_snapshots": 0.0,
-        "livedigit_queued_submits": 0.0, "livedigit_in_flight": 0.0,
+        "livedigit_connections": 1.0,
+        "livedigit_client_addresses": 1.0,
+        "livedigit_queued_snapshots": 0.0,
+        "livedigit_queued_submits": 0.0,
+        "livedigit_in_flight": 0.0,
     }
     baseline = await settle(server.http_url, idle)
     idle["livedigit_event_loop_tasks"] = baseline["livedigit_event_loop_tasks"]
@@ -303,7 +305,8 @@ async def test_sigterm_answers_what_was_sent_closes_every_socket_with_1001_and_e
     signalled = time.monotonic()
     answers = await replies(busy, 21)
     assert [(a["id"], a["type"]) for a in answers] == [(index, "prediction") for index in range(20)] + [
-        ("last", "prediction")]
+        ("last", "prediction")
+    ]
     status, _, body = await rest
     assert status == 200 and body["type"] == "prediction"
     codes = await asyncio.gather(closed(busy), *(closed(ws) for ws in idle))

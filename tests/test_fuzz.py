@@ -32,16 +32,22 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import ServerProcess
+from hardutil import (
+    INVALID_INPUT,
+    check_reply,
+    ihdr_bomb,
+    log_problems,
+    png_file,
+    raw_png,
+    scrape,
+    text_chunk_bomb,
+    zlib_bomb,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
-
-from conftest import ServerProcess
-from hardutil import (
-    INVALID_INPUT, check_reply, ihdr_bomb, log_problems, png_file, raw_png, scrape, text_chunk_bomb,
-    zlib_bomb,
-)
 from wsutil import ONE, SEVEN, drawing, pixels_field
 
 pytestmark = pytest.mark.slow
@@ -55,15 +61,35 @@ MAX_MESSAGE_BYTES = 262144
 TIMEOUT = 30.0
 
 FUZZ_FLAGS = [
-    "--max-side", str(MAX_SIDE), "--max-png-bytes", str(MAX_PNG_BYTES), "--max-strokes", str(MAX_STROKES),
-    "--max-points", str(MAX_POINTS), "--max-bad-messages", str(MAX_BAD), "--max-message-bytes", str(MAX_MESSAGE_BYTES),
-    "--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0", "--max-connections-per-client", "1000",
+    "--max-side",
+    str(MAX_SIDE),
+    "--max-png-bytes",
+    str(MAX_PNG_BYTES),
+    "--max-strokes",
+    str(MAX_STROKES),
+    "--max-points",
+    str(MAX_POINTS),
+    "--max-bad-messages",
+    str(MAX_BAD),
+    "--max-message-bytes",
+    str(MAX_MESSAGE_BYTES),
+    "--snapshot-rate",
+    "0",
+    "--submit-rate",
+    "0",
+    "--message-rate",
+    "0",
+    "--max-connections-per-client",
+    "1000",
 ]
 """Rate limits and pacing off so that every frame reaches parsing and preprocessing at full speed; small
 caps so that frames crossing them are cheap to generate."""
 
 FUZZ_SETTINGS = settings(
-    deadline=None, derandomize=True, database=None, print_blob=True,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
 """Derandomized: every run sends the same cases, so a failure reproduces."""
@@ -77,28 +103,43 @@ promises a documented reply)."""
 
 # Building blocks.
 
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
 )
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 huge_numbers = st.sampled_from([2**31, 2**53 + 1, 2**63, 2**64, -(2**63), 10**30, 1e300, -1e300, 1e-320])
 awkward_numbers = st.one_of(
-    huge_numbers, st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 0), st.booleans(),
-    st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=2),
+    huge_numbers,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-3, 0),
+    st.booleans(),
+    st.text(max_size=4),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
 )
 
 
 message_ids = st.one_of(
-    st.integers(-(2**63) + 1, 2**63 - 1), st.text(max_size=64), st.text(min_size=65, max_size=80), huge_numbers,
-    st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.lists(st.integers(), max_size=2),
+    st.integers(-(2**63) + 1, 2**63 - 1),
+    st.text(max_size=64),
+    st.text(min_size=65, max_size=80),
+    huge_numbers,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
 )
 """Valid ``id`` values (strings of at most 64 characters, 64-bit integers) and every kind of invalid one."""
@@ -110,10 +151,28 @@ def pixels_fields(draw: st.DrawFn) -> tuple[Any, str]:
     height = draw(st.integers(1, 24) | st.sampled_from([1, MAX_SIDE])) if width < MAX_SIDE else 1
     raster = draw(st.binary(min_size=width * height, max_size=width * height))
     data = _b64(raster)
-    variant = draw(st.sampled_from([
-        "valid", "valid", "valid", "not-object", "width", "height", "data-type", "side", "zero", "negative",
-        "truncated", "short", "long", "garbage", "unpadded", "data-url",
-    ]))
+    variant = draw(
+        st.sampled_from(
+            [
+                "valid",
+                "valid",
+                "valid",
+                "not-object",
+                "width",
+                "height",
+                "data-type",
+                "side",
+                "zero",
+                "negative",
+                "truncated",
+                "short",
+                "long",
+                "garbage",
+                "unpadded",
+                "data-url",
+            ]
+        )
+    )
     field: Any = {"width": width, "height": height, "data": data}
     verdict = BAD
     if variant == "valid":
@@ -125,8 +184,9 @@ def pixels_fields(draw: st.DrawFn) -> tuple[Any, str]:
     elif variant == "data-type":
         field["data"] = draw(json_values.filter(lambda v: not isinstance(v, str)))
     elif variant == "side":
-        field[draw(st.sampled_from(["width", "height"]))] = draw(st.integers(MAX_SIDE + 1, 2**70) | huge_numbers.filter(
-            lambda v: isinstance(v, int) and v > MAX_SIDE))
+        field[draw(st.sampled_from(["width", "height"]))] = draw(
+            st.integers(MAX_SIDE + 1, 2**70) | huge_numbers.filter(lambda v: isinstance(v, int) and v > MAX_SIDE)
+        )
     elif variant == "zero":
         field[draw(st.sampled_from(["width", "height"]))] = 0
     elif variant == "negative":
@@ -139,7 +199,9 @@ def pixels_fields(draw: st.DrawFn) -> tuple[Any, str]:
         field["data"] = _b64(raster + draw(st.binary(min_size=1, max_size=8)))
     elif variant == "garbage":
         position = draw(st.integers(0, len(data)))
-        field["data"] = data[:position] + draw(st.sampled_from(["!", "@", " ", "\n", "é", "\x00", "-_"])) + data[position:]
+        field["data"] = (
+            data[:position] + draw(st.sampled_from(["!", "@", " ", "\n", "é", "\x00", "-_"])) + data[position:]
+        )
     elif variant == "unpadded":
         stripped = data.rstrip("=")
         field["data"] = stripped
@@ -183,10 +245,25 @@ INVALID_PNGS = {
 
 @st.composite
 def png_fields(draw: st.DrawFn) -> tuple[Any, str]:
-    variant = draw(st.sampled_from([
-        "valid", "valid", "valid", "bomb", "hostile", "truncated", "flipped", "ihdr", "type", "base64",
-        "data-url", "wrong-mime", "random",
-    ]))
+    variant = draw(
+        st.sampled_from(
+            [
+                "valid",
+                "valid",
+                "valid",
+                "bomb",
+                "hostile",
+                "truncated",
+                "flipped",
+                "ihdr",
+                "type",
+                "base64",
+                "data-url",
+                "wrong-mime",
+                "random",
+            ]
+        )
+    )
     if variant == "bomb":
         name = draw(st.sampled_from(sorted(VALID_PNGS)))
         return _b64(VALID_PNGS[name]), OK
@@ -222,9 +299,11 @@ def png_fields(draw: st.DrawFn) -> tuple[Any, str]:
     return encoded[: draw(st.integers(1, len(encoded) - 1))] + draw(st.sampled_from(["", "*", "="])), ANY
 
 
-coordinates = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-10**6, 10**6)
+coordinates = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-(10**6), 10**6)
 bad_coordinates = st.one_of(
-    st.sampled_from([math.nan, math.inf, -math.inf, 1e10, -1e300, 2**70]), st.text(max_size=3), st.none(),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e10, -1e300, 2**70]),
+    st.text(max_size=3),
+    st.none(),
     st.lists(st.integers(), max_size=2),
 )
 
@@ -236,19 +315,39 @@ def stroke_fields(draw: st.DrawFn) -> tuple[Any, str, Any]:
     strokes = draw(st.lists(points, max_size=4))
     surface = None
     verdict = OK
-    variant = draw(st.sampled_from([
-        "valid", "valid", "valid", "surface", "bad-surface", "coordinate", "shape", "type", "too-many-strokes",
-        "too-many-points", "nested", "arbitrary",
-    ]))
+    variant = draw(
+        st.sampled_from(
+            [
+                "valid",
+                "valid",
+                "valid",
+                "surface",
+                "bad-surface",
+                "coordinate",
+                "shape",
+                "type",
+                "too-many-strokes",
+                "too-many-points",
+                "nested",
+                "arbitrary",
+            ]
+        )
+    )
     if variant == "surface":
         surface = [draw(st.floats(1.0, 1e6)), draw(st.floats(1.0, 1e6))]
     elif variant == "bad-surface":
-        surface = draw(st.one_of(
-            st.lists(st.floats(1, 100), min_size=0, max_size=3).filter(lambda s: len(s) != 2),
-            st.tuples(awkward_numbers.filter(lambda v: not (
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e9)), st.floats(1, 100)).map(list),
-            st.sampled_from([[0, 10], [-5, 10], [math.nan, 1], [math.inf, 1], [1e10, 1], "280x280", {"w": 1}]),
-        ))
+        surface = draw(
+            st.one_of(
+                st.lists(st.floats(1, 100), min_size=0, max_size=3).filter(lambda s: len(s) != 2),
+                st.tuples(
+                    awkward_numbers.filter(
+                        lambda v: not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e9)
+                    ),
+                    st.floats(1, 100),
+                ).map(list),
+                st.sampled_from([[0, 10], [-5, 10], [math.nan, 1], [math.inf, 1], [1e10, 1], "280x280", {"w": 1}]),
+            )
+        )
         verdict = BAD
     elif variant == "coordinate":
         strokes.append([[0, 0], [draw(bad_coordinates), 5]])
@@ -284,7 +383,9 @@ def legacy_fields(draw: st.DrawFn) -> tuple[Any, str]:
     if variant == "spaces":
         return ", ".join(map(str, values)), OK
     if variant == "count":
-        return ",".join(map(str, values[: draw(st.integers(0, 783))] + draw(st.lists(st.integers(0, 9), max_size=3)))), ANY
+        return ",".join(
+            map(str, values[: draw(st.integers(0, 783))] + draw(st.lists(st.integers(0, 9), max_size=3)))
+        ), ANY
     if variant == "range":
         values[draw(st.integers(0, 783))] = draw(st.sampled_from([-1, 256, 10**20, -(10**20)]))
         return ",".join(map(str, values)), BAD
@@ -311,8 +412,11 @@ class Frame:
 
 ANSWERS = frozenset({"prediction", "empty"})
 INVALID = frozenset(f"error:{code}" for code in INVALID_INPUT)
-EVERYTHING = ANSWERS | {"dropped", "pong"} | {f"error:{code}" for code in ("bad_json", "bad_message", "bad_image",
-                                                                         "rate_limited", "overloaded", "internal")}
+EVERYTHING = (
+    ANSWERS
+    | {"dropped", "pong"}
+    | {f"error:{code}" for code in ("bad_json", "bad_message", "bad_image", "rate_limited", "overloaded", "internal")}
+)
 
 
 def expectation_for_text(text: str, image_verdict: str = ANY) -> tuple[Any, frozenset[str]]:
@@ -324,8 +428,10 @@ def expectation_for_text(text: str, image_verdict: str = ANY) -> tuple[Any, froz
     if not isinstance(message, dict):
         return None, frozenset({"error:bad_json"})
     message_id = message.get("id")
-    id_ok = message_id is None or (isinstance(message_id, str) and len(message_id) <= 64) or (
-        isinstance(message_id, int) and not isinstance(message_id, bool) and abs(message_id) < 2**63
+    id_ok = (
+        message_id is None
+        or (isinstance(message_id, str) and len(message_id) <= 64)
+        or (isinstance(message_id, int) and not isinstance(message_id, bool) and abs(message_id) < 2**63)
     )
     if not id_ok:
         return None, frozenset({"error:bad_message"})
@@ -397,11 +503,30 @@ def message_frames() -> st.SearchStrategy[Frame]:
 
 
 SPECIAL_TEXTS = [
-    "", " ", "null", "[]", "{}", "0", '"submit"', "NaN", "-Infinity", "1e999", "\ufeff{}", "{}\x00", "\x00",
-    "[" * 100_000, '{"a":' * 30_000, '{"type":"ping","id":' + "9" * 5000 + "}", '{"type":"ping","id":1e400}',
-    '{"type":"ping","id":-9223372036854775808}', '{"type":"ping","id":9223372036854775807}',
-    '{"type":"ping","id":"\\ud800"}', '{"type":"ping","type":"submit","strokes":[]}', '{"type":"ping",}',
-    '{"type":"submit","strokes":[[[1e999,0],[0,0]]]}', '{"type":"submit","strokes":[[[NaN,0],[1,1]]]}',
+    "",
+    " ",
+    "null",
+    "[]",
+    "{}",
+    "0",
+    '"submit"',
+    "NaN",
+    "-Infinity",
+    "1e999",
+    "\ufeff{}",
+    "{}\x00",
+    "\x00",
+    "[" * 100_000,
+    '{"a":' * 30_000,
+    '{"type":"ping","id":' + "9" * 5000 + "}",
+    '{"type":"ping","id":1e400}',
+    '{"type":"ping","id":-9223372036854775808}',
+    '{"type":"ping","id":9223372036854775807}',
+    '{"type":"ping","id":"\\ud800"}',
+    '{"type":"ping","type":"submit","strokes":[]}',
+    '{"type":"ping",}',
+    '{"type":"submit","strokes":[[[1e999,0],[0,0]]]}',
+    '{"type":"submit","strokes":[[[NaN,0],[1,1]]]}',
     '{"type":"submit","pixels":{"width":1e999,"height":1,"data":""}}',
     '{"type":"submit","surface":[NaN,Infinity],"strokes":[[[0,0],[9,9]]]}',
     '{"type":"submit","pixels":{"width":-1,"height":-1,"data":"AA=="}}',
@@ -457,8 +582,16 @@ def binary_frames(draw: st.DrawFn) -> Frame:
 
 
 frames = st.one_of(
-    message_frames(), message_frames(), message_frames(), message_frames(), message_frames(),
-    arbitrary_json_frames(), text_garbage_frames(), special_frames(), binary_frames(), binary_frames(),
+    message_frames(),
+    message_frames(),
+    message_frames(),
+    message_frames(),
+    message_frames(),
+    arbitrary_json_frames(),
+    text_garbage_frames(),
+    special_frames(),
+    binary_frames(),
+    binary_frames(),
 )
 
 
@@ -521,10 +654,16 @@ class Fuzzer:
             self.seen[tag] = self.seen.get(tag, 0) + 1
             assert tag in frame.allowed, (tag, reply, frame.allowed, frame.payload[:300])
             assert reply["id"] == frame.expected_id and type(reply["id"]) is type(frame.expected_id), (
-                reply, frame.expected_id, frame.payload[:300])
+                reply,
+                frame.expected_id,
+                frame.payload[:300],
+            )
             if reply["type"] in ("prediction", "empty"):
-                assert reply["final"] is (json.loads(frame.payload)["type"] == "submit" if isinstance(
-                    frame.payload, str) else frame.payload[1] == 2)
+                assert reply["final"] is (
+                    json.loads(frame.payload)["type"] == "submit"
+                    if isinstance(frame.payload, str)
+                    else frame.payload[1] == 2
+                )
             if tag in INVALID:
                 self.bad_in_a_row += 1
             elif reply["type"] in ("prediction", "empty", "pong"):
@@ -643,8 +782,12 @@ def http_bodies(draw: st.DrawFn) -> tuple[bytes, frozenset[str]]:
 @given(case=http_bodies())
 def test_rest_answers_every_body_with_a_documented_reply(fuzzing: Fuzzing, case: tuple[bytes, frozenset[str]]) -> None:
     body, allowed = case
-    response = httpx.post(fuzzing.server.http_url + "/api/predict", content=body, timeout=TIMEOUT,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        fuzzing.server.http_url + "/api/predict",
+        content=body,
+        timeout=TIMEOUT,
+        headers={"content-type": "application/json"},
+    )
     reply = response.json()
     check_reply(reply)
     assert reply["id"] is None and reply["type"] != "dropped" and reply["type"] != "pong"

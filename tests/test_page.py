@@ -8,6 +8,7 @@ preprocessing, the model, and the page's rendering of the replies.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import os
@@ -18,9 +19,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, DigitPage, draw_with_mouse, draw_with_touch, launch, stroke_with_mouse
 from playwright.sync_api import Browser, Page, WebSocketRoute, sync_playwright
 
-from browser import CHROMIUM, DigitPage, draw_with_mouse, draw_with_touch, launch, stroke_with_mouse
 from livedigit.pendigits import PenDigit
 from livedigit.preprocess import Strokes, preprocess
 
@@ -52,8 +53,12 @@ def open_page(browser: Browser) -> Iterator[Callable[..., DigitPage]]:
     contexts = []
     pages: list[DigitPage] = []
 
-    def open_(url: str, allow: Callable[[str], bool] = lambda text: False,
-              setup: Callable[[Page], None] = lambda page: None, **options) -> DigitPage:
+    def open_(
+        url: str,
+        allow: Callable[[str], bool] = lambda text: False,
+        setup: Callable[[Page], None] = lambda page: None,
+        **options,
+    ) -> DigitPage:
         context = browser.new_context(**{"viewport": {"width": 1100, "height": 900}, **options})
         contexts.append(context)
         page = DigitPage(context.new_page(), allow)
@@ -193,10 +198,15 @@ def test_bars_follow_the_pen_before_submit(server, open_page, samples) -> None:
     page.page.mouse.up()
     # Lifting the pen always sends the finished stroke, its last point included.
     end = [stroke[-1][0] - box["x"], stroke[-1][1] - box["y"]]
-    wait_until(page.page, lambda: page.watch.sent[-1]["type"] == "snapshot"
-               and page.watch.sent[-1]["strokes"][0][-1] == pytest.approx(end, abs=1.0),
-               what="the snapshot sent when the pen lifts")
-    gaps = [later - earlier for earlier, later in zip(moving, moving[1:])]
+    wait_until(
+        page.page,
+        lambda: (
+            page.watch.sent[-1]["type"] == "snapshot"
+            and page.watch.sent[-1]["strokes"][0][-1] == pytest.approx(end, abs=1.0)
+        ),
+        what="the snapshot sent when the pen lifts",
+    )
+    gaps = [later - earlier for earlier, later in itertools.pairwise(moving)]
     assert len(moving) >= 3 and min(gaps) >= 55, f"snapshots while moving came too close: {gaps}"
     page.page.keyboard.press("Enter")
     page.wait_for_state("final")
@@ -220,7 +230,7 @@ def test_submit_recognises_most_pen_digits(server, open_page, samples) -> None:
     finals = [m for m in page.watch.replies() if m.get("final")]
     assert [m["digit"] for m in finals] == [answer for _, answer in answers]
     # What the page sent is the digit as written: the model input matches the pen trajectory's own.
-    for digit, final in zip(samples, finals):
+    for digit, final in zip(samples, finals, strict=True):
         seen = np.frombuffer(base64.b64decode(final["preview"]), dtype=np.uint8).reshape(28, 28) / 255.0
         expected = preprocess(Strokes(digit.strokes))
         assert shifted_distance(seen, expected) < 0.03, f"the model saw a different {digit.label}"
@@ -229,8 +239,9 @@ def test_submit_recognises_most_pen_digits(server, open_page, samples) -> None:
 
 
 def test_touch_draws_without_scrolling_the_page(server, open_page, samples) -> None:
-    page = open_page(server.http_url, viewport={"width": 390, "height": 700}, device_scale_factor=2,
-                     is_mobile=True, has_touch=True)
+    page = open_page(
+        server.http_url, viewport={"width": 390, "height": 700}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     page.page.evaluate(
         "() => { window.pointerTypes = []; document.querySelector('#pad').addEventListener('pointerdown',"
         " (event) => window.pointerTypes.push(event.pointerType)); }"
@@ -327,8 +338,11 @@ def test_page_survives_a_server_restart(start_server, open_page, samples) -> Non
     start_server(port=first.port)
     page.wait_for_status("connected", timeout=30_000)
     # The page re-sends what is on the canvas: a fresh live guess without touching it.
-    wait_until(page.page, lambda: len(page.watch.replies("prediction")) > 0 and len(page.watch.replies()) > replies,
-               what="a prediction after reconnecting")
+    wait_until(
+        page.page,
+        lambda: len(page.watch.replies("prediction")) > 0 and len(page.watch.replies()) > replies,
+        what="a prediction after reconnecting",
+    )
     assert len(page.watch.sockets) >= 2
     assert page.submit() == page.watch.replies("prediction")[-1]["digit"]
 
@@ -340,8 +354,11 @@ def test_a_late_reply_never_replaces_a_newer_one(server, open_page, samples) -> 
     network.hold = lambda message: message.get("type") == "prediction" and not network.held
     page = open_page(server.http_url, setup=network.install)
     draw_with_mouse(page.page, page.fit(samples[16].strokes), pause_ms=10)  # an 8
-    wait_until(page.page, lambda: any(m.get("type") == "prediction" for m in network.delivered),
-               what="a reply after the held one")
+    wait_until(
+        page.page,
+        lambda: any(m.get("type") == "prediction" for m in network.delivered),
+        what="a reply after the held one",
+    )
     page.page.wait_for_timeout(300)
     newest = [m for m in network.delivered if m.get("type") == "prediction"][-1]
     page.wait_for_bars(newest["probabilities"])
@@ -372,6 +389,4 @@ def test_a_silent_connection_is_detected_and_replaced(server, open_page) -> None
 def shifted_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean pixel difference, allowing a one-pixel shift: mouse positions are whole pixels, so the
     centre of mass of the page's drawing can round to the neighbouring pixel of the trajectory's."""
-    return min(
-        float(np.abs(np.roll(a, (dy, dx), axis=(0, 1)) - b).mean()) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-    )
+    return min(float(np.abs(np.roll(a, (dy, dx), axis=(0, 1)) - b).mean()) for dy in (-1, 0, 1) for dx in (-1, 0, 1))

@@ -25,11 +25,11 @@ from livedigit import pendigits
 from livedigit.bench import drawing
 from livedigit.preprocess import (
     SIZE,
+    STROKE_WIDTH,
     Limits,
     Pixels,
     Png,
     PreprocessError,
-    STROKE_WIDTH,
     Strokes,
     draw_strokes,
     normalize,
@@ -62,9 +62,7 @@ def assert_model_input(image: np.ndarray | None) -> None:
 def ring(height: int = 120, width: int = 90, top: int = 30, left: int = 40, canvas: int = 200) -> np.ndarray:
     """A "0": an anti-aliased ellipse outline as float ink on a larger canvas, off-centre."""
     image = PILImage.new("L", (canvas * 4, canvas * 4), 0)
-    ImageDraw.Draw(image).ellipse(
-        (left * 4, top * 4, (left + width) * 4, (top + height) * 4), outline=255, width=48
-    )
+    ImageDraw.Draw(image).ellipse((left * 4, top * 4, (left + width) * 4, (top + height) * 4), outline=255, width=48)
     return np.asarray(image.resize((canvas, canvas), PILImage.Resampling.BOX), dtype=np.float32) / 255.0
 
 
@@ -249,7 +247,7 @@ def test_palette_and_one_bit_pngs() -> None:
 
 def test_coloured_ink_on_white_is_ink() -> None:
     ink = ring() > 0.5
-    rgb = np.full(ink.shape + (3,), 255, np.uint8)
+    rgb = np.full((*ink.shape, 3), 255, np.uint8)
     rgb[ink] = (0, 0, 200)
     image = preprocess(Png(encode(PILImage.fromarray(rgb, "RGB"))))
     assert_model_input(image)
@@ -327,8 +325,11 @@ def test_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(pen_test: li
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=1, max_size=12),
-                min_size=1, max_size=5))
+@given(
+    st.lists(
+        st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=1, max_size=12), min_size=1, max_size=5
+    )
+)
 def test_any_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(strokes: list) -> None:
     everything = np.concatenate([np.asarray(stroke) for stroke in strokes])
     assume(np.ptp(everything, axis=0).max() > 1e-3)  # smaller is a dot, refused before drawing
@@ -511,15 +512,23 @@ def check(image: Pixels | Png | Strokes, limits: Limits = SMALL) -> None:
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 dtypes = st.one_of(
-    hnp.unsigned_integer_dtypes(), hnp.integer_dtypes(), hnp.floating_dtypes(), hnp.boolean_dtypes(),
+    hnp.unsigned_integer_dtypes(),
+    hnp.integer_dtypes(),
+    hnp.floating_dtypes(),
+    hnp.boolean_dtypes(),
     hnp.complex_number_dtypes(),
 )
 numbers = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**20), 10**20), st.booleans(),
-    st.none(), st.text(max_size=3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**20), 10**20),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
 )
 points = st.one_of(
-    st.lists(st.floats(-1e4, 1e4), min_size=2, max_size=2), st.lists(numbers, max_size=4), numbers,
+    st.lists(st.floats(-1e4, 1e4), min_size=2, max_size=2),
+    st.lists(numbers, max_size=4),
+    numbers,
 )
 strokes = st.one_of(
     st.lists(st.lists(points, max_size=12), max_size=6),
@@ -549,13 +558,15 @@ def test_any_strokes_are_an_image_none_or_refused(drawing: object, surface: obje
 
 
 @PROPERTY
-@given(st.one_of(
-    st.binary(max_size=300),
-    st.binary(max_size=200).map(lambda tail: b"\x89PNG\r\n\x1a\n" + tail),
-    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=200)).map(
-        lambda t: png_header(t[0], t[1]) + t[2]
-    ),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.binary(max_size=200).map(lambda tail: b"\x89PNG\r\n\x1a\n" + tail),
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=200)).map(
+            lambda t: png_header(t[0], t[1]) + t[2]
+        ),
+    )
+)
 def test_any_bytes_are_an_image_none_or_refused(data: bytes) -> None:
     check(Png(data))
 

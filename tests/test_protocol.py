@@ -41,8 +41,14 @@ def test_strokes_snapshot_with_surface_and_id() -> None:
 
 def test_pixels_submit_with_preview() -> None:
     raster = np.arange(6, dtype=np.uint8).reshape(2, 3)
-    request = parse({"type": "submit", "id": 7, "preview": True,
-                     "pixels": {"width": 3, "height": 2, "data": base64.b64encode(raster.tobytes()).decode()}})
+    request = parse(
+        {
+            "type": "submit",
+            "id": 7,
+            "preview": True,
+            "pixels": {"width": 3, "height": 2, "data": base64.b64encode(raster.tobytes()).decode()},
+        }
+    )
     assert request.kind == "submit" and request.final and request.preview and request.id == 7
     assert isinstance(request.image, Pixels)
     np.testing.assert_array_equal(request.image.array, raster)
@@ -164,7 +170,11 @@ def test_other_replies() -> None:
     assert protocol.empty(1, False) == {"type": "empty", "id": 1, "final": False}
     assert protocol.dropped(2, protocol.DropReason.STALE) == {"type": "dropped", "id": 2, "reason": "stale"}
     assert protocol.error(3, ErrorCode.BAD_IMAGE, "no") == {
-        "type": "error", "id": 3, "code": "bad_image", "message": "no"}
+        "type": "error",
+        "id": 3,
+        "code": "bad_image",
+        "message": "no",
+    }
     assert protocol.pong(None) == {"type": "pong", "id": None}
 
 

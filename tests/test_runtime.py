@@ -108,7 +108,9 @@ def test_wrong_batch_shape_is_refused(runtime: Runtime, shape: tuple[int, ...]) 
 
 def test_threads_predicting_together_get_their_own_answers(runtime: Runtime, images: np.ndarray) -> None:
     """Eight threads predict different slices at once, repeatedly; each gets what it gets alone."""
-    slices = [images[start : start + size] for start, size in zip(range(0, 200, 25), (1, 3, 7, 8, 25, 16, 2, 65))]
+    slices = [
+        images[start : start + size] for start, size in zip(range(0, 200, 25), (1, 3, 7, 8, 25, 16, 2, 65), strict=True)
+    ]
     expected = [runtime.predict(chunk) for chunk in slices]
     results: dict[int, list[np.ndarray]] = {index: [] for index in range(len(slices))}
     errors: list[BaseException] = []
@@ -170,7 +172,10 @@ def test_litert_num_threads_is_honoured() -> None:
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(DEFAULT_MODEL.with_suffix(".tflite"))],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["1"] == 0
@@ -266,4 +271,3 @@ def test_model_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     for kind in RUNTIMES:
         with pytest.raises(ModelLoadError, match=r"a digit model maps .*\(n, 28, 28, 1\) to \(n, 10\)"):
             load_runtime(base, kind)
-

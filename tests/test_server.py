@@ -8,12 +8,22 @@ import json
 
 import numpy as np
 import pytest
+from wsutil import (
+    ONE,
+    SEVEN,
+    ask,
+    binary_frame,
+    drawing,
+    legacy_field,
+    open_ws,
+    pixels_field,
+    png_field,
+    replies,
+    reply,
+    sample,
+)
 
 from livedigit.preprocess import Pixels, preprocess
-from wsutil import (
-    ONE, SEVEN, ask, binary_frame, drawing, legacy_field, open_ws, pixels_field, png_field, replies,
-    reply, sample,
-)
 
 
 async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # type: ignore[no-untyped-def]
@@ -22,9 +32,16 @@ async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # ty
         assert hello["protocol"] == 1
         assert hello["model"] == {"name": "livedigit-cnn", "runtime": "litert"}
         assert hello["limits"] == {
-            "max_message_bytes": 65536, "max_side": 1024, "max_png_bytes": 49152, "max_strokes": 64,
-            "max_points": 1024, "snapshot_rate": 30.0, "snapshot_burst": 30, "submit_rate": 5.0,
-            "submit_burst": 10, "max_bad_messages": 32,
+            "max_message_bytes": 65536,
+            "max_side": 1024,
+            "max_png_bytes": 49152,
+            "max_strokes": 64,
+            "max_points": 1024,
+            "snapshot_rate": 30.0,
+            "snapshot_burst": 30,
+            "submit_rate": 5.0,
+            "submit_burst": 10,
+            "max_bad_messages": 32,
         }
         answer = await ask(ws, {"type": "submit", "id": 1, "strokes": ONE})
     assert answer["type"] == "prediction" and answer["id"] == 1 and answer["final"] is True
@@ -112,7 +129,16 @@ async def test_each_message_gets_exactly_one_reply_in_order(app_server) -> None:
         assert await reply(ws) == {"type": "pong", "id": "last"}
     assert [a["id"] for a in answers] == [1, 2, None, 4, 5, 6, 7, 8, None]
     assert [a["type"] for a in answers] == [
-        "prediction", "pong", "error", "prediction", "error", "error", "prediction", "empty", "pong"]
+        "prediction",
+        "pong",
+        "error",
+        "prediction",
+        "error",
+        "error",
+        "prediction",
+        "empty",
+        "pong",
+    ]
     assert [a.get("code") for a in answers if a["type"] == "error"] == ["bad_json", "bad_message", "bad_image"]
 
 
@@ -234,7 +260,7 @@ async def test_a_client_leaving_mid_flight_leaks_nothing(app_server) -> None:  #
 
 
 async def test_a_model_failure_is_internal_and_the_connection_stays_usable(  # type: ignore[no-untyped-def]
-    app_server
+    app_server,
 ) -> None:
     live = app_server()
     ws, _ = await open_ws(live.ws_url)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from wsutil import open_ws, replies
 
 from livedigit.preprocess import Strokes, preprocess
-from wsutil import open_ws, replies
 
 SAMPLE = 300
 

@@ -7,9 +7,9 @@ import urllib.request
 
 import numpy as np
 import pytest
+from wsutil import ONE, SEVEN, ask, drawing, http_json, legacy_field, open_ws, pixels_field, png_field
 
 from livedigit.config import DEFAULT_MODEL
-from wsutil import ONE, SEVEN, ask, drawing, http_json, legacy_field, open_ws, pixels_field, png_field
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -46,7 +46,7 @@ def test_health_and_readiness(server) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_readiness_fails_after_a_model_failure_until_a_batch_succeeds(  # type: ignore[no-untyped-def]
-    app_server
+    app_server,
 ) -> None:
     live = app_server()
     live.runtime.fail = True
@@ -80,8 +80,9 @@ def test_model_info_without_a_card(app_server, tmp_path) -> None:  # type: ignor
 async def test_rest_and_websocket_give_the_same_answer(app_server, form) -> None:  # type: ignore[no-untyped-def]
     live = app_server()
     raster = drawing()
-    value = {"strokes": SEVEN, "pixels": pixels_field(raster), "png": png_field(raster),
-             "image": legacy_field(raster)}[form]
+    value = {"strokes": SEVEN, "pixels": pixels_field(raster), "png": png_field(raster), "image": legacy_field(raster)}[
+        form
+    ]
     status, headers, rest = http_json(live.http_url + "/api/predict", {form: value, "preview": True})
     ws, _ = await open_ws(live.ws_url)
     async with ws:
@@ -96,7 +97,9 @@ def test_rest_empty_and_error_replies(app_server) -> None:  # type: ignore[no-un
     live = app_server()
     url = live.http_url + "/api/predict"
     assert http_json(url, {"pixels": pixels_field(np.zeros((8, 8), np.uint8))})[::2] == (
-        200, {"type": "empty", "id": None, "final": True})
+        200,
+        {"type": "empty", "id": None, "final": True},
+    )
     cases = [
         (b"{oops", "bad_json"),
         (b"[1]", "bad_json"),

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, free_port
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies, sample
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "livedigit", "serve", "--port", str(free_port()), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
@@ -40,7 +40,7 @@ def test_a_model_that_cannot_load_stops_start_up_with_one_clear_line(tmp_path: P
 
 
 async def test_shutdown_answers_pending_submits_then_closes_with_1001(  # type: ignore[no-untyped-def]
-    app_server
+    app_server,
 ) -> None:
     live = app_server()
     model = live.runtime

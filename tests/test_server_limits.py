@@ -7,7 +7,6 @@ import json
 
 import pytest
 from websockets.exceptions import InvalidStatus
-
 from wsutil import ONE, SEVEN, ask, closed, http_json, open_ws, replies
 
 

@@ -30,9 +30,26 @@ def exported(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPath
     """Base path of a model trained by ``python -m train --quick`` with seed 3."""
     out = tmp_path_factory.mktemp("trained")
     done = subprocess.run(
-        [sys.executable, "-m", "train", "--quick", "--seed", "3", "--data", str(mnist_path),
-         "--pen-digits", str(pen_path), "--out", str(out), "--name", "quick"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--quick",
+            "--seed",
+            "3",
+            "--data",
+            str(mnist_path),
+            "--pen-digits",
+            str(pen_path),
+            "--out",
+            str(out),
+            "--name",
+            "quick",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out / "quick"

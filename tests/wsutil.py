@@ -84,8 +84,11 @@ def binary_frame(kind: int, message_id: int, raster: np.ndarray, preview: bool =
     return struct.pack(">BBBBIHH", 1, kind, int(preview), 0, message_id, width, height) + raster.tobytes()
 
 
-def http_json(url: str, body: dict[str, Any] | bytes | None = None, headers: dict[str, str] | None = None,
-              ) -> tuple[int, dict[str, str], Any]:
+def http_json(
+    url: str,
+    body: dict[str, Any] | bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
     """GET (no body) or POST (body) and return status, headers, decoded JSON (or text)."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})

@@ -68,7 +68,9 @@ def normalize_all(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def render_pen(digits: list[pendigits.PenDigit], copies: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_pen(
+    digits: list[pendigits.PenDigit], copies: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Render each digit once as drawn and ``copies`` more times with a random affine and pen width."""
     images, labels = [], []
     for digit in digits:
@@ -152,8 +154,12 @@ def augment(images, rng_seed: int):  # type: ignore[no-untyped-def]
     zeros = tf.zeros_like(a0)
     transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
     warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transform, output_shape=[SIZE, SIZE], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT",
+        images=images,
+        transforms=transform,
+        output_shape=[SIZE, SIZE],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
     )
     dilated = tf.nn.max_pool2d(warped, 3, 1, "SAME")
     eroded = -tf.nn.max_pool2d(-warped, 3, 1, "SAME")
@@ -166,7 +172,7 @@ def pen_accuracy(runtime, digits: list[pendigits.PenDigit]) -> tuple[float, list
     images = [render_strokes(d.strokes) for d in digits]
     batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if i is None else i for i in images])
     predicted = runtime.predict(batch).argmax(axis=1)
-    for digit, guess in zip(digits, predicted):
+    for digit, guess in zip(digits, predicted, strict=True):
         confusion[digit.label, guess] += 1
     return float(np.trace(confusion) / confusion.sum()), confusion.tolist()
 
@@ -174,14 +180,18 @@ def pen_accuracy(runtime, digits: list[pendigits.PenDigit]) -> tuple[float, list
 def most_confused(confusion: list[list[int]], count: int = 5) -> list[dict[str, int]]:
     pairs = [
         {"true": t, "predicted": p, "count": confusion[t][p]}
-        for t in range(10) for p in range(10) if t != p and confusion[t][p]
+        for t in range(10)
+        for p in range(10)
+        if t != p and confusion[t][p]
     ]
     return sorted(pairs, key=lambda pair: -pair["count"])[:count]
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -225,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
         .shuffle(len(train_images), seed=args.seed, reshuffle_each_iteration=True)
         .batch(args.batch_size)
         .enumerate()
-        .map(lambda i, batch: (augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003), batch[1]),
-             num_parallel_calls=tf.data.AUTOTUNE)
+        .map(
+            lambda i, batch: (augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         .prefetch(tf.data.AUTOTUNE)
     )
     model = build_model()
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps * args.epochs - steps // 2 if args.epochs > 1 else steps,
-        warmup_target=args.learning_rate, warmup_steps=steps // 2,
+        0.0,
+        decay_steps=steps * args.epochs - steps // 2 if args.epochs > 1 else steps,
+        warmup_target=args.learning_rate,
+        warmup_steps=steps // 2,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, use_ema=True, ema_momentum=0.999),
@@ -261,21 +275,28 @@ def main(argv: list[str] | None = None) -> int:
     if pen_test:
         pen_test_accuracy, confusion = pen_accuracy(runtime, pen_test)
         pen_train_accuracy, _ = pen_accuracy(runtime, pen_train)
-        accuracies.update({
-            "pen_digits_test": round(pen_test_accuracy, 5),
-            "pen_digits_train": round(pen_train_accuracy, 5),
-            "pen_digits_test_most_confused": most_confused(confusion),
-            "pen_digits_test_confusion": confusion,
-        })
+        accuracies.update(
+            {
+                "pen_digits_test": round(pen_test_accuracy, 5),
+                "pen_digits_train": round(pen_train_accuracy, 5),
+                "pen_digits_test_most_confused": most_confused(confusion),
+                "pen_digits_test_confusion": confusion,
+            }
+        )
     card = {
         "name": args.name,
-        "architecture": [f"{type(l).__name__}{tuple(l.output.shape[1:])}" for l in model.layers[1:]],
+        "architecture": [f"{type(layer).__name__}{tuple(layer.output.shape[1:])}" for layer in model.layers[1:]],
         "parameters": int(model.count_params()),
         "flops_per_sample": flops_per_sample(model),
         "input": "28x28 float32, ink = 1.0, MNIST-normalized by livedigit.preprocess",
         "training": {
-            "data": ["MNIST train (60,000)"] + ([f"pen_digits train split ({len(pen_train)} digits, 30 writers) x{args.pen_copies + 1} renderings"] if pen_train else []),
-            "samples": int(len(train_images)),
+            "data": ["MNIST train (60,000)"]
+            + (
+                [f"pen_digits train split ({len(pen_train)} digits, 30 writers) x{args.pen_copies + 1} renderings"]
+                if pen_train
+                else []
+            ),
+            "samples": len(train_images),
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
