@@ -1,8 +1,9 @@
 """The ASGI application: the page, the WebSocket, the REST API, health and metrics.
 
-``create_app(settings, runtime=None)`` builds one; ``uvicorn livedigit.app:app`` serves one built from
-the environment (:meth:`Settings.from_env`). ``livedigit serve`` (:mod:`livedigit.server`) is the
-supported way to run it: it also closes WebSockets with 1001 on SIGTERM.
+``create_app(settings, runtime=None)`` builds one; called without arguments it reads the environment
+(:meth:`Settings.from_env`), so ``uvicorn --factory livedigit.app:create_app`` serves it too.
+``livedigit serve`` (:mod:`livedigit.server`) is the supported way to run it: it also closes WebSockets
+with 1001 on SIGTERM and applies the limits of :class:`~livedigit.config.Settings` to uvicorn.
 
 The model is loaded and the batcher started in the ASGI lifespan. A model that cannot be loaded stops
 start-up with one log line naming the file and the reason, and a non-zero exit.
@@ -10,6 +11,8 @@ start-up with one log line naming the file and the reason, and a non-zero exit.
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,20 +26,24 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
-from livedigit import protocol
+from livedigit import pipeline, protocol
 from livedigit.config import Settings
 from livedigit.metrics import CONTENT_TYPE
-from livedigit.protocol import ErrorCode, ProtocolError
+from livedigit.pipeline import Caller
 from livedigit.runtime import ModelLoadError, Runtime
 from livedigit.security import RouterClientMiddleware, SecurityHeadersMiddleware
-from livedigit.service import Service, answer
+from livedigit.service import Service
 from livedigit.session import websocket_endpoint
+from livedigit.wire import HTTP_STATUS, ErrorCode, ReplyType
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
 STATIC = PACKAGE / "static"
 
 templates = Jinja2Templates(directory=str(TEMPLATES))
+
+OVERLOADED_RETRY_AFTER = 1
+"""Seconds a 503 (``overloaded``) asks a client to wait: the submit queue drains within about that."""
 
 
 class LiveDigitApp(Starlette):
@@ -124,28 +131,18 @@ async def model(request: Request) -> Response:
 
 
 async def predict(request: Request) -> Response:
-    """``POST /api/predict``: one image through the same batcher, answered like a submit."""
+    """``POST /api/predict``: one image through the same pipeline as a WebSocket submit."""
     service = _service(request)
     received = time.perf_counter()
     limit = service.settings.max_message_bytes
     body = await _read_body(request, limit)
     if body is None:
-        return _error(413, ErrorCode.BAD_MESSAGE, f"the body is larger than {limit} bytes", service, received)
-    client = request.client.host if request.client else "unknown"
-    if not service.http_submits.take(client):
-        rate = service.settings.submit_rate
-        return _error(
-            429, ErrorCode.RATE_LIMITED, f"more than {rate:g} predictions per second; slow down", service, received
-        )
-    try:
-        parsed = protocol.parse_body(body, service.limits)
-    except ProtocolError as exc:
-        return _error(protocol.HTTP_STATUS[exc.code], exc.code, exc.message, service, received)
-    service.metrics.messages.labels("http").inc()
-    assert service.batcher is not None and parsed.image is not None
-    outcome = await service.batcher.enqueue("submit", parsed.image)
-    reply = answer(parsed, outcome, received)
-    status = protocol.HTTP_STATUS[ErrorCode(reply["code"])] if reply["type"] == "error" else 200
+        return _reply(413, protocol.error(None, ErrorCode.BAD_MESSAGE, f"the body is larger than {limit} bytes"),
+                      service, received)  # fmt: skip
+    address = request.client.host if request.client else "unknown"
+    caller = Caller(None, service.http_submits.bucket(address), transport="http")
+    reply = await pipeline.handle(service, caller, functools.partial(protocol.parse_body, body), received).resolve()
+    status = HTTP_STATUS[ErrorCode(reply["code"])] if reply["type"] == ReplyType.ERROR else 200
     return _reply(status, reply, service, received)
 
 
@@ -164,19 +161,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _error(status: int, code: ErrorCode, message: str, service: Service, received: float) -> Response:
-    return _reply(status, protocol.error(None, code, message), service, received)
-
-
 def _reply(status: int, reply: dict[str, Any], service: Service, received: float) -> Response:
-    service.metrics.reply(reply, time.perf_counter() - received)
-    return Response(protocol.dumps(reply), status_code=status, media_type="application/json")
-
-
-def __getattr__(name: str) -> Any:
-    """``livedigit.app.app``, built from the environment on first use (``uvicorn livedigit.app:app``)."""
-    if name == "app":
-        application = create_app()
-        globals()["app"] = application
-        return application
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """The JSON response for ``reply``; a refusal the client should retry says when (``Retry-After``)."""
+    headers = {}
+    if "retry_after_ms" in reply:
+        headers["retry-after"] = str(math.ceil(reply["retry_after_ms"] / 1000.0))
+    elif status == 503:
+        headers["retry-after"] = str(OVERLOADED_RETRY_AFTER)
+    pipeline.sent(service, reply, received)
+    return Response(protocol.dumps(reply), status_code=status, headers=headers, media_type="application/json")

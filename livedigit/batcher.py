@@ -34,14 +34,13 @@ from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from livedigit.metrics import Metrics
 from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, preprocess
-from livedigit.protocol import DropReason, ErrorCode
 from livedigit.runtime import CLASSES, Runtime
+from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Work
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -59,43 +58,11 @@ MAX_ARRIVAL_GAP = 0.1
 """Gaps are capped at this (seconds) so that one idle period does not disable waiting for long."""
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The model's ten probabilities, and the 28x28 input it saw (for ``preview``)."""
-
-    probabilities: np.ndarray
-    model_input: np.ndarray
-
-
-@dataclass(frozen=True)
-class Empty:
-    """The drawing has no digit (no ink, or a dot)."""
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """A snapshot answered without a prediction."""
-
-    reason: DropReason
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The job could not be served; ``code`` is a protocol error code."""
-
-    code: ErrorCode
-    message: str
-
-
-Outcome = Prediction | Empty | Dropped | Failed
-Kind = Literal["snapshot", "submit"]
-
-
 @dataclass(eq=False)
 class Job:
     """One image on its way through the batcher."""
 
-    kind: Kind
+    kind: Work
     image: Image | None
     owner: Hashable | None
     future: asyncio.Future[Outcome]
@@ -192,14 +159,14 @@ class Batcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        shutting_down = Failed(ErrorCode.OVERLOADED, "the server is shutting down; try again")
+        shutting_down = Failed(Failure.SHUTTING_DOWN)
         for job in [*self._submits, *self._snapshots.values(), *self._taken]:
             self._resolve(job, shutting_down)
         self._submits.clear()
         self._snapshots.clear()
         self._shutdown_threads()
 
-    def enqueue(self, kind: Kind, image: Image, owner: Hashable | None = None) -> asyncio.Future[Outcome]:
+    def enqueue(self, kind: Work, image: Image, owner: Hashable | None = None) -> asyncio.Future[Outcome]:
         """Queue one image; the returned future resolves once with its :data:`Outcome`.
 
         ``owner`` identifies the connection: it is the key of the latest-wins snapshot slot and what
@@ -209,15 +176,15 @@ class Batcher:
         future: asyncio.Future[Outcome] = loop.create_future()
         now = time.perf_counter()
         if not self._running:
-            future.set_result(Failed(ErrorCode.OVERLOADED, "the server is not ready; try again"))
+            future.set_result(Failed(Failure.NOT_READY))
             return future
         if kind == "submit":
             if len(self._submits) >= self.max_pending_submits:
-                future.set_result(Failed(ErrorCode.OVERLOADED, "the server is busy; try the submit again"))
+                future.set_result(Failed(Failure.BUSY))
                 return future
             overtaken = self._snapshots.pop(owner, None) if owner is not None else None
             if overtaken is not None:
-                self._resolve(overtaken, Dropped(DropReason.STALE))
+                self._resolve(overtaken, Shed(DropReason.STALE))
             self._submits.append(Job(kind, image, owner, future, now, now))
         else:
             if owner is None:
@@ -226,7 +193,7 @@ class Batcher:
             since = now
             if previous is not None:
                 since = previous.since
-                self._resolve(previous, Dropped(DropReason.STALE))
+                self._resolve(previous, Shed(DropReason.STALE))
             self._snapshots[owner] = Job(kind, image, owner, future, now, since)
         self._note_arrival(now)
         self._work.set()
@@ -234,7 +201,7 @@ class Batcher:
 
     def forget(self, owner: Hashable) -> None:
         """Release everything of a connection that went away: nothing of it is computed or kept."""
-        gone = Dropped(DropReason.STALE)
+        gone = Shed(DropReason.STALE)
         slot = self._snapshots.pop(owner, None)
         if slot is not None:
             self._resolve(slot, gone)
@@ -265,7 +232,7 @@ class Batcher:
                 ready = await self._preprocess(loop, jobs)
             except Exception:  # A defect; the jobs still get an answer and the batcher keeps serving.
                 logger.exception("preprocessing a batch of %d failed", len(jobs))
-                self._fail(jobs, "this message could not be processed; try again")
+                self._fail(jobs, Failure.PREPROCESS_FAILED)
                 continue
             if ready:
                 await self._handoff.put(ready)
@@ -284,7 +251,7 @@ class Batcher:
             live = []
             for job in jobs:
                 if job.abandoned:
-                    self._resolve(job, Dropped(DropReason.STALE))
+                    self._resolve(job, Shed(DropReason.STALE))
                 else:
                     live.append(job)
             if not live:
@@ -300,13 +267,13 @@ class Batcher:
                 logger.exception("the model failed on a batch of %d; answering 'internal'", len(live))
                 self._healthy = False
                 self.metrics.batch_failures.inc()
-                self._fail(live, "the model failed on this message's batch; try again")
+                self._fail(live, Failure.MODEL_FAILED)
                 continue
             self._healthy = True
             self.metrics.inference.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(live))
             for job, row in zip(live, probabilities, strict=True):
-                self._resolve(job, Prediction(row, job.model_input))  # type: ignore[arg-type]
+                self._resolve(job, Scored(row, job.model_input))  # type: ignore[arg-type]
 
     async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run a blank digit through a failed model, so readiness recovers without waiting for traffic."""
@@ -327,7 +294,7 @@ class Batcher:
         ready = []
         for job in jobs:
             if job.abandoned:
-                self._resolve(job, Dropped(DropReason.STALE))
+                self._resolve(job, Shed(DropReason.STALE))
                 continue
             self.metrics.preprocess.observe(job.preprocess_seconds)
             if job.outcome is not None:
@@ -365,7 +332,7 @@ class Batcher:
             )
         )
         for owner in expired:
-            self._resolve(self._snapshots.pop(owner), Dropped(DropReason.OVERLOADED))
+            self._resolve(self._snapshots.pop(owner), Shed(DropReason.OVERLOADED))
         for owner in list(itertools.islice(self._snapshots, self.max_batch - len(jobs))):
             jobs.append(self._snapshots.pop(owner))
         for job in jobs:
@@ -382,12 +349,12 @@ class Batcher:
             try:
                 job.model_input = preprocess(job.image, self.limits)
                 if job.model_input is None:
-                    job.outcome = Empty()
+                    job.outcome = NoDigit()
             except PreprocessError as exc:
-                job.outcome = Failed(ErrorCode.BAD_IMAGE, str(exc))
+                job.outcome = Failed(Failure.BAD_IMAGE, str(exc))
             except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
                 logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
-                job.outcome = Failed(ErrorCode.BAD_IMAGE, "this image could not be processed")
+                job.outcome = Failed(Failure.BAD_IMAGE)
             job.image = None
             job.prepared = time.perf_counter()
             job.preprocess_seconds = job.prepared - started
@@ -400,8 +367,8 @@ class Batcher:
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
         return probabilities
 
-    def _fail(self, jobs: list[Job], message: str) -> None:
-        failure = Failed(ErrorCode.INTERNAL, message)
+    def _fail(self, jobs: list[Job], why: Failure) -> None:
+        failure = Failed(why)
         for job in jobs:
             self._resolve(job, failure)
 

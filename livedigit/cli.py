@@ -2,7 +2,7 @@
 
 Each subcommand's options live with the code they configure: ``serve`` takes one flag per
 :class:`livedigit.config.Settings` field, ``predict`` and ``bench`` are defined in
-:mod:`livedigit.client` and :mod:`livedigit.bench`.
+:mod:`livedigit.predict` and :mod:`livedigit.bench`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"livedigit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from livedigit import bench, client, server
+    from livedigit import bench, predict, server
     from livedigit.config import Settings
 
     serve = commands.add_parser(
@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     Settings.add_arguments(serve)
     serve.set_defaults(run=lambda args: server.run(Settings.from_arguments(args)))
 
-    predict = commands.add_parser(
-        "predict", help="predict image files locally or through a server", description=client.predict_command.__doc__
+    predict_command = commands.add_parser(
+        "predict", help="predict image files locally or through a server", description=predict.main.__doc__
     )
-    client.add_predict_arguments(predict)
-    predict.set_defaults(run=client.predict_command)
+    predict.add_arguments(predict_command)
+    predict_command.set_defaults(run=predict.main)
 
     load = commands.add_parser(
         "bench", help="measure the server under many drawing clients", description=bench.main.__doc__

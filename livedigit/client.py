@@ -1,4 +1,4 @@
-"""Talk to a livedigit server from Python, and the ``livedigit predict`` command.
+"""Talk to a livedigit server from Python.
 
 The protocol (``docs/protocol.md``) answers every message with exactly one reply carrying its ``id``, so
 the client numbers its messages, sends them on one WebSocket and matches each reply to the request that
@@ -25,7 +25,6 @@ waiting: every request is idempotent, a prediction depends only on the image.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import io
@@ -33,8 +32,6 @@ import itertools
 import json
 import os
 import random
-import struct
-import sys
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
@@ -48,21 +45,36 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, preprocess
-from livedigit.runtime import RUNTIMES, ModelLoadError, load_runtime
+from livedigit.preprocess import Image, Pixels, Png, PreprocessError, Strokes, pixels_uint8
+from livedigit.wire import (
+    BINARY_HEADER,
+    BINARY_TYPES,
+    NON_RETRYABLE_CLOSE_CODES,
+    PNG_SIGNATURE,
+    VERSION,
+    Dropped,
+    Empty,
+    Prediction,
+    Reply,
+    ReplyType,
+    Result,
+    Work,
+)
 
-PROTOCOL = 1
-"""The protocol version this client speaks; the server's hello must announce the same."""
-
-BINARY_VERSION = 1
-BINARY_TYPES = {"snapshot": 1, "submit": 2}
-BINARY_HEADER = struct.Struct(">BBBBIHH")
-"""The binary frame header of ``docs/protocol.md``: version, type, flags, reserved, id, width, height."""
-
-NON_RETRYABLE_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010})
-"""Close codes that mean "this client did something wrong" (or closed itself): reconnecting would not help."""
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+__all__ = [
+    "ConnectionClosed",
+    "Dropped",
+    "Empty",
+    "LiveDigit",
+    "LiveDigitClient",
+    "LiveDigitError",
+    "Prediction",
+    "Reply",
+    "Result",
+    "ServerError",
+    "as_image",
+    "load_image",
+]
 
 T = TypeVar("T")
 
@@ -74,11 +86,15 @@ class LiveDigitError(Exception):
 class ServerError(LiveDigitError):
     """The server answered a request with an ``error`` reply; ``code`` is one of the protocol's codes."""
 
-    def __init__(self, code: str, message: str, request_id: int | str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, request_id: int | str | None = None, retry_after_ms: int | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after_ms = retry_after_ms
+        """For ``rate_limited``: how long the server asks the client to wait before trying again."""
 
 
 class ConnectionClosed(LiveDigitError):
@@ -100,38 +116,6 @@ class ConnectionClosed(LiveDigitError):
         return self.code not in NON_RETRYABLE_CLOSE_CODES
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The model's answer: the most probable ``digit``, its ``confidence`` and all ten probabilities."""
-
-    id: int | str | None
-    final: bool
-    digit: int
-    confidence: float
-    probabilities: tuple[float, ...]
-    latency_ms: float | None = None
-    preview: np.ndarray | None = field(default=None, compare=False, repr=False)
-    """The 28x28 uint8 image the model saw (ink high), when the request asked for it."""
-
-
-@dataclass(frozen=True)
-class Empty:
-    """The drawing holds no digit (no ink, or only a dot); the page shows nothing rather than a guess."""
-
-    id: int | str | None
-    final: bool
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """A snapshot the server did not run: ``stale`` (overtaken), ``rate_limited`` or ``overloaded``."""
-
-    id: int | str | None
-    reason: str
-
-
-Result = Prediction | Empty
-Reply = Prediction | Empty | Dropped
 ImageLike = Image | np.ndarray | bytes | bytearray | str | os.PathLike | Sequence
 
 
@@ -152,34 +136,6 @@ def load_image(path: str | os.PathLike) -> Pixels | Png:
     except (ValueError, OSError) as exc:
         raise PreprocessError(f"not a readable .npy array: {exc}") from None
     return Pixels(pixels_uint8(array))
-
-
-def pixels_uint8(array: Any) -> np.ndarray:
-    """Return a 2-D raster as uint8 (0..255, ink high), the only raster the protocol carries.
-
-    uint8 passes through; booleans become 0/255; other integers must lie in 0..255; floats must be finite
-    and in 0..1 and are rounded to the nearest level. Local prediction uses the same conversion, so
-    ``livedigit predict`` gives the same answer with and without ``--url``.
-    """
-    if not isinstance(array, np.ndarray):
-        raise PreprocessError(f"pixels must be a numpy array, got {type(array).__name__}")
-    if array.ndim != 2:
-        raise PreprocessError(f"pixels must be 2-D (height, width), got shape {array.shape}")
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if array.dtype.kind in "iu":
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise PreprocessError("integer pixels must lie in 0..255 (ink = 255)")
-        return array.astype(np.uint8)
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise PreprocessError("pixels contain NaN or infinite values")
-        if array.size and (array.min() < 0.0 or array.max() > 1.0):
-            raise PreprocessError("float pixels must lie in 0..1 (ink = 1); send 0..255 data as uint8")
-        return np.rint(array * 255.0).astype(np.uint8)
-    raise PreprocessError(f"pixels must be uint8 (0..255) or float (0..1), got dtype {array.dtype}")
 
 
 def as_image(image: ImageLike) -> Image:
@@ -217,33 +173,26 @@ def image_fields(image: Image) -> dict[str, Any]:
     return fields
 
 
-def binary_frame(kind: str, request_id: int, pixels: np.ndarray, preview: bool = False) -> bytes:
+def binary_frame(kind: Work, request_id: int, pixels: np.ndarray, preview: bool = False) -> bytes:
     """A snapshot or submit of a uint8 raster as the protocol's binary frame (12-byte header + pixels)."""
     height, width = pixels.shape
-    header = BINARY_HEADER.pack(BINARY_VERSION, BINARY_TYPES[kind], int(preview), 0, request_id, width, height)
+    header = BINARY_HEADER.pack(VERSION, BINARY_TYPES[kind], int(preview), 0, request_id, width, height)
     return header + np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
 
 
 def parse_reply(reply: dict[str, Any]) -> Reply:
     """Turn a reply object into a result; an ``error`` reply raises :class:`ServerError`."""
     kind = reply.get("type")
-    if kind == "prediction":
-        preview = reply.get("preview")
-        return Prediction(
-            id=reply.get("id"),
-            final=bool(reply.get("final")),
-            digit=int(reply["digit"]),
-            confidence=float(reply["confidence"]),
-            probabilities=tuple(float(p) for p in reply["probabilities"]),
-            latency_ms=reply.get("latency_ms"),
-            preview=None if preview is None else np.frombuffer(base64.b64decode(preview), np.uint8).reshape(28, 28),
+    if kind == ReplyType.PREDICTION:
+        return Prediction.from_wire(reply)
+    if kind == ReplyType.EMPTY:
+        return Empty.from_wire(reply)
+    if kind == ReplyType.DROPPED:
+        return Dropped.from_wire(reply)
+    if kind == ReplyType.ERROR:
+        raise ServerError(
+            str(reply.get("code")), str(reply.get("message")), reply.get("id"), reply.get("retry_after_ms")
         )
-    if kind == "empty":
-        return Empty(id=reply.get("id"), final=bool(reply.get("final")))
-    if kind == "dropped":
-        return Dropped(id=reply.get("id"), reason=str(reply.get("reason")))
-    if kind == "error":
-        raise ServerError(str(reply.get("code")), str(reply.get("message")), reply.get("id"))
     raise LiveDigitError(f"unexpected reply {reply!r}")
 
 
@@ -493,9 +442,9 @@ class LiveDigitClient:
         except (TimeoutError, ValueError) as exc:
             await socket.close()
             raise LiveDigitError(f"{self.url} sent no valid hello: {exc!r}") from None
-        if not isinstance(hello, dict) or hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
+        if not isinstance(hello, dict) or hello.get("type") != "hello" or hello.get("protocol") != VERSION:
             await socket.close()
-            raise LiveDigitError(f"{self.url} does not speak livedigit protocol {PROTOCOL}: {hello!r}")
+            raise LiveDigitError(f"{self.url} does not speak livedigit protocol {VERSION}: {hello!r}")
         link = _Link(socket, hello)
         link.reader = asyncio.ensure_future(self._read(link))
         self.connects += 1
@@ -617,143 +566,3 @@ class LiveDigit:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
-
-
-# --- livedigit predict --------------------------------------------------------------------------
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``livedigit predict``."""
-    from livedigit.config import DEFAULT_MODEL
-
-    parser.add_argument(
-        "files", nargs="+", metavar="FILE", help="PNG images or .npy arrays (2-D, ink high: uint8 0..255 or float 0..1)"
-    )
-    parser.add_argument("--url", help="server to ask, e.g. ws://127.0.0.1:8000/ws; without it the model runs here")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object per file (with the ten probabilities) instead of text",
-    )
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="local mode: model base path or file")
-    parser.add_argument("--runtime", default="litert", choices=RUNTIMES, help="local mode: inference runtime")
-    parser.add_argument("--timeout", type=float, default=30.0, help="--url mode: seconds to wait for each reply")
-
-
-def predict_command(args: argparse.Namespace) -> int:
-    """Predict the digit in each PNG or .npy file, locally with the shipped model or through --url.
-
-    Prints one line per file: the path, the digit and its confidence (or "empty" when there is no digit);
-    --json prints one JSON object per line instead. A file that cannot be read or is not a usable image
-    gets an error on stderr, the other files are still predicted, and the exit status is 1.
-    """
-    if args.url:
-        try:
-            outcomes = asyncio.run(_predict_remote(args.files, args.url, args.timeout))
-        except (LiveDigitError, OSError) as exc:
-            print(f"livedigit predict: {exc}", file=sys.stderr)
-            return 2
-    else:
-        try:
-            outcomes = _predict_local(args.files, args.model, args.runtime)
-        except ModelLoadError as exc:
-            print(f"livedigit predict: {exc}", file=sys.stderr)
-            return 2
-    failed = False
-    for path, outcome in zip(args.files, outcomes, strict=True):
-        if isinstance(outcome, ServerError):
-            failed = True
-            print(f"livedigit predict: {path}: {outcome.message}", file=sys.stderr)
-        _print_outcome(path, outcome, args.json)
-    sys.stdout.flush()
-    return 1 if failed else 0
-
-
-def _print_outcome(path: str, outcome: Result | ServerError, as_json: bool) -> None:
-    if isinstance(outcome, ServerError):
-        if as_json:
-            print(json.dumps({"file": path, "type": "error", "code": outcome.code, "message": outcome.message}))
-        return
-    if isinstance(outcome, Empty):
-        print(json.dumps({"file": path, "type": "empty"}) if as_json else f"{path}\tempty")
-        return
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "file": path,
-                    "type": "prediction",
-                    "digit": outcome.digit,
-                    "confidence": round(outcome.confidence, 6),
-                    "probabilities": [round(p, 6) for p in outcome.probabilities],
-                }
-            )
-        )
-    else:
-        print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}")
-
-
-def _read_file(path: str) -> Image | ServerError:
-    try:
-        return load_image(path)
-    except OSError as exc:
-        return ServerError("unreadable", f"cannot read: {exc.strerror or exc}")
-    except PreprocessError as exc:
-        return ServerError("bad_image", str(exc))
-
-
-def _predict_local(paths: Sequence[str], model: str, runtime_kind: str) -> list[Result | ServerError]:
-    """Run the files through the same preprocessing and model as the server, in one batch."""
-    from livedigit.config import Settings
-
-    settings = Settings()
-    limits = Limits(settings.max_side, settings.max_png_bytes, settings.max_strokes, settings.max_points)
-    outcomes: list[Result | ServerError] = []
-    inputs: list[tuple[int, np.ndarray]] = []
-    for index, path in enumerate(paths):
-        image = _read_file(path)
-        if isinstance(image, ServerError):
-            outcomes.append(image)
-            continue
-        try:
-            tensor = preprocess(image, limits)
-        except PreprocessError as exc:
-            outcomes.append(ServerError("bad_image", str(exc)))
-            continue
-        outcomes.append(Empty(id=None, final=True))
-        if tensor is not None:
-            inputs.append((index, tensor))
-    if inputs:
-        probabilities = load_runtime(model, runtime_kind).predict(np.stack([tensor for _, tensor in inputs]))
-        for (index, _), row in zip(inputs, probabilities, strict=True):
-            digit = int(np.argmax(row))
-            outcomes[index] = Prediction(None, True, digit, float(row[digit]), tuple(float(p) for p in row))
-    return outcomes
-
-
-async def _predict_remote(paths: Sequence[str], url: str, timeout: float) -> list[Result | ServerError]:
-    """Submit the files one at a time, waiting out ``rate_limited`` replies (at most a few seconds each)."""
-    outcomes: list[Result | ServerError] = []
-    async with LiveDigitClient(url, timeout=timeout) as client:
-        rate = float(client.limits.get("submit_rate") or 5.0)
-        for path in paths:
-            image = _read_file(path)
-            if isinstance(image, ServerError):
-                outcomes.append(image)
-                continue
-            for attempt in range(1, 31):
-                try:
-                    outcomes.append(await client.submit(image))
-                    break
-                except ServerError as exc:
-                    if exc.code != "rate_limited" or attempt == 30:
-                        outcomes.append(exc)
-                        break
-                    await asyncio.sleep(1.0 / rate)
-    return outcomes
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m livedigit.client", description=predict_command.__doc__)
-    add_predict_arguments(_parser)
-    sys.exit(predict_command(_parser.parse_args()))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from livedigit.preprocess import Limits
+
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "livedigit-cnn"
 """The shipped model's base name; the runtime adds ``.tflite`` or ``.keras``, the card is ``.json``."""
 
@@ -100,6 +102,16 @@ class Settings:
     def from_arguments(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from parsed flags, falling back to the environment and the defaults."""
         return cls.from_env(environ, **{item.name: getattr(args, item.name, None) for item in fields(cls)})
+
+    @property
+    def limits(self) -> Limits:
+        """The size limits preprocessing and the protocol enforce, from the fields above."""
+        return Limits(
+            max_side=self.max_side,
+            max_png_bytes=self.max_png_bytes,
+            max_strokes=self.max_strokes,
+            max_points=self.max_points,
+        )
 
     def origins(self) -> tuple[str, ...]:
         """The explicit Origin allow-list; empty means "same host as the request"."""

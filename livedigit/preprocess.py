@@ -28,6 +28,8 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from scipy import ndimage
 
+from livedigit.wire import PNG_SIGNATURE
+
 SIZE = 28
 """Side of the model input, in pixels."""
 
@@ -128,6 +130,34 @@ def ink_from_pixels(array: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> np.nd
     raise PreprocessError(f"pixels must be uint8 (0..255) or float (0..1), got dtype {array.dtype}")
 
 
+def pixels_uint8(array: object) -> np.ndarray:
+    """Return a 2-D raster as uint8 (0..255, ink high), the only raster the protocol carries.
+
+    uint8 passes through; booleans become 0/255; other integers must lie in 0..255; floats must be finite
+    and in 0..1 and are rounded to the nearest level. The client converts what it sends with this, and
+    ``livedigit predict`` without a server does too, so both give the same answer.
+    """
+    if not isinstance(array, np.ndarray):
+        raise PreprocessError(f"pixels must be a numpy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise PreprocessError(f"pixels must be 2-D (height, width), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise PreprocessError("integer pixels must lie in 0..255 (ink = 255)")
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise PreprocessError("pixels contain NaN or infinite values")
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+            raise PreprocessError("float pixels must lie in 0..1 (ink = 1); send 0..255 data as uint8")
+        return np.rint(array * 255.0).astype(np.uint8)
+    raise PreprocessError(f"pixels must be uint8 (0..255) or float (0..1), got dtype {array.dtype}")
+
+
 def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode a PNG into float32 ink in 0..1, whatever its colour mode, bit depth and polarity.
 
@@ -155,9 +185,6 @@ def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     else:
         ink = (composed - background) / (1.0 - background)
     return np.clip(ink, 0.0, 1.0).astype(np.float32)
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _decode_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +219,7 @@ def render_strokes(
     longer side wide, so the pen looks the same after normalization whatever the coordinate range; the
     downscale to 20 px provides the anti-aliasing.
     """
-    points = _validate_strokes(strokes, limits)
+    points = validate_strokes(strokes, limits)
     surface_side = _validate_surface(surface)
     if not points:
         return None
@@ -309,7 +336,9 @@ def _validate_surface(surface: object) -> float | None:
     return max(sides)
 
 
-def _validate_strokes(strokes: Sequence[Sequence[Sequence[float]]], limits: Limits) -> list[np.ndarray]:
+def validate_strokes(strokes: Sequence[Sequence[Sequence[float]]], limits: Limits) -> list[np.ndarray]:
+    """Check the stroke and point counts and every coordinate; return each non-empty stroke as a float64
+    (n, 2) array. The protocol calls this when a message arrives, so a queued drawing is already compact."""
     if not isinstance(strokes, (list, tuple)):
         raise PreprocessError("strokes must be a list of polylines, each a list of [x, y] points")
     if len(strokes) > limits.max_strokes:

@@ -1,8 +1,14 @@
-"""Protocol v1 on the wire: parse client frames into typed requests, build the reply objects.
+"""Protocol v1 on the server: client frames in, typed requests out; outcomes in, reply objects out.
 
-``docs/protocol.md`` is the contract; this module is its only implementation on the server. Parsing is
-cheap and runs on the event loop: it checks types and sizes and decodes base64, but leaves everything
-that costs CPU (PNG decoding, rasterising strokes, normalizing) to :mod:`livedigit.preprocess` in the
+``docs/protocol.md`` is the contract and :mod:`livedigit.wire` its vocabulary; this module is the only
+place the server reads a client frame or words a reply. JSON is decoded by msgspec straight into typed
+structs: a field of the wrong JSON type is refused while the frame is decoded, and a number that does not
+fit a float is refused there too, so nothing downstream ever sees an unchecked value.
+
+Every limit that does not need the decoded image applies here, before the request is queued: ids, image
+sides, the PNG and raster sizes, the stroke and point counts. Strokes leave this module as compact numpy
+arrays, so what a queued request holds is bounded by the limits, not by how the JSON spelled it. What
+costs CPU (PNG decoding, rasterising, normalizing) is left to :mod:`livedigit.preprocess` in the
 batcher's worker threads. A frame that cannot become a request raises :class:`ProtocolError`, which
 carries the error code, a message for the user and the ``id`` to echo when one could be read.
 """
@@ -11,82 +17,51 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
-import struct
+import re
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
+import msgspec
 import numpy as np
 
-from livedigit.preprocess import Image, Limits, Pixels, Png, Strokes
+from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
+from livedigit.wire import (
+    BINARY_HEADER,
+    BINARY_KINDS,
+    BINARY_PREVIEW_FLAG,
+    IMAGE_FIELDS,
+    LEGACY_SIDE,
+    MAX_ID_LENGTH,
+    MAX_ID_MAGNITUDE,
+    PNG_DATA_URL,
+    VERSION,
+    Dropped,
+    DropReason,
+    Empty,
+    ErrorCode,
+    Failed,
+    Failure,
+    Kind,
+    MessageId,
+    NoDigit,
+    Outcome,
+    Prediction,
+    ReplyType,
+    Scored,
+    Shed,
+    Work,
+)
 
-VERSION = 1
-MAX_ID_LENGTH = 64
-MAX_ID_MAGNITUDE = 2**63
-"""Integer ids must fit in a signed 64-bit integer."""
-
-LEGACY_SIDE = 28
-"""The old design's ``image`` string is always a 28x28 raster."""
-
-BINARY_HEADER = struct.Struct(">BBBBIHH")
-"""Binary frame header: version, type, flags, reserved, id, width, height (12 bytes, big-endian)."""
-
-BINARY_KINDS = {1: "snapshot", 2: "submit"}
-BINARY_PREVIEW_FLAG = 0x01
-
-PNG_DATA_URL = "data:image/png;base64,"
-
-IMAGE_FIELDS = ("pixels", "strokes", "png", "image")
-INPUT_FORMS = (*IMAGE_FIELDS, "binary")
-"""What ``/api/model`` lists as accepted inputs."""
-
-Kind = Literal["snapshot", "submit", "ping"]
-MessageId = int | str | None
-
-
-class ErrorCode(StrEnum):
-    """Every ``error`` reply's ``code``; the table in ``docs/protocol.md`` says when each is sent."""
-
-    BAD_JSON = "bad_json"
-    BAD_MESSAGE = "bad_message"
-    BAD_IMAGE = "bad_image"
-    RATE_LIMITED = "rate_limited"
-    OVERLOADED = "overloaded"
-    INTERNAL = "internal"
-
-
-HTTP_STATUS = {
-    ErrorCode.BAD_JSON: 400,
-    ErrorCode.BAD_MESSAGE: 400,
-    ErrorCode.BAD_IMAGE: 400,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.OVERLOADED: 503,
-    ErrorCode.INTERNAL: 500,
+FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
+    Failure.BUSY: (ErrorCode.OVERLOADED, "the server is busy; try the submit again"),
+    Failure.NOT_READY: (ErrorCode.OVERLOADED, "the server is not ready; try again"),
+    Failure.SHUTTING_DOWN: (ErrorCode.OVERLOADED, "the server is shutting down; try again"),
+    Failure.BAD_IMAGE: (ErrorCode.BAD_IMAGE, "this image could not be processed"),
+    Failure.PREPROCESS_FAILED: (ErrorCode.INTERNAL, "this message could not be processed; try again"),
+    Failure.MODEL_FAILED: (ErrorCode.INTERNAL, "the model failed on this message's batch; try again"),
 }
-"""The HTTP status ``POST /api/predict`` answers each error code with."""
-
-INVALID_INPUT = frozenset({ErrorCode.BAD_JSON, ErrorCode.BAD_MESSAGE, ErrorCode.BAD_IMAGE})
-"""Codes that count towards ``max_bad_messages``: the client sent something it should not have."""
-
-
-class DropReason(StrEnum):
-    """Every ``dropped`` reply's ``reason``."""
-
-    STALE = "stale"
-    RATE_LIMITED = "rate_limited"
-    OVERLOADED = "overloaded"
-
-
-class CloseCode:
-    """WebSocket close codes the server uses, with the reasons it sends."""
-
-    GOING_AWAY = 1001
-    GOING_AWAY_REASON = "server restarting"
-    POLICY = 1008
-    TOO_BIG = 1009
-    TRY_AGAIN_LATER = 1013
+"""How each batcher failure is answered: its error code, and the message when it brings no detail."""
 
 
 class ProtocolError(Exception):
@@ -99,7 +74,7 @@ class ProtocolError(Exception):
         self.id = id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One client message, validated: what is asked, the id to echo and, unless a ping, the drawing."""
 
@@ -113,28 +88,60 @@ class Request:
         return self.kind == "submit"
 
 
-def parse_text(text: str, limits: Limits) -> Request:
-    """Parse a JSON text frame."""
+# The JSON shapes, as msgspec decodes them. UNSET tells "absent" from "null", which is an error.
+
+
+class _PixelsField(msgspec.Struct):
+    width: int
+    height: int
+    data: str
+
+
+class _Body(msgspec.Struct):
+    """``POST /api/predict``'s body: one image form; unknown fields are ignored."""
+
+    pixels: _PixelsField | msgspec.UnsetType = msgspec.UNSET
+    strokes: list[list[tuple[float, float]]] | msgspec.UnsetType = msgspec.UNSET
+    png: str | msgspec.UnsetType = msgspec.UNSET
+    image: str | msgspec.UnsetType = msgspec.UNSET
+    surface: tuple[float, float] | None = None
+    preview: bool = False
+
+
+class _Message(_Body):
+    """A WebSocket text frame: a body with a ``type`` and an optional ``id``."""
+
+    type: str | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | None = None
+
+
+LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SIDE * LEGACY_SIDE - 1}}}", re.ASCII)
+"""784 decimal integers of one to three ASCII digits, separated by commas, spaces allowed around each."""
+
+_MESSAGE = msgspec.json.Decoder(_Message)
+_BODY = msgspec.json.Decoder(_Body)
+_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_SCALAR = msgspec.json.Decoder(int | str | bool | None)
+_ENCODER = msgspec.json.Encoder()
+
+
+def parse_text(text: str | bytes, limits: Limits) -> Request:
+    """Parse a JSON text frame sent over the WebSocket."""
     try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
+        message = _MESSAGE.decode(text)
+    except msgspec.ValidationError as exc:
+        return _misshapen(text, exc, "frame")
+    except (msgspec.DecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the frame is not valid JSON") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(ErrorCode.BAD_JSON, "the frame must be a JSON object")
-    return parse_message(message, limits)
-
-
-def parse_message(message: dict[str, Any], limits: Limits) -> Request:
-    """Validate a decoded JSON object sent over the WebSocket."""
-    message_id = _message_id(message)
-    kind = message.get("type")
+    message_id = _message_id(message.id)
+    kind = message.type
     if kind == "ping":
         return Request("ping", message_id)
     if kind not in ("snapshot", "submit"):
-        shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else type(kind).__name__
+        shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else "(missing)"
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit or ping", message_id)
     try:
-        return Request(kind, message_id, parse_image(message, limits), _preview(message))
+        return Request(kind, message_id, _image(message, limits), message.preview)
     except ProtocolError as error:
         error.id = message_id
         raise
@@ -143,12 +150,12 @@ def parse_message(message: dict[str, Any], limits: Limits) -> Request:
 def parse_body(body: bytes, limits: Limits) -> Request:
     """Parse the JSON body of ``POST /api/predict``: one image form, always a submit, no id."""
     try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
+        message = _BODY.decode(body)
+    except msgspec.ValidationError as exc:
+        _misshapen(body, exc, "body")
+    except (msgspec.DecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the body is not valid JSON") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(ErrorCode.BAD_JSON, "the body must be a JSON object")
-    return Request("submit", None, parse_image(message, limits), _preview(message))
+    return Request("submit", None, _image(message, limits), message.preview)
 
 
 def parse_binary(frame: bytes, limits: Limits) -> Request:
@@ -162,7 +169,7 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
         raise ProtocolError(
             ErrorCode.BAD_JSON, f"binary frame version {version}; this server speaks {VERSION}", message_id
         )
-    kind = BINARY_KINDS.get(kind_code)
+    kind: Work | None = BINARY_KINDS.get(kind_code)
     if kind is None:
         raise ProtocolError(
             ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot) or 2 (submit)", message_id
@@ -179,25 +186,44 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
     return Request(kind, message_id, Pixels(array), bool(flags & BINARY_PREVIEW_FLAG))
 
 
-def parse_image(message: dict[str, Any], limits: Limits) -> Image:
-    """Turn the one image field of ``message`` into a :data:`livedigit.preprocess.Image`."""
-    present = [name for name in IMAGE_FIELDS if name in message]
-    if len(present) != 1:
-        found = f"got {', '.join(present)}" if present else "got none"
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"send exactly one of {', '.join(IMAGE_FIELDS)}; {found}")
-    name = present[0]
-    value = message[name]
-    if name == "pixels":
-        return _pixels(value, limits)
-    if name == "png":
-        return _png(value, limits)
-    if name == "image":
-        return _legacy(value)
-    return _strokes(value, message.get("surface"))
+def _misshapen(text: str | bytes, exc: msgspec.ValidationError, what: str) -> Request:
+    """A frame that is JSON but not shaped like a message: a ``ping`` (whose other fields do not matter),
+    or the error to raise, with the frame's id when it has a valid one.
+
+    Only this path reads a frame a second time: as an object of raw (undecoded) values, to tell "not an
+    object" (``bad_json``) from "an object with a wrong field" (``bad_message``) and to find the type
+    and id, whatever the other fields hold.
+    """
+    try:
+        fields = _FIELDS.decode(text)
+    except (msgspec.MsgspecError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"the {what} must be a JSON object") from None
+    message_id = _message_id(_raw_value(fields.get("id")))
+    if what == "frame" and _raw_value(fields.get("type")) == "ping":
+        return Request("ping", message_id)
+    raise ProtocolError(ErrorCode.BAD_MESSAGE, _field_error(exc), message_id)
 
 
-def _message_id(message: dict[str, Any]) -> MessageId:
-    message_id = message.get("id")
+def _raw_value(raw: msgspec.Raw | None) -> object:
+    """A raw JSON value decoded on its own; ``...`` when it is not a plain scalar (never a valid id)."""
+    if raw is None:
+        return None
+    try:
+        return _SCALAR.decode(raw)
+    except (msgspec.MsgspecError, RecursionError):
+        return ...
+
+
+def _field_error(exc: msgspec.ValidationError) -> str:
+    """msgspec's message with the JSON path in the protocol's terms: "pixels.width: expected int"."""
+    text = str(exc)
+    detail, _, path = text.partition(" - at `$")
+    if not path:
+        return detail
+    return f"{path.rstrip('`').lstrip('.')}: {detail[0].lower()}{detail[1:]}".replace("`", "")
+
+
+def _message_id(message_id: object) -> MessageId:
     if message_id is None:
         return None
     if isinstance(message_id, str):
@@ -208,29 +234,31 @@ def _message_id(message: dict[str, Any]) -> MessageId:
         return message_id
     if isinstance(message_id, int) and not isinstance(message_id, bool):
         if abs(message_id) >= MAX_ID_MAGNITUDE:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "an integer id must fit in 64 bits")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "an integer id must fit in a signed 64-bit integer")
         return message_id
-    raise ProtocolError(ErrorCode.BAD_MESSAGE, f"id must be a string or an integer, got {_json_type(message_id)}")
+    raise ProtocolError(ErrorCode.BAD_MESSAGE, "id must be a string or an integer")
 
 
-def _preview(message: dict[str, Any]) -> bool:
-    preview = message.get("preview", False)
-    if not isinstance(preview, bool):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"preview must be true or false, got {_json_type(preview)}")
-    return preview
+def _image(message: _Body, limits: Limits) -> Image:
+    """Turn the one image field of ``message`` into a :data:`livedigit.preprocess.Image`."""
+    present = [name for name in IMAGE_FIELDS if getattr(message, name) is not msgspec.UNSET]
+    if len(present) != 1:
+        found = f"got {', '.join(present)}" if present else "got none"
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"send exactly one of {', '.join(IMAGE_FIELDS)}; {found}")
+    if not isinstance(message.pixels, msgspec.UnsetType):
+        return _pixels(message.pixels, limits)
+    if not isinstance(message.png, msgspec.UnsetType):
+        return _png(message.png, limits)
+    if not isinstance(message.image, msgspec.UnsetType):
+        return _legacy(message.image)
+    assert not isinstance(message.strokes, msgspec.UnsetType)
+    return _strokes(message.strokes, message.surface, limits)
 
 
-def _pixels(value: Any, limits: Limits) -> Pixels:
-    if not isinstance(value, dict):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, 'pixels must be an object {"width", "height", "data"}')
-    width, height, data = value.get("width"), value.get("height"), value.get("data")
-    for name, number in (("width", width), ("height", height)):
-        if not isinstance(number, int) or isinstance(number, bool):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"pixels.{name} must be an integer, got {_json_type(number)}")
-    if not isinstance(data, str):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"pixels.data must be a base64 string, got {_json_type(data)}")
+def _pixels(value: _PixelsField, limits: Limits) -> Pixels:
+    width, height = value.width, value.height
     _check_side(width, height, limits)
-    raw = _base64(data, "pixels.data", width * height)
+    raw = _base64(value.data, "pixels.data", width * height)
     if len(raw) != width * height:
         raise ProtocolError(
             ErrorCode.BAD_IMAGE, f"pixels.data holds {len(raw)} bytes; a {width}x{height} image needs {width * height}"
@@ -238,9 +266,7 @@ def _pixels(value: Any, limits: Limits) -> Pixels:
     return Pixels(np.frombuffer(raw, dtype=np.uint8).reshape(height, width))
 
 
-def _png(value: Any, limits: Limits) -> Png:
-    if not isinstance(value, str):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"png must be a base64 string, got {_json_type(value)}")
+def _png(value: str, limits: Limits) -> Png:
     if value.startswith("data:"):
         if not value.startswith(PNG_DATA_URL):
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"a png data URL must start with {PNG_DATA_URL}")
@@ -248,39 +274,29 @@ def _png(value: Any, limits: Limits) -> Png:
     return Png(_base64(value, "png", limits.max_png_bytes))
 
 
-def _legacy(value: Any) -> Pixels:
-    if not isinstance(value, str):
-        raise ProtocolError(
-            ErrorCode.BAD_MESSAGE, f"image must be a string of 784 comma-separated integers, got {_json_type(value)}"
-        )
-    parts = value.split(",", LEGACY_SIDE * LEGACY_SIDE)
-    if len(parts) != LEGACY_SIDE * LEGACY_SIDE:
-        raise ProtocolError(
-            ErrorCode.BAD_IMAGE, f"image must hold exactly {LEGACY_SIDE * LEGACY_SIDE} comma-separated integers"
-        )
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_IMAGE, "image must hold integers 0..255 separated by commas") from None
-    if min(numbers) < 0 or max(numbers) > 255:
+def _legacy(value: str) -> Pixels:
+    """The old design's payload: exactly 784 comma-separated decimal integers 0..255 (see the docs)."""
+    if not LEGACY_FORMAT.fullmatch(value):
+        parts = value.count(",") + 1
+        if parts != LEGACY_SIDE * LEGACY_SIDE:
+            raise ProtocolError(
+                ErrorCode.BAD_IMAGE,
+                f"image holds {parts} values; it must hold {LEGACY_SIDE * LEGACY_SIDE} comma-separated integers",
+            )
+        raise ProtocolError(ErrorCode.BAD_IMAGE, "image values must be decimal integers 0..255 separated by commas")
+    numbers = np.array(value.split(","), dtype=np.int32)
+    if numbers.max() > 255:
         raise ProtocolError(ErrorCode.BAD_IMAGE, "image values must lie in 0..255")
-    return Pixels(np.array(numbers, dtype=np.uint8).reshape(LEGACY_SIDE, LEGACY_SIDE))
+    return Pixels(numbers.astype(np.uint8).reshape(LEGACY_SIDE, LEGACY_SIDE))
 
 
-def _strokes(value: Any, surface: Any) -> Strokes:
-    if not isinstance(value, list):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"strokes must be a list of polylines, got {_json_type(value)}")
-    if surface is None:
-        return Strokes(value)
-    if (
-        not isinstance(surface, list)
-        or len(surface) != 2
-        or not all(isinstance(side, (int, float)) and not isinstance(side, bool) for side in surface)
-    ):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "surface must be [width, height], two numbers")
-    if not all(math.isfinite(side) and side > 0 for side in surface):
+def _strokes(value: list[list[tuple[float, float]]], surface: tuple[float, float] | None, limits: Limits) -> Strokes:
+    if surface is not None and not all(math.isfinite(side) and side > 0 for side in surface):
         raise ProtocolError(ErrorCode.BAD_IMAGE, "surface sides must be finite numbers above 0")
-    return Strokes(value, (float(surface[0]), float(surface[1])))
+    try:
+        return Strokes(validate_strokes(value, limits), surface)
+    except PreprocessError as exc:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, str(exc)) from None
 
 
 def _check_side(width: int, height: int, limits: Limits, message_id: MessageId = None) -> None:
@@ -306,25 +322,19 @@ def _base64(text: str, name: str, max_bytes: int) -> bytes:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{name} is not valid base64") from None
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
+# Replies: plain dicts, encoded by dumps().
 
 
-# Replies: plain dicts, serialised with json.dumps by the caller.
-
-
-def hello(model_name: str, runtime: str, limits: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "hello", "protocol": VERSION, "model": {"name": model_name, "runtime": runtime}, "limits": limits}
+def reply(request: Request, outcome: Outcome, latency_ms: float) -> dict[str, Any]:
+    """The reply to ``request`` for the batcher's ``outcome``."""
+    if isinstance(outcome, Scored):
+        return prediction(request.id, request.final, outcome.probabilities, latency_ms,
+                          outcome.model_input if request.preview else None)  # fmt: skip
+    if isinstance(outcome, NoDigit):
+        return Empty(request.id, request.final).to_wire()
+    if isinstance(outcome, Shed):
+        return dropped(request.id, outcome.reason)
+    return failed(request.id, outcome)
 
 
 def prediction(
@@ -336,42 +346,50 @@ def prediction(
 ) -> dict[str, Any]:
     """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``."""
     digit = int(np.argmax(probabilities))
-    reply: dict[str, Any] = {
-        "type": "prediction",
-        "id": message_id,
-        "final": final,
-        "digit": digit,
-        "confidence": round(float(probabilities[digit]), 6),
-        "probabilities": [round(float(p), 6) for p in probabilities],
-        "latency_ms": round(latency_ms, 3),
-    }
-    if model_input is not None:
-        reply["preview"] = encode_preview(model_input)
-    return reply
+    rounded = [round(p, 6) for p in probabilities.tolist()]
+    preview = None if model_input is None else np.clip(np.rint(model_input * 255.0), 0, 255).astype(np.uint8)
+    return Prediction(message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview).to_wire()
 
 
 def empty(message_id: MessageId, final: bool) -> dict[str, Any]:
-    return {"type": "empty", "id": message_id, "final": final}
+    return Empty(message_id, final).to_wire()
 
 
 def dropped(message_id: MessageId, reason: DropReason) -> dict[str, Any]:
-    return {"type": "dropped", "id": message_id, "reason": str(reason)}
+    return Dropped(message_id, str(reason)).to_wire()
 
 
-def error(message_id: MessageId, code: ErrorCode, message: str) -> dict[str, Any]:
-    return {"type": "error", "id": message_id, "code": str(code), "message": message}
+def failed(message_id: MessageId, outcome: Failed) -> dict[str, Any]:
+    code, text = FAILURES[outcome.failure]
+    return error(message_id, code, outcome.detail or text)
+
+
+def error(message_id: MessageId, code: ErrorCode, message: str, retry_after: float | None = None) -> dict[str, Any]:
+    """An ``error`` reply; ``retry_after`` (seconds) adds ``retry_after_ms``, when to try again."""
+    reply: dict[str, Any] = {"type": ReplyType.ERROR.value, "id": message_id, "code": str(code), "message": message}
+    if retry_after is not None:
+        reply["retry_after_ms"] = max(1, math.ceil(retry_after * 1000.0))
+    return reply
+
+
+def rate_limited(message_id: MessageId, rate: float, retry_after: float) -> dict[str, Any]:
+    """The ``rate_limited`` error of a submit (WebSocket) or a request (HTTP) over its rate."""
+    return error(message_id, ErrorCode.RATE_LIMITED, f"more than {rate:g} submits per second; slow down", retry_after)
 
 
 def pong(message_id: MessageId) -> dict[str, Any]:
-    return {"type": "pong", "id": message_id}
+    return {"type": ReplyType.PONG.value, "id": message_id}
 
 
-def encode_preview(model_input: np.ndarray) -> str:
-    """The model input as base64 of 784 bytes, row-major, ink high (255 = full ink)."""
-    pixels = np.clip(np.rint(model_input * 255.0), 0, 255).astype(np.uint8)
-    return base64.b64encode(pixels.tobytes()).decode("ascii")
+def hello(model_name: str, runtime: str, limits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": ReplyType.HELLO.value,
+        "protocol": VERSION,
+        "model": {"name": model_name, "runtime": runtime},
+        "limits": limits,
+    }
 
 
-def dumps(reply: dict[str, Any]) -> str:
-    """Serialise a reply compactly; replies never hold NaN, so strict JSON is safe."""
-    return json.dumps(reply, separators=(",", ":"), allow_nan=False)
+def dumps(reply: dict[str, Any]) -> bytes:
+    """Encode a reply as compact JSON; replies never hold NaN (the batcher checks model outputs)."""
+    return _ENCODER.encode(reply)

@@ -39,6 +39,13 @@ class TokenBucket:
             return True
         return False
 
+    def retry_after(self) -> float:
+        """Seconds until the next token: when a refused caller may try again (0 when one is there)."""
+        if not self.enabled:
+            return 0.0
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) / self.rate)
+
     def full(self) -> bool:
         """Whether the bucket has refilled completely: a client idle that long can be forgotten."""
         if not self.enabled:
@@ -66,10 +73,15 @@ class KeyedBuckets:
         self.max_keys = max_keys
         self._clock = clock
         self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+        self._unlimited = TokenBucket(0.0, 1, clock)
 
     def take(self, key: Hashable) -> bool:
+        return self.bucket(key).take()
+
+    def bucket(self, key: Hashable) -> TokenBucket:
+        """The bucket of ``key``, made full when it has none (a bucket with rate 0 lets all through)."""
         if self.rate <= 0:
-            return True
+            return self._unlimited
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
@@ -77,7 +89,7 @@ class KeyedBuckets:
                 self._prune()
         else:
             self._buckets.move_to_end(key)
-        return bucket.take()
+        return bucket
 
     def __len__(self) -> int:
         return len(self._buckets)

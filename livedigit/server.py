@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -91,14 +93,21 @@ class Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """Exit with status 0 after a graceful SIGTERM or Ctrl+C. uvicorn raises the signal again once it
-        has shut down, so the process would end as killed by it (status -15, or a KeyboardInterrupt
-        traceback) although nothing went wrong; a platform reading the status would report a crash."""
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
+        """Route SIGINT and SIGTERM to uvicorn's public ``handle_exit``, and exit with status 0 afterwards.
+
+        uvicorn's own version raises the signal again once it has shut down, so the process would end as
+        killed by it (status -15, or a KeyboardInterrupt traceback) although nothing went wrong, and a
+        platform reading the status would report a crash.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def run(settings: Settings) -> int:

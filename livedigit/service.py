@@ -14,19 +14,24 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from livedigit import protocol
-from livedigit.batcher import Batcher, Dropped, Empty, Failed, Outcome, Prediction
+from livedigit import protocol, wire
+from livedigit.batcher import Batcher
 from livedigit.config import Settings
 from livedigit.metrics import Metrics
-from livedigit.preprocess import Limits
 from livedigit.ratelimit import KeyedBuckets
 from livedigit.runtime import ModelLoadError, Runtime, load_runtime
 from livedigit.security import ConnectionLimits
 
-if TYPE_CHECKING:
-    from livedigit.session import Session
+
+class Connection(Protocol):
+    """What shutdown needs of an open WebSocket session (:class:`livedigit.session.Session`)."""
+
+    closed: asyncio.Event
+
+    def stop_reading(self, deadline: float) -> None: ...
+
 
 logger = logging.getLogger("livedigit")
 
@@ -36,18 +41,13 @@ class Service:
 
     def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
         self.settings = settings
-        self.limits = Limits(
-            max_side=settings.max_side,
-            max_png_bytes=settings.max_png_bytes,
-            max_strokes=settings.max_strokes,
-            max_points=settings.max_points,
-        )
+        self.limits = settings.limits
         self.metrics = Metrics()
         self.runtime = runtime
         self.batcher: Batcher | None = None
         self.connections = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
         self.http_submits = KeyedBuckets(settings.submit_rate, settings.submit_burst)
-        self.sessions: set[Session] = set()
+        self.sessions: set[Connection] = set()
         self.draining = False
         self.model_base = _model_base(settings.model)
         self._card: dict[str, Any] = {}
@@ -128,6 +128,8 @@ class Service:
             "submit_rate": settings.submit_rate,
             "submit_burst": settings.submit_burst,
             "max_bad_messages": settings.max_bad_messages,
+            "message_rate": settings.message_rate,
+            "max_connections_per_client": settings.max_connections_per_client,
         }
 
     def hello(self) -> dict[str, Any]:
@@ -140,8 +142,8 @@ class Service:
         return {
             "name": self.model_name,
             "runtime": self.runtime_name,
-            "protocol": protocol.VERSION,
-            "input_forms": list(protocol.INPUT_FORMS),
+            "protocol": wire.VERSION,
+            "input_forms": list(wire.INPUT_FORMS),
             "limits": self.limits_info(),
             "accuracy": None
             if accuracy is None
@@ -153,21 +155,6 @@ class Service:
             "parameters": card.get("parameters") if isinstance(card.get("parameters"), int) else None,
             "card": bool(card),
         }
-
-
-def answer(request: protocol.Request, outcome: Outcome, received: float) -> dict[str, Any]:
-    """The reply to ``request`` for ``outcome``; ``received`` is when its frame arrived (perf_counter)."""
-    if isinstance(outcome, Prediction):
-        latency_ms = (time.perf_counter() - received) * 1000.0
-        preview = outcome.model_input if request.preview else None
-        return protocol.prediction(request.id, request.final, outcome.probabilities, latency_ms, preview)
-    if isinstance(outcome, Empty):
-        return protocol.empty(request.id, request.final)
-    if isinstance(outcome, Dropped):
-        return protocol.dropped(request.id, outcome.reason)
-    if isinstance(outcome, Failed):
-        return protocol.error(request.id, outcome.code, outcome.message)
-    raise TypeError(f"unknown outcome {outcome!r}")
 
 
 def _read_card(path: Path) -> dict[str, Any]:

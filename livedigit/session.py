@@ -13,31 +13,27 @@ client that floods (or stops reading its replies) is slowed by TCP instead of gr
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from livedigit import protocol
-from livedigit.batcher import Outcome
-from livedigit.protocol import CloseCode, DropReason, ErrorCode, ProtocolError, Request
+from livedigit import pipeline, protocol
+from livedigit.pipeline import Caller, Ticket
 from livedigit.ratelimit import TokenBucket
 from livedigit.security import origin_allowed
-from livedigit.service import answer
-
-if TYPE_CHECKING:
-    from livedigit.service import Service
+from livedigit.service import Service
+from livedigit.wire import INVALID_INPUT, CloseCode, ReplyType
 
 logger = logging.getLogger("livedigit.session")
 
 MAX_OUTSTANDING = 256
 """Replies a connection may have pending before the server stops reading from it."""
 
-RESETTING_REPLIES = frozenset({"prediction", "empty", "pong"})
+RESETTING_REPLIES = frozenset({ReplyType.PREDICTION, ReplyType.EMPTY, ReplyType.PONG})
 """Replies that end a run of invalid messages."""
 
 
@@ -84,22 +80,6 @@ async def _close(websocket: WebSocket, service: Service, code: int, reason: str)
         pass
 
 
-@dataclass
-class Pending:
-    """A reply owed to the client: known already (``reply``) or awaiting the batcher (``outcome``)."""
-
-    request: Request | None
-    received: float
-    outcome: asyncio.Future[Outcome] | None = None
-    reply: dict[str, Any] | None = None
-
-    async def resolve(self) -> dict[str, Any]:
-        if self.reply is not None:
-            return self.reply
-        assert self.outcome is not None and self.request is not None
-        return answer(self.request, await self.outcome, self.received)
-
-
 GOING_AWAY = object()
 """Queued after the last reply when the server shuts down: the writer then closes with 1001."""
 
@@ -113,10 +93,13 @@ class Session:
         self.service = service
         self.batcher = service.batcher
         self.metrics = service.metrics
-        self.snapshot_bucket = TokenBucket(settings.snapshot_rate, settings.snapshot_burst)
-        self.submit_bucket = TokenBucket(settings.submit_rate, settings.submit_burst)
+        self.caller = Caller(
+            owner=self,
+            submits=TokenBucket(settings.submit_rate, settings.submit_burst),
+            snapshots=TokenBucket(settings.snapshot_rate, settings.snapshot_burst),
+        )
         self.frame_bucket = TokenBucket(settings.message_rate, max(1, round(settings.message_rate)))
-        self.pending: asyncio.Queue[Pending | object] = asyncio.Queue(MAX_OUTSTANDING)
+        self.pending: asyncio.Queue[Ticket | object] = asyncio.Queue(MAX_OUTSTANDING)
         self.bad_in_a_row = 0
         self.closed = asyncio.Event()
         self._stopping = False
@@ -184,39 +167,15 @@ class Session:
                 return
             await self.pending.put(self._handle(message))
 
-    def _handle(self, message: dict[str, Any]) -> Pending:
-        """Turn one frame into its pending reply, queueing work for the batcher when needed."""
+    def _handle(self, message: dict[str, Any]) -> Ticket:
+        """Turn one frame into the reply it is owed, queueing its drawing for the batcher when needed."""
         received = time.perf_counter()
-        try:
-            text = message.get("text")
-            if text is not None:
-                request = protocol.parse_text(text, self.service.limits)
-            else:
-                request = protocol.parse_binary(message.get("bytes") or b"", self.service.limits)
-        except ProtocolError as exc:
-            self.metrics.messages.labels("invalid").inc()
-            return Pending(None, received, reply=protocol.error(exc.id, exc.code, exc.message))
-        self.metrics.messages.labels(request.kind).inc()
-        # An owed reply keeps only what the reply needs (id, final, preview); the drawing goes to the
-        # batcher, which lets go of it once used. Otherwise MAX_OUTSTANDING replies waiting behind a slow
-        # one would pin as many drawings of up to max_message_bytes each, per connection.
-        image, request = request.image, dataclasses.replace(request, image=None)
-        if request.kind == "ping":
-            return Pending(request, received, reply=protocol.pong(request.id))
-        if request.kind == "snapshot" and not self.snapshot_bucket.take():
-            return Pending(request, received, reply=protocol.dropped(request.id, DropReason.RATE_LIMITED))
-        if request.kind == "submit" and not self.submit_bucket.take():
-            limit = self.service.settings.submit_rate
-            return Pending(
-                request,
-                received,
-                reply=protocol.error(
-                    request.id, ErrorCode.RATE_LIMITED, f"more than {limit:g} submits per second; slow down"
-                ),
-            )
-        assert self.batcher is not None and image is not None
-        future = self.batcher.enqueue(request.kind, image, owner=self)  # type: ignore[arg-type]
-        return Pending(request, received, outcome=future)
+        text = message.get("text")
+        if text is not None:
+            parse = functools.partial(protocol.parse_text, text)
+        else:
+            parse = functools.partial(protocol.parse_binary, message.get("bytes") or b"")
+        return pipeline.handle(self.service, self.caller, parse, received)
 
     async def _write(self) -> None:
         limit = self.service.settings.max_bad_messages
@@ -225,11 +184,11 @@ class Session:
             if pending is GOING_AWAY:
                 await _close(self.websocket, self.service, CloseCode.GOING_AWAY, CloseCode.GOING_AWAY_REASON)
                 return
-            assert isinstance(pending, Pending)
+            assert isinstance(pending, Ticket)
             reply = await pending.resolve()
             if not await self._send(reply, pending.received):
                 return
-            if reply["type"] == "error" and reply["code"] in protocol.INVALID_INPUT:
+            if reply["type"] == "error" and reply["code"] in INVALID_INPUT:
                 self.bad_in_a_row += 1
                 if self.bad_in_a_row >= limit > 0:
                     await _close(
@@ -242,9 +201,9 @@ class Session:
     async def _send(self, reply: dict[str, Any], received: float | None = None) -> bool:
         """Send one reply; ``False`` when the client has gone."""
         try:
-            await self.websocket.send_text(protocol.dumps(reply))
+            await self.websocket.send_text(protocol.dumps(reply).decode())
         except (WebSocketDisconnect, WebSocketDisconnected):
             return False
         if received is not None:
-            self.metrics.reply(reply, time.perf_counter() - received)
+            pipeline.sent(self.service, reply, received)
         return True

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 
-from livedigit.batcher import Batcher, Dropped, Empty, Failed, Prediction
+from livedigit.batcher import Batcher
 from livedigit.metrics import Metrics
 from livedigit.preprocess import Limits, Pixels, Strokes
-from livedigit.protocol import DropReason, ErrorCode
+from livedigit.wire import DropReason, Failed, Failure, NoDigit, Scored, Shed
 
 ONE = Strokes([[[50, 10], [52, 60], [51, 110]]])
 SEVEN = Strokes([[[10, 10], [90, 10], [40, 110]]])
@@ -74,9 +74,9 @@ async def test_latest_snapshot_wins_and_stale_ones_are_never_preprocessed(make_b
     assert batcher.queued == (1, 0)
     pausable_runtime.resume()
     outcomes = await asyncio.gather(first, second, *later)
-    assert isinstance(outcomes[0], Prediction) and isinstance(outcomes[1], Prediction)
-    assert isinstance(outcomes[-1], Prediction)
-    assert outcomes[2:-1] == [Dropped(DropReason.STALE)] * 9
+    assert isinstance(outcomes[0], Scored) and isinstance(outcomes[1], Scored)
+    assert isinstance(outcomes[-1], Scored)
+    assert outcomes[2:-1] == [Shed(DropReason.STALE)] * 9
     assert sample_count(batcher.metrics.preprocess) == 3
 
 
@@ -94,9 +94,9 @@ async def test_submits_are_never_dropped_or_merged(make_batcher, pausable_runtim
     snapshots = [batcher.enqueue("snapshot", ink(seed), owner) for seed in range(5)]
     pausable_runtime.resume()
     results = await asyncio.gather(*submits)
-    assert all(isinstance(result, Prediction) for result in results)
-    assert isinstance(await snapshot, Prediction)
-    assert isinstance(await snapshots[-1], Prediction)
+    assert all(isinstance(result, Scored) for result in results)
+    assert isinstance(await snapshot, Scored)
+    assert isinstance(await snapshots[-1], Scored)
     # Each submit got the prediction for its own image, not a neighbour's.
     direct = pausable_runtime.runtime.predict(np.stack([r.model_input for r in results]))
     np.testing.assert_allclose([r.probabilities for r in results], direct, atol=1e-5)
@@ -130,8 +130,8 @@ async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_b
     late = batcher.enqueue("snapshot", ink(2), Owner())
     await asyncio.sleep(0.3)
     pausable_runtime.resume()
-    assert await late == Dropped(DropReason.OVERLOADED)
-    assert isinstance(await busy, Prediction) and isinstance(await next_batch, Prediction)
+    assert await late == Shed(DropReason.OVERLOADED)
+    assert isinstance(await busy, Scored) and isinstance(await next_batch, Scored)
 
 
 async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausable_runtime) -> None:
@@ -144,9 +144,9 @@ async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausab
     accepted += [batcher.enqueue("submit", ink(seed)) for seed in (2, 3)]
     refused = batcher.enqueue("submit", ink(4))
     assert refused.done() and isinstance(refused.result(), Failed)
-    assert refused.result().code == ErrorCode.OVERLOADED
+    assert refused.result().failure == Failure.BUSY
     pausable_runtime.resume()
-    assert all(isinstance(outcome, Prediction) for outcome in await asyncio.gather(*accepted))
+    assert all(isinstance(outcome, Scored) for outcome in await asyncio.gather(*accepted))
 
 
 async def test_a_model_failure_answers_internal_and_the_batcher_recovers(make_batcher, pausable_runtime) -> None:
@@ -155,10 +155,10 @@ async def test_a_model_failure_answers_internal_and_the_batcher_recovers(make_ba
     pausable_runtime.fail = True
     outcomes = await asyncio.gather(*(batcher.enqueue("submit", ink(seed)) for seed in range(3)))
     assert {type(outcome) for outcome in outcomes} == {Failed}
-    assert {outcome.code for outcome in outcomes} == {ErrorCode.INTERNAL}  # type: ignore[union-attr]
+    assert {outcome.failure for outcome in outcomes} == {Failure.MODEL_FAILED}  # type: ignore[union-attr]
     assert not batcher.ready
     pausable_runtime.fail = False
-    assert isinstance(await batcher.enqueue("submit", ink(0)), Prediction)
+    assert isinstance(await batcher.enqueue("submit", ink(0)), Scored)
     assert batcher.ready
 
 
@@ -168,8 +168,8 @@ async def test_empty_and_invalid_drawings_are_answered_without_the_model(make_ba
     blank = await batcher.enqueue("submit", Pixels(np.zeros((28, 28), np.uint8)))
     dot = await batcher.enqueue("submit", Strokes([[[5, 5]]], surface=(280, 280)))
     nan = await batcher.enqueue("submit", Strokes([[[0, 0], [float("nan"), 1]]]))
-    assert blank == Empty() and dot == Empty()
-    assert isinstance(nan, Failed) and nan.code == ErrorCode.BAD_IMAGE and "stroke 0" in nan.message
+    assert blank == NoDigit() and dot == NoDigit()
+    assert isinstance(nan, Failed) and nan.failure == Failure.BAD_IMAGE and "stroke 0" in nan.detail
     assert len(pausable_runtime.batch_sizes) == calls
 
 
@@ -186,8 +186,8 @@ async def test_forget_releases_everything_of_a_connection(make_batcher, pausable
     batcher.forget(gone)
     assert all(future.done() for future in queued) and batcher.queued == (0, 1)
     pausable_runtime.resume()
-    assert isinstance(await kept, Prediction)
-    assert await taken == Dropped(DropReason.STALE)  # taken into a batch, then skipped: no model time
+    assert isinstance(await kept, Scored)
+    assert await taken == Shed(DropReason.STALE)  # taken into a batch, then skipped: no model time
     await in_model
     assert batcher.in_flight == 0 and batcher.queued == (0, 0)
 
@@ -213,7 +213,7 @@ async def test_stop_answers_everything_still_queued(make_batcher, pausable_runti
     await batcher.stop()
     pausable_runtime.resume()
     outcomes = [future.result() for future in futures]
-    assert all(isinstance(outcome, Failed) and outcome.code == ErrorCode.OVERLOADED for outcome in outcomes)
+    assert all(isinstance(outcome, Failed) and outcome.failure == Failure.SHUTTING_DOWN for outcome in outcomes)
     assert isinstance(batcher.enqueue("submit", ONE).result(), Failed)
 
 
@@ -226,8 +226,8 @@ async def test_a_submit_overtakes_the_queued_snapshot_of_its_connection(make_bat
     mine = batcher.enqueue("snapshot", ink(1), drawer)
     theirs = batcher.enqueue("snapshot", ink(2), bystander)
     final = batcher.enqueue("submit", ink(3), drawer)
-    assert mine.done() and mine.result() == Dropped(DropReason.STALE)
+    assert mine.done() and mine.result() == Shed(DropReason.STALE)
     assert not theirs.done()
     pausable_runtime.resume()
-    assert isinstance(await final, Prediction) and isinstance(await theirs, Prediction)
+    assert isinstance(await final, Scored) and isinstance(await theirs, Scored)
     await busy

@@ -419,13 +419,39 @@ EVERYTHING = (
 )
 
 
+def _integer(digits: str) -> int:
+    """An integer literal of any length; past Python's default digit limit, one as far out of range."""
+    return int(digits) if len(digits) < 100 else 10**100
+
+
+def _not_json(constant: str) -> Any:
+    """Python's reader accepts ``NaN`` and ``Infinity``; JSON does not, and neither does the protocol."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _valid_unicode(value: Any) -> bool:
+    """Whether every string in ``value`` is valid Unicode: JSON text may spell a lone surrogate
+    (``"\\ud800"``), which Python's reader accepts but the protocol refuses as not valid JSON."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_valid_unicode(key) and _valid_unicode(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_valid_unicode(item) for item in value)
+    return True
+
+
 def expectation_for_text(text: str, image_verdict: str = ANY) -> tuple[Any, frozenset[str]]:
     """What the contract promises for a text frame, decided the way any JSON reader would."""
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_not_json, parse_int=_integer)
     except (ValueError, RecursionError):
         return None, frozenset({"error:bad_json"})
-    if not isinstance(message, dict):
+    if not isinstance(message, dict) or not _valid_unicode(message):
         return None, frozenset({"error:bad_json"})
     message_id = message.get("id")
     id_ok = (
@@ -770,10 +796,10 @@ def http_bodies(draw: st.DrawFn) -> tuple[bytes, frozenset[str]]:
         _, allowed = expectation_for_text(json.dumps({"type": "submit", **message}, allow_nan=True), verdict)
         return json.dumps(message, allow_nan=True).encode(), allowed
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(body, parse_constant=_not_json, parse_int=_integer)
     except (ValueError, RecursionError):
         return body, frozenset({"error:bad_json"})
-    if not isinstance(parsed, dict):
+    if not isinstance(parsed, dict) or not _valid_unicode(parsed):
         return body, frozenset({"error:bad_json"})
     return body, frozenset(ANSWERS | INVALID - {"error:bad_json"})
 

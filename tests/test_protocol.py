@@ -11,7 +11,8 @@ import pytest
 
 from livedigit import protocol
 from livedigit.preprocess import Limits, Pixels, Png, Strokes
-from livedigit.protocol import ErrorCode, ProtocolError
+from livedigit.protocol import ProtocolError
+from livedigit.wire import HTTP_STATUS, DropReason, ErrorCode
 
 LIMITS = Limits(max_side=64, max_png_bytes=1000, max_strokes=4, max_points=100)
 ONE = [[[50, 10], [52, 60], [51, 110]]]
@@ -35,8 +36,11 @@ def frame(kind: int, message_id: int, pixels: np.ndarray, flags: int = 0, versio
 
 def test_strokes_snapshot_with_surface_and_id() -> None:
     request = parse({"type": "snapshot", "id": "a-1", "strokes": ONE, "surface": [280, 280]})
-    assert request == protocol.Request("snapshot", "a-1", Strokes(ONE, (280.0, 280.0)), False)
-    assert not request.final
+    assert (request.kind, request.id, request.preview, request.final) == ("snapshot", "a-1", False, False)
+    assert isinstance(request.image, Strokes) and request.image.surface == (280.0, 280.0)
+    # Strokes leave the parser as compact arrays: what a queued request holds is bounded by the limits.
+    assert [stroke.tolist() for stroke in request.image.strokes] == ONE
+    assert all(isinstance(stroke, np.ndarray) for stroke in request.image.strokes)
 
 
 def test_pixels_submit_with_preview() -> None:
@@ -168,7 +172,7 @@ def test_prediction_reply() -> None:
 
 def test_other_replies() -> None:
     assert protocol.empty(1, False) == {"type": "empty", "id": 1, "final": False}
-    assert protocol.dropped(2, protocol.DropReason.STALE) == {"type": "dropped", "id": 2, "reason": "stale"}
+    assert protocol.dropped(2, DropReason.STALE) == {"type": "dropped", "id": 2, "reason": "stale"}
     assert protocol.error(3, ErrorCode.BAD_IMAGE, "no") == {
         "type": "error",
         "id": 3,
@@ -179,4 +183,4 @@ def test_other_replies() -> None:
 
 
 def test_every_error_code_has_an_http_status() -> None:
-    assert set(protocol.HTTP_STATUS) == set(ErrorCode)
+    assert set(HTTP_STATUS) == set(ErrorCode)

@@ -42,6 +42,8 @@ async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # ty
             "submit_rate": 5.0,
             "submit_burst": 10,
             "max_bad_messages": 32,
+            "message_rate": 100.0,
+            "max_connections_per_client": 50,
         }
         answer = await ask(ws, {"type": "submit", "id": 1, "strokes": ONE})
     assert answer["type"] == "prediction" and answer["id"] == 1 and answer["final"] is True

@@ -79,10 +79,11 @@ async def test_sigterm_closes_every_websocket_with_1001_and_exits(start_server) 
     assert "closed 3 WebSocket connection(s)" in log and "Traceback" not in log
 
 
-def test_the_app_also_runs_under_plain_uvicorn(tmp_path: Path) -> None:
+def test_the_app_factory_runs_under_plain_uvicorn(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "uvicorn.log"
-    command = [sys.executable, "-m", "uvicorn", "livedigit.app:app", "--port", str(port), "--ws", "websockets-sansio"]
+    command = [sys.executable, "-m", "uvicorn", "--factory", "livedigit.app:create_app", "--port", str(port)]
+    command += ["--ws", "websockets-sansio"]
     process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
