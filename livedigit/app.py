@@ -140,7 +140,7 @@ async def predict(request: Request) -> Response:
         return _reply(413, protocol.error(None, ErrorCode.BAD_MESSAGE, f"the body is larger than {limit} bytes"),
                       service, received)  # fmt: skip
     address = request.client.host if request.client else "unknown"
-    caller = Caller(None, service.http_submits.bucket(address), transport="http")
+    caller = Caller(None, address, service.http_submits.bucket(address), transport="http")
     reply = await pipeline.handle(service, caller, functools.partial(protocol.parse_body, body), received).resolve()
     status = HTTP_STATUS[ErrorCode(reply["code"])] if reply["type"] == ReplyType.ERROR else 200
     return _reply(status, reply, service, received)

@@ -16,9 +16,13 @@ The queue is bounded by design:
   snapshot the same way: the final drawing makes an older live frame pointless, and its reply (sent in
   order) would otherwise hold the submit's reply back. Once taken into a batch, a snapshot
   is committed and gets its prediction, which guarantees every connection progress under load.
-* **Submits** are queued in order, never replaced, at most ``max_pending_submits`` of them; beyond that
-  a submit is refused with ``overloaded``. Batches take submits first, so under overload snapshots wait;
-  a connection whose snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
+* **Submits** are never replaced, at most ``max_pending_submits`` of them; beyond that a submit is
+  refused with ``overloaded``. They are served round robin over client addresses, then over each
+  address's connections, each connection's in order (:mod:`livedigit.fairness`), and a batch holds at
+  most :data:`BATCH_COST` of preprocessing work, so neither many connections nor expensive images from
+  one address can hold another's submit back for more than about one image. Batches take submits
+  first, so under overload snapshots wait; a connection whose snapshot has waited
+  :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
 
 Every job's future is resolved exactly once with an :data:`Outcome`, whatever happens (model failure,
 disconnect, shutdown), so a caller can always answer its client.
@@ -30,15 +34,15 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
-from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, preprocess
+from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, cost, preprocess
 from livedigit.runtime import CLASSES, Runtime
 from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Work
 
@@ -54,6 +58,11 @@ ARRIVAL_SMOOTHING = 0.2
 PROBE_INTERVAL = 5.0
 """Seconds between test batches while the model is failing and no traffic tells whether it recovered."""
 
+BATCH_COST = 64
+"""Most preprocessing work one batch takes, in drawn snapshots (:func:`livedigit.preprocess.cost`): its
+replies wait for all of it, so a batch never holds more than about 20 ms of it, unless one image alone
+costs more."""
+
 MAX_ARRIVAL_GAP = 0.1
 """Gaps are capped at this (seconds) so that one idle period does not disable waiting for long."""
 
@@ -65,6 +74,10 @@ class Job:
     kind: Work
     image: Image | None
     owner: Hashable | None
+    client: Hashable
+    """The client address: submits are served round robin over addresses (:mod:`livedigit.fairness`)."""
+    cost: int
+    """Preprocessing work in drawn snapshots (:func:`livedigit.preprocess.cost`)."""
     future: asyncio.Future[Outcome]
     enqueued: float
     since: float
@@ -100,7 +113,7 @@ class Batcher:
         self.max_pending_submits = max(0, max_pending_submits)
         self.snapshot_deadline = snapshot_deadline
         self.preprocess_threads = max(1, preprocess_threads)
-        self._submits: deque[Job] = deque()
+        self._submits: FairQueue[Job] = FairQueue()
         self._snapshots: dict[Hashable, Job] = {}
         self._taken: set[Job] = set()
         self._work = asyncio.Event()
@@ -166,11 +179,14 @@ class Batcher:
         self._snapshots.clear()
         self._shutdown_threads()
 
-    def enqueue(self, kind: Work, image: Image, owner: Hashable | None = None) -> asyncio.Future[Outcome]:
+    def enqueue(
+        self, kind: Work, image: Image, owner: Hashable | None = None, client: Hashable = None
+    ) -> asyncio.Future[Outcome]:
         """Queue one image; the returned future resolves once with its :data:`Outcome`.
 
         ``owner`` identifies the connection: it is the key of the latest-wins snapshot slot and what
-        :meth:`forget` releases. Snapshots need one; submits may have none (HTTP).
+        :meth:`forget` releases. Snapshots need one; submits may have none (HTTP). ``client`` is the
+        client's address, the unit of fairness between submits.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
@@ -185,7 +201,7 @@ class Batcher:
             overtaken = self._snapshots.pop(owner, None) if owner is not None else None
             if overtaken is not None:
                 self._resolve(overtaken, Shed(DropReason.STALE))
-            self._submits.append(Job(kind, image, owner, future, now, now))
+            self._submits.push(Job(kind, image, owner, client, cost(image), future, now, now))
         else:
             if owner is None:
                 raise ValueError("a snapshot needs an owner (its connection)")
@@ -194,7 +210,7 @@ class Batcher:
             if previous is not None:
                 since = previous.since
                 self._resolve(previous, Shed(DropReason.STALE))
-            self._snapshots[owner] = Job(kind, image, owner, future, now, since)
+            self._snapshots[owner] = Job(kind, image, owner, client, cost(image), future, now, since)
         self._note_arrival(now)
         self._work.set()
         return future
@@ -205,14 +221,8 @@ class Batcher:
         slot = self._snapshots.pop(owner, None)
         if slot is not None:
             self._resolve(slot, gone)
-        if any(job.owner is owner for job in self._submits):
-            kept = deque()
-            for job in self._submits:
-                if job.owner is owner:
-                    self._resolve(job, gone)
-                else:
-                    kept.append(job)
-            self._submits = kept
+        for job in self._submits.remove_owner(owner):
+            self._resolve(job, gone)
         for job in self._taken:
             if job.owner is owner:
                 job.abandoned = True
@@ -322,10 +332,18 @@ class Batcher:
                 return
 
     def _take(self, now: float) -> list[Job]:
-        """Submits first, then the snapshot slots in line order; shed snapshots past their deadline."""
-        jobs = []
-        while self._submits and len(jobs) < self.max_batch:
-            jobs.append(self._submits.popleft())
+        """Submits first, in fair order, then the snapshot slots in line order (one per client address
+        before a second), within ``max_batch`` items and :data:`BATCH_COST` of preprocessing work; an
+        image that costs more than that goes alone. Snapshots past their deadline are shed."""
+        jobs: list[Job] = []
+        work = 0
+
+        def fits(job: Job) -> bool:
+            return not jobs or (len(jobs) < self.max_batch and work + job.cost <= BATCH_COST)
+
+        while self._submits and fits(self._submits.peek()):
+            jobs.append(job := self._submits.pop())
+            work += job.cost
         expired = list(
             itertools.takewhile(
                 lambda owner: now - self._snapshots[owner].since > self.snapshot_deadline, self._snapshots
@@ -333,8 +351,18 @@ class Batcher:
         )
         for owner in expired:
             self._resolve(self._snapshots.pop(owner), Shed(DropReason.OVERLOADED))
-        for owner in list(itertools.islice(self._snapshots, self.max_batch - len(jobs))):
-            jobs.append(self._snapshots.pop(owner))
+        served = {job.client for job in jobs}
+        for first_pass in (True, False):
+            for owner in list(self._snapshots):
+                job = self._snapshots[owner]
+                if first_pass and job.client in served:
+                    continue
+                if not fits(job):
+                    break
+                del self._snapshots[owner]
+                jobs.append(job)
+                work += job.cost
+                served.add(job.client)
         for job in jobs:
             self.metrics.queue_wait.observe(now - job.enqueued)
         self._taken.update(jobs)

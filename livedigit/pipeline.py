@@ -35,6 +35,8 @@ class Caller:
     """
 
     owner: Hashable | None
+    client: str
+    """The client's address: the unit of fairness between submits, and of the HTTP rate limit."""
     submits: TokenBucket
     snapshots: TokenBucket | None = None
     transport: str = "ws"
@@ -80,7 +82,7 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
         rate, wait = caller.submits.rate, caller.submits.retry_after()
         return Ticket(request, received, reply=protocol.rate_limited(request.id, rate, wait))
     assert service.batcher is not None and image is not None and request.kind != "ping"
-    future = service.batcher.enqueue(request.kind, image, owner=caller.owner)
+    future = service.batcher.enqueue(request.kind, image, owner=caller.owner, client=caller.client)
     return Ticket(request, received, outcome=future)
 
 

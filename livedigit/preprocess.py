@@ -110,6 +110,25 @@ def preprocess(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray | No
     raise PreprocessError(f"unsupported image form {type(image).__name__}; use Pixels, Png or Strokes")
 
 
+COST_UNIT = 4096
+"""Pixels of a raster that cost about as much to preprocess as one drawn snapshot (64x64)."""
+
+
+def cost(image: Image) -> int:
+    """The work ``image`` will take to preprocess, in drawn snapshots (at least 1), known before any of it.
+
+    A drawing costs 1 (it is rasterised at a fixed resolution); a raster or a PNG costs its pixel count
+    (as its header declares it) over :data:`COST_UNIT`: a 1024x1024 PNG is 256 snapshots' work. The
+    batcher uses it to keep one expensive image from delaying many cheap ones.
+    """
+    if isinstance(image, Pixels):
+        return max(1, math.ceil(image.array.size / COST_UNIT))
+    if isinstance(image, Png) and len(image.data) >= 24 and image.data[:8] == PNG_SIGNATURE:
+        width, height = struct.unpack(">II", image.data[16:24])
+        return max(1, math.ceil(width * height / COST_UNIT))
+    return 1
+
+
 def ink_from_pixels(array: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Validate a grayscale raster and return it as float32 ink in 0..1."""
     if not isinstance(array, np.ndarray):

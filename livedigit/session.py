@@ -58,7 +58,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         if service.draining:
             await _close(websocket, service, CloseCode.GOING_AWAY, CloseCode.GOING_AWAY_REASON)
             return
-        await Session(websocket, service).run()
+        await Session(websocket, service, client).run()
     finally:
         if refusal is None:
             service.connections.release(client)
@@ -87,7 +87,7 @@ GOING_AWAY = object()
 class Session:
     """One accepted connection; :meth:`run` returns when it is closed, whichever side closed it."""
 
-    def __init__(self, websocket: WebSocket, service: Service) -> None:
+    def __init__(self, websocket: WebSocket, service: Service, client: str) -> None:
         settings = service.settings
         self.websocket = websocket
         self.service = service
@@ -95,6 +95,7 @@ class Session:
         self.metrics = service.metrics
         self.caller = Caller(
             owner=self,
+            client=client,
             submits=TokenBucket(settings.submit_rate, settings.submit_burst),
             snapshots=TokenBucket(settings.snapshot_rate, settings.snapshot_burst),
         )

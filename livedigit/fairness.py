@@ -1,0 +1,100 @@
+"""Fair order for queued submits: round robin over client addresses, then over their connections.
+
+A single first-come queue lets whoever sends most take the model: 49 connections from one address each
+at their submit limit put hundreds of images in front of a bystander's one. :class:`FairQueue` instead
+serves the **least recently served address** first, and within an address its least recently served
+connection, each connection's own submits in order. A client with one submit waiting is therefore
+served after at most one item of every other waiting address, however many they queued; and when only
+one client is waiting, it gets every turn (the queue never idles while work is waiting).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterator
+from typing import Generic, Protocol, TypeVar
+
+
+class Queued(Protocol):
+    """What the queue needs of an item: whose it is."""
+
+    @property
+    def client(self) -> Hashable: ...
+
+    @property
+    def owner(self) -> Hashable | None: ...
+
+
+T = TypeVar("T", bound=Queued)
+
+
+class FairQueue(Generic[T]):
+    """Items grouped by ``client`` (an address) and ``owner`` (a connection); see the module docstring.
+
+    Not thread-safe: the event loop owns it. Every operation is O(1) except :meth:`remove_owner`.
+    """
+
+    def __init__(self) -> None:
+        self._clients: OrderedDict[Hashable, OrderedDict[Hashable | None, deque[T]]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[T]:
+        for owners in self._clients.values():
+            for items in owners.values():
+                yield from items
+
+    def push(self, item: T) -> None:
+        """Queue ``item`` behind its connection's earlier ones. A client with nothing queued goes first
+        in line: it was served less recently than every client that is waiting now."""
+        owners = self._clients.get(item.client)
+        if owners is None:
+            owners = self._clients[item.client] = OrderedDict()
+            self._clients.move_to_end(item.client, last=False)
+        items = owners.get(item.owner)
+        if items is None:
+            items = owners[item.owner] = deque()
+            owners.move_to_end(item.owner, last=False)
+        items.append(item)
+        self._count += 1
+
+    def peek(self) -> T:
+        """The item :meth:`pop` would return."""
+        owners = next(iter(self._clients.values()))
+        return next(iter(owners.values()))[0]
+
+    def pop(self) -> T:
+        """Take the next item, and send its connection and its address to the back of their lines."""
+        client, owners = next(iter(self._clients.items()))
+        owner, items = next(iter(owners.items()))
+        item = items.popleft()
+        self._count -= 1
+        if items:
+            owners.move_to_end(owner)
+        else:
+            del owners[owner]
+        if owners:
+            self._clients.move_to_end(client)
+        else:
+            del self._clients[client]
+        return item
+
+    def remove_owner(self, owner: Hashable) -> list[T]:
+        """Take every item of one connection out of the queue (it went away); O(addresses waiting)."""
+        for client, owners in self._clients.items():
+            if owner in owners:
+                items = list(owners.pop(owner))
+                self._count -= len(items)
+                if not owners:
+                    del self._clients[client]
+                return items
+        return []
+
+    def clear(self) -> None:
+        self._clients.clear()
+        self._count = 0
