@@ -231,3 +231,57 @@ async def test_a_submit_overtakes_the_queued_snapshot_of_its_connection(make_bat
     pausable_runtime.resume()
     assert isinstance(await final, Scored) and isinstance(await theirs, Scored)
     await busy
+
+
+async def test_a_bystanders_submit_goes_before_the_backlog_of_another_address(make_batcher, pausable_runtime) -> None:
+    """Forty submits from one address's connections are queued; a submit from another address that
+    arrives after them is in the very next batch, and the busy address still gets its share."""
+    batcher = await make_batcher(max_batch=4)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0), Owner(), client="10.0.0.1")
+    await model_blocked(pausable_runtime)
+    crowd = [Owner() for _ in range(8)]
+    backlog = [batcher.enqueue("submit", ink(seed), crowd[seed % 8], client="10.0.0.1") for seed in range(40)]
+    mine = batcher.enqueue("submit", ink(3), Owner(), client="10.0.0.2")
+    pausable_runtime.resume()
+    assert isinstance(await mine, Scored) and isinstance(await blocker, Scored)
+    finished_before_mine = sum(future.done() for future in backlog)
+    # The batch being preprocessed while the model was blocked took up to max_batch of the backlog;
+    # the next one has the bystander's submit in it.
+    assert finished_before_mine <= 2 * 4, finished_before_mine
+    assert all(isinstance(outcome, Scored) for outcome in await asyncio.gather(*backlog))
+
+
+async def test_an_expensive_image_goes_in_a_batch_of_its_own(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher()
+    pausable_runtime.pause()
+    first = batcher.enqueue("submit", ink(0), Owner(), client="a")
+    await model_blocked(pausable_runtime)
+    writer = Owner()
+    cheap = [batcher.enqueue("submit", ink(seed), writer, client="c") for seed in range(5)]
+    large = Pixels(np.pad(ink(1).array, ((0, 484), (0, 484))))  # 512x512: 64 snapshots' work
+    heavy = batcher.enqueue("submit", large, Owner(), client="b")  # a newly waiting address goes first
+    pausable_runtime.resume()
+    await asyncio.gather(first, heavy, *cheap)
+    assert pausable_runtime.batch_sizes[-3:] == [1, 1, 5]  # the blocked one, the large one alone, the rest
+
+
+def test_fair_queue_serves_the_least_recently_served_address_first() -> None:
+    from livedigit.fairness import FairQueue
+
+    class Item:
+        def __init__(self, client: str, owner: str, name: str) -> None:
+            self.client, self.owner, self.name = client, owner, name
+
+    queue: FairQueue[Item] = FairQueue()
+    for name in ("a1", "a2", "a3"):
+        queue.push(Item("A", "conn-1", name))
+    queue.push(Item("A", "conn-2", "a4"))
+    assert queue.pop().name == "a4"  # conn-2 arrived with nothing queued: served before conn-1's backlog
+    queue.push(Item("B", "conn-3", "b1"))
+    assert [queue.pop().name for _ in range(2)] == ["b1", "a1"]
+    queue.push(Item("C", "conn-4", "c1"))
+    queue.push(Item("C", "conn-4", "c2"))
+    assert [queue.pop().name for _ in range(3)] == ["c1", "a2", "c2"]
+    assert [item.name for item in queue.remove_owner("conn-1")] == ["a3"]
+    assert not queue and len(queue) == 0
