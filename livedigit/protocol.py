@@ -300,14 +300,18 @@ def _strokes(value: list[list[tuple[float, float]]], surface: tuple[float, float
 
 
 def _check_side(width: int, height: int, limits: Limits, message_id: MessageId = None) -> None:
-    if width < 1 or height < 1:
+    if not (1 <= width <= limits.max_side and 1 <= height <= limits.max_side):
+        size = f"{_number(width)}x{_number(height)}"
+        if width < 1 or height < 1:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"image is {size}; both sides must be at least 1 px", message_id)
         raise ProtocolError(
-            ErrorCode.BAD_IMAGE, f"image is {width}x{height}; both sides must be at least 1 px", message_id
+            ErrorCode.BAD_IMAGE, f"image is {size}; the limit is {limits.max_side} px per side", message_id
         )
-    if width > limits.max_side or height > limits.max_side:
-        raise ProtocolError(
-            ErrorCode.BAD_IMAGE, f"image is {width}x{height}; the limit is {limits.max_side} px per side", message_id
-        )
+
+
+def _number(value: int) -> str:
+    """An integer as a message may quote it: a client can send one of thousands of digits."""
+    return str(value) if abs(value) < 10**12 else ("-" if value < 0 else "") + "(huge)"
 
 
 def _base64(text: str, name: str, max_bytes: int) -> bytes:
