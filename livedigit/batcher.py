@@ -34,7 +34,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -387,9 +387,9 @@ class Batcher:
             job.prepared = time.perf_counter()
             job.preprocess_seconds = job.prepared - started
 
-    def _predict(self, inputs: list[np.ndarray]) -> np.ndarray:
+    def _predict(self, inputs: Sequence[np.ndarray | None]) -> np.ndarray:
         """Model thread: one call, with its output checked so a broken model cannot send garbage."""
-        batch = np.stack(inputs).astype(np.float32, copy=False)
+        batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
         if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")

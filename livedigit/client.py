@@ -44,6 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Origin
 
 from livedigit.preprocess import Image, Pixels, Png, PreprocessError, Strokes, pixels_uint8
 from livedigit.wire import (
@@ -116,13 +117,13 @@ class ConnectionClosed(LiveDigitError):
         return self.code not in NON_RETRYABLE_CLOSE_CODES
 
 
-ImageLike = Image | np.ndarray | bytes | bytearray | str | os.PathLike | Sequence
+ImageLike = Image | np.ndarray | bytes | bytearray | str | os.PathLike[str] | Sequence[Any]
 
 
 # --- images -------------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike) -> Pixels | Png:
+def load_image(path: str | os.PathLike[str]) -> Pixels | Png:
     """Read a ``.png`` file or a 2-D ``.npy`` array (ink high) into an image form."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -365,9 +366,10 @@ class LiveDigitClient:
         if reply.get("type") != "pong":
             parse_reply(reply)
             raise LiveDigitError(f"expected a pong, got {reply!r}")
-        return time.perf_counter() - started
+        elapsed: float = time.perf_counter() - started
+        return elapsed
 
-    async def _request(self, kind: str, image: Image, preview: bool) -> Reply:
+    async def _request(self, kind: Work, image: Image, preview: bool) -> Reply:
         if self.binary and isinstance(image, Pixels) and max(image.array.shape) <= 0xFFFF:
             return parse_reply(await self._exchange(lambda rid: binary_frame(kind, rid, image.array, preview)))
         body = {"type": kind, **image_fields(image)}
@@ -429,7 +431,11 @@ class LiveDigitClient:
     async def _open(self) -> _Link:
         try:
             socket = await websockets.connect(
-                self.url, origin=self.origin, open_timeout=self.open_timeout, max_size=None, compression=None
+                self.url,
+                origin=None if self.origin is None else Origin(self.origin),
+                open_timeout=self.open_timeout,
+                max_size=None,
+                compression=None,
             )
         except websockets.InvalidStatus as exc:
             raise ConnectionClosed(None, f"handshake refused with HTTP {exc.response.status_code}") from None
@@ -455,7 +461,8 @@ class LiveDigitClient:
         try:
             async for message in link.socket:
                 reply = json.loads(message)
-                waiter = link.pending.pop(reply.get("id"), None) if isinstance(reply, dict) else None
+                request_id = reply.get("id") if isinstance(reply, dict) else None
+                waiter = link.pending.pop(request_id, None) if isinstance(request_id, int) else None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)
             closed = _closed_from(link.socket)
@@ -467,7 +474,7 @@ class LiveDigitClient:
         _fail(link, closed)
 
     def _delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+        return min(self.max_backoff, self.backoff * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 def _fail(link: _Link, closed: ConnectionClosed) -> None:

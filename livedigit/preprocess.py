@@ -92,7 +92,7 @@ class Strokes:
     the area counts as a dot. Coordinates may be in any range.
     """
 
-    strokes: Sequence[Sequence[Sequence[float]]]
+    strokes: Sequence[Sequence[Sequence[float]] | np.ndarray]
     surface: tuple[float, float] | None = field(default=None)
 
 
@@ -125,7 +125,7 @@ def cost(image: Image) -> int:
         return max(1, math.ceil(image.array.size / COST_UNIT))
     if isinstance(image, Png) and len(image.data) >= 24 and image.data[:8] == PNG_SIGNATURE:
         width, height = struct.unpack(">II", image.data[16:24])
-        return max(1, math.ceil(width * height / COST_UNIT))
+        return max(1, math.ceil(int(width) * int(height) / COST_UNIT))
     return 1
 
 
@@ -203,7 +203,8 @@ def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
         ink = (background - composed) / background
     else:
         ink = (composed - background) / (1.0 - background)
-    return np.clip(ink, 0.0, 1.0).astype(np.float32)
+    clipped: np.ndarray = np.clip(ink, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def _decode_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +228,7 @@ def _border(channel: np.ndarray) -> np.ndarray:
 
 
 def render_strokes(
-    strokes: Sequence[Sequence[Sequence[float]]],
+    strokes: Sequence[Sequence[Sequence[float]] | np.ndarray],
     surface: tuple[float, float] | None = None,
     width: float = STROKE_WIDTH,
     limits: Limits = DEFAULT_LIMITS,
@@ -355,7 +356,7 @@ def _validate_surface(surface: object) -> float | None:
     return max(sides)
 
 
-def validate_strokes(strokes: Sequence[Sequence[Sequence[float]]], limits: Limits) -> list[np.ndarray]:
+def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], limits: Limits) -> list[np.ndarray]:
     """Check the stroke and point counts and every coordinate; return each non-empty stroke as a float64
     (n, 2) array. The protocol calls this when a message arrives, so a queued drawing is already compact."""
     if not isinstance(strokes, (list, tuple)):

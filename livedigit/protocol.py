@@ -137,11 +137,12 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
     kind = message.type
     if kind == "ping":
         return Request("ping", message_id)
-    if kind not in ("snapshot", "submit"):
+    if kind != "snapshot" and kind != "submit":
         shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else "(missing)"
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit or ping", message_id)
+    work: Work = "snapshot" if kind == "snapshot" else "submit"
     try:
-        return Request(kind, message_id, _image(message, limits), message.preview)
+        return Request(work, message_id, _image(message, limits), message.preview)
     except ProtocolError as error:
         error.id = message_id
         raise

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -80,7 +81,7 @@ class ClientErrorFilter(logging.Filter):
 class Server(uvicorn.Server):
     """uvicorn's server, closing the app's WebSockets itself (1001) before uvicorn shuts down."""
 
-    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         started = time.monotonic()
         budget = float(self.config.timeout_graceful_shutdown or 0)
         for server in getattr(self, "servers", []):

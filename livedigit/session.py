@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.responses import PlainTextResponse
@@ -168,7 +169,7 @@ class Session:
                 return
             await self.pending.put(self._handle(message))
 
-    def _handle(self, message: dict[str, Any]) -> Ticket:
+    def _handle(self, message: Mapping[str, Any]) -> Ticket:
         """Turn one frame into the reply it is owed, queueing its drawing for the batcher when needed."""
         received = time.perf_counter()
         text = message.get("text")
