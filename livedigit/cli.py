@@ -2,7 +2,7 @@
 
 Each subcommand's options live with the code they configure: ``serve`` takes one flag per
 :class:`livedigit.config.Settings` field, ``predict`` and ``bench`` are defined in
-:mod:`livedigit.predict` and :mod:`livedigit.bench`.
+:mod:`livedigit.predict` and :mod:`livedigit.bench.command` (which loads the bench itself only when it runs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"livedigit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from livedigit import bench, predict, server
+    from livedigit import predict, server
+    from livedigit.bench import command as bench
     from livedigit.config import Settings
 
     serve = commands.add_parser(
@@ -36,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     predict_command.set_defaults(run=predict.main)
 
     load = commands.add_parser(
-        "bench", help="measure the server under many drawing clients", description=bench.main.__doc__
+        "bench", help="measure the server under many drawing clients", description=bench.DESCRIPTION
     )
     bench.add_arguments(load)
-    load.set_defaults(run=bench.main)
+    load.set_defaults(run=bench.run)
 
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

@@ -1,23 +1,23 @@
-"""Fixtures shared by the test suite: the shared data files and real servers on loopback ports."""
+"""Fixtures shared by the test suite: the shared data files and real servers on loopback ports.
+
+A real server is ``livedigit serve`` in a child process, started and stopped by the same
+:class:`~livedigit.bench.served.ServerProcess` that ``livedigit bench`` uses.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from livedigit import pendigits
-from livedigit.bench import wait_until_ready
+from livedigit.bench.served import ServerProcess, free_port
 from livedigit.config import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,61 +46,6 @@ def pen_path() -> Path:
 def pen_test(pen_path: Path) -> list[pendigits.PenDigit]:
     """The pen-digits test split: 3,498 digits by 14 writers the model never saw."""
     return pendigits.load(pen_path, "test")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    """``livedigit serve`` in a child process on a free loopback port, as a user would run it."""
-
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[str] | None = None
-    log_path: Path | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def start(self, log_dir: Path, timeout: float = 30.0) -> ServerProcess:
-        self.log_path = log_dir / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "livedigit", "serve", "--port", str(self.port), *self.args]
-        self.process = subprocess.Popen(
-            command,
-            stdout=self.log_path.open("w"),
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-        )
-        if wait_until_ready(self.process, self.http_url, timeout):
-            return self
-        if self.process.poll() is not None:
-            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-        self.stop()
-        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 @pytest.fixture

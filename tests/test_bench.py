@@ -7,7 +7,8 @@ import json
 import pytest
 
 from livedigit import cli
-from livedigit.bench import drawing, model_ceiling
+from livedigit.bench.ceiling import model_ceiling
+from livedigit.bench.workload import drawing
 
 pytestmark = pytest.mark.slow
 

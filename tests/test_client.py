@@ -15,7 +15,8 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from livedigit import cli
-from livedigit.bench import drawing, free_port
+from livedigit.bench.served import free_port
+from livedigit.bench.workload import drawing
 from livedigit.client import (
     ConnectionClosed,
     Dropped,

@@ -22,7 +22,7 @@ from PIL import ImageDraw
 from scipy import ndimage
 
 from livedigit import pendigits
-from livedigit.bench import drawing
+from livedigit.bench.workload import drawing
 from livedigit.preprocess import (
     SIZE,
     STROKE_WIDTH,

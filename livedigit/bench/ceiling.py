@@ -1,0 +1,114 @@
+"""The model alone in the bench's process: the ceiling no server can pass, and the reference digit that
+says how fast this machine is right now."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from livedigit import pendigits
+from livedigit.bench.workload import Strokes, drawing
+from livedigit.config import DEFAULT_MODEL, Settings
+from livedigit.preprocess import Limits, preprocess
+from livedigit.preprocess import Strokes as StrokesImage
+from livedigit.runtime import Runtime, load_runtime
+
+REFERENCE_FRAMES = 100
+"""Frames of the pen-digit test split timed by :func:`reference_digit_us`, in each of its passes."""
+
+REFERENCE_PASSES = 3
+"""Passes over those frames; the fastest counts, as a preemption only ever slows one down."""
+
+
+def model_ceiling(
+    digits: list[pendigits.PenDigit],
+    points: int,
+    model: str,
+    runtime_kind: str,
+    threads: int,
+    max_batch: int,
+    budget_s: float = 4.0,
+) -> dict[str, Any]:
+    """Samples/s of preprocess + runtime (and of the runtime alone) in this process, on the same frames.
+
+    This is the most any server could deliver on one core with the same model: no sockets, no JSON, no
+    scheduling, and batches always full.
+    """
+    settings = Settings()
+    limits = Limits(settings.max_side, settings.max_png_bytes, settings.max_strokes, settings.max_points)
+    frames = [frame for digit in digits[:400] for frame in drawing(digit, points).frames]
+    tensors = []
+    started = time.perf_counter()
+    for frame in frames:
+        tensor = preprocess(StrokesImage(frame), limits)
+        if tensor is not None:
+            tensors.append(tensor)
+        if time.perf_counter() - started > budget_s:
+            break
+    preprocess_s = (time.perf_counter() - started) / len(tensors) if tensors else float("nan")
+    runtime = load_runtime(model, runtime_kind, num_threads=threads)
+    batch_size = max(1, max_batch)
+    batch = np.stack((tensors * (batch_size // max(1, len(tensors)) + 1))[:batch_size])
+    single = batch[:1]
+    runtime.predict(batch)
+    runtime.predict(single)
+    model_s = _time_per_call(lambda: runtime.predict(batch), budget_s / 2) / batch_size
+    model_single_s = _time_per_call(lambda: runtime.predict(single), budget_s / 2)
+    return {
+        "frames": len(tensors),
+        "batch_size": batch_size,
+        "preprocess_per_s": round(1.0 / preprocess_s, 1),
+        "runtime_batched_per_s": round(1.0 / model_s, 1),
+        "runtime_single_per_s": round(1.0 / model_single_s, 1),
+        "ceiling_per_s": round(1.0 / (preprocess_s + model_s), 1),
+        "ceiling_unbatched_per_s": round(1.0 / (preprocess_s + model_single_s), 1),
+        "threads": threads,
+        "runtime": runtime_kind,
+    }
+
+
+def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
+    """Microseconds this machine takes, right now, for one frame through preprocess and the shipped model.
+
+    A shared or virtual machine's speed drifts (this one ran at half speed for over an hour), and
+    latency figures mean little without it: measured before and after every run, it says how fast the
+    machine was, and a change across a run flags the run.
+    """
+    runtime = _reference_runtime()
+    frames = [frame for digit in digits[:40] for frame in drawing(digit, 4).frames][:REFERENCE_FRAMES]
+
+    def run(frames: list[Strokes]) -> None:
+        for frame in frames:
+            tensor = preprocess(StrokesImage(frame))
+            if tensor is not None:
+                runtime.predict(tensor[None])
+
+    run(frames[:20])
+    passes = []
+    for _ in range(REFERENCE_PASSES):
+        started = time.perf_counter()
+        run(frames)
+        passes.append((time.perf_counter() - started) / max(1, len(frames)))
+    return round(min(passes) * 1e6, 1)
+
+
+@functools.cache
+def _reference_runtime() -> Runtime:
+    """The shipped model on LiteRT, one thread: loaded once per process, whatever the server runs."""
+    return load_runtime(DEFAULT_MODEL, "litert", num_threads=1)
+
+
+def _time_per_call(call: Callable[[], object], budget_s: float) -> float:
+    """Seconds per call of ``call``, repeated until ``budget_s`` has passed (at most 100,000 times)."""
+    calls = 0
+    started = time.perf_counter()
+    while calls < 100_000:
+        call()
+        calls += 1
+        if time.perf_counter() - started > budget_s:
+            break
+    return (time.perf_counter() - started) / calls

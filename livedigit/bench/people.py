@@ -1,0 +1,182 @@
+"""The simulated people: each replays its own schedule of frames over a WebSocket, or over HTTP.
+
+A person is open-loop: it sends every frame when it falls due, whatever the replies do, as a person keeps
+drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from livedigit import pendigits
+from livedigit.bench.recorder import Recorder
+from livedigit.bench.workload import Strokes, Workload, schedule
+from livedigit.client import ConnectionClosed, Dropped, Empty, LiveDigitClient, LiveDigitError, Prediction, ServerError
+
+DRAIN_S = 5.0
+"""How long a run waits after its end for replies still in flight, beyond which they count as lost."""
+
+KEPT_TASKS = 256
+"""Requests a WebSocket person keeps before it forgets those already answered."""
+
+
+async def sleep_until(when: float) -> None:
+    """Sleep until the monotonic time ``when`` (not at all when it has passed)."""
+    delay = when - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def websocket_person(
+    url: str,
+    workload: Workload,
+    digits: list[pendigits.PenDigit],
+    quota: int | None,
+    first: float,
+    end: float,
+    recorder: Recorder,
+) -> None:
+    """The page's design: one WebSocket, snapshots sent without waiting for earlier replies."""
+    tasks: list[asyncio.Future[object]] = []
+    try:
+        client = LiveDigitClient(url, timeout=workload.timeout, open_timeout=workload.timeout)
+        await client.connect()
+    except LiveDigitError as exc:
+        recorder.connection_errors[str(exc)] += 1
+        return
+    try:
+        for when, kind, strokes, label in schedule(workload, digits, quota, first, end):
+            await sleep_until(when)
+            now = time.monotonic()
+            recorder.sent(kind, when, now - when)
+            request: asyncio.Future[object] = (
+                client.send_snapshot(strokes) if kind == "snapshot" else asyncio.ensure_future(client.submit(strokes))
+            )
+            request.add_done_callback(_recording(recorder, kind, when, now, label))
+            tasks.append(request)
+            if len(tasks) > KEPT_TASKS:
+                tasks = [task for task in tasks if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=workload.timeout + DRAIN_S)
+    except ConnectionClosed as exc:
+        recorder.connection_errors[str(exc)] += 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await client.close()
+
+
+def _recording(
+    recorder: Recorder, kind: str, scheduled: float, sent_at: float, label: int
+) -> Callable[[asyncio.Future[object]], None]:
+    def record(request: asyncio.Future[object]) -> None:
+        outcome: object
+        if request.cancelled():
+            outcome = None
+        elif request.exception() is not None:
+            outcome = request.exception()
+        else:
+            outcome = request.result()
+        recorder.reply(kind, scheduled, sent_at, outcome, label if kind == "submit" else None)
+
+    return record
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection, enough for ``POST /api/predict``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode("ascii") + body)
+        status_line = await reader.readline()
+        if not status_line:
+            await self.close()
+            raise ConnectionResetError("the server closed the connection")
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while (size := int((await reader.readline()).strip() or b"0", 16)) > 0:
+                data += await reader.readexactly(size + 2)
+                data = data[:-2]
+            await reader.readline()
+        else:
+            data = await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
+async def http_person(
+    http_url: str,
+    workload: Workload,
+    digits: list[pendigits.PenDigit],
+    quota: int | None,
+    first: float,
+    end: float,
+    recorder: Recorder,
+) -> None:
+    """The old design: a page that POSTs each frame and sends nothing while a request is in flight."""
+    parts = urlsplit(http_url)
+    connection = HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+    in_flight: asyncio.Task[None] | None = None
+
+    async def post(kind: str, strokes: Strokes, scheduled: float, sent_at: float, label: int) -> None:
+        outcome: object
+        try:
+            status, body = await asyncio.wait_for(
+                connection.request("POST", "/api/predict", json.dumps({"strokes": strokes}).encode()), workload.timeout
+            )
+            reply = json.loads(body)
+            if status == 200 and reply.get("type") == "prediction":
+                outcome = Prediction(None, True, int(reply["digit"]), float(reply["confidence"]), ())
+            elif status == 200 and reply.get("type") == "empty":
+                outcome = Empty(None, True)
+            else:
+                outcome = ServerError(str(reply.get("code", f"http_{status}")), str(reply.get("message", "")))
+        except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            await connection.close()
+            outcome = ServerError(type(exc).__name__, str(exc))
+        recorder.reply(kind, scheduled, sent_at, outcome, label if kind == "submit" else None)
+
+    try:
+        for when, kind, strokes, label in schedule(workload, digits, quota, first, end):
+            await sleep_until(when)
+            now = time.monotonic()
+            if in_flight is not None and not in_flight.done():
+                if kind == "snapshot":
+                    recorder.sent(kind, when, now - when)
+                    recorder.reply(kind, when, now, Dropped(None, "busy"))
+                    continue
+                await in_flight
+                now = time.monotonic()
+            recorder.sent(kind, when, now - when)
+            in_flight = asyncio.ensure_future(post(kind, strokes, when, now, label))
+        if in_flight is not None:
+            await asyncio.wait({in_flight}, timeout=workload.timeout + DRAIN_S)
+    finally:
+        if in_flight is not None:
+            in_flight.cancel()
+        await connection.close()

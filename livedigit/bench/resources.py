@@ -1,0 +1,153 @@
+"""CPU and memory over a run: the server's, the bench's own, and the rest of the machine's; and which
+machine the figures were measured on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from livedigit.bench.scrape import metric, scrape
+
+
+class ResourceWatch:
+    """The server's CPU use and resident memory over the measured window.
+
+    For a server the bench started, psutil reads its process directly (sampled every second); for
+    ``--url`` it reads the ``process_*`` gauges of ``/metrics`` when the server exports them.
+    """
+
+    def __init__(self, http_url: str, pid: int | None) -> None:
+        self.http_url = http_url
+        self.process = psutil.Process(pid) if pid is not None else None
+        self.rss: list[float] = []
+        self._cpu_start: tuple[float, float] | None = None
+        self.cpu_percent: float | None = None
+        self.loop_cpu_percent: float | None = None
+        self._loop_start: float | None = None
+        self.bench_cpu_percent: float | None = None
+        self.machine: dict[str, float] = {}
+        self._bench_start = (time.monotonic(), _own_cpu_seconds())
+        self._machine_start = psutil.cpu_times()
+
+    def _cpu_seconds(self) -> float | None:
+        if self.process is not None:
+            times = self.process.cpu_times()
+            return times.user + times.system
+        return metric(scrape(self.http_url), "process_cpu_seconds_total")
+
+    def _rss_bytes(self) -> float | None:
+        if self.process is not None:
+            return float(self.process.memory_info().rss)
+        return metric(scrape(self.http_url), "process_resident_memory_bytes")
+
+    def _main_thread_seconds(self) -> float | None:
+        """CPU time of the server's main thread, the one running the event loop (its id is the pid)."""
+        if self.process is None:
+            return None
+        for thread in self.process.threads():
+            if thread.id == self.process.pid:
+                return thread.user_time + thread.system_time
+        return None
+
+    def begin(self) -> None:
+        """Start the window: every figure counts from here."""
+        cpu = self._cpu_seconds()
+        self._cpu_start = (time.monotonic(), cpu) if cpu is not None else None
+        self._loop_start = self._main_thread_seconds()
+        self._bench_start = (time.monotonic(), _own_cpu_seconds())
+        self._machine_start = psutil.cpu_times()
+
+    def sample(self) -> None:
+        """Read the server's resident memory once (blocking: call it from a thread)."""
+        rss = self._rss_bytes()
+        if rss is not None:
+            self.rss.append(rss)
+
+    def finish(self) -> None:
+        """End the window and work out the CPU shares over it."""
+        now = time.monotonic()
+        cpu = self._cpu_seconds()
+        if self._cpu_start is not None and cpu is not None and now > self._cpu_start[0]:
+            self.cpu_percent = round(100.0 * (cpu - self._cpu_start[1]) / (now - self._cpu_start[0]), 1)
+            loop = self._main_thread_seconds()
+            if loop is not None and self._loop_start is not None:
+                self.loop_cpu_percent = round(100.0 * (loop - self._loop_start) / (now - self._cpu_start[0]), 1)
+        bench_cpu = _own_cpu_seconds()
+        self.bench_cpu_percent = round(100.0 * (bench_cpu - self._bench_start[1]) / (now - self._bench_start[0]), 1)
+        self.machine = _machine_load(self._machine_start, psutil.cpu_times(), now - self._bench_start[0])
+        if self.cpu_percent is not None and self.process is not None:
+            others = self.machine["busy_percent"] - self.cpu_percent - self.bench_cpu_percent
+            self.machine["others_percent"] = round(max(0.0, others), 1)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``server`` figures of a run."""
+        return {
+            "source": "psutil" if self.process is not None else ("metrics" if self.rss else None),
+            "cpu_percent": self.cpu_percent,
+            "event_loop_cpu_percent": self.loop_cpu_percent,
+            "rss_mb_max": round(max(self.rss) / 2**20, 1) if self.rss else None,
+            "rss_mb_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1) if self.rss else None,
+            "bench_client_cpu_percent": self.bench_cpu_percent,
+            "machine": self.machine,
+        }
+
+
+def _own_cpu_seconds() -> float:
+    """User and system CPU time of the bench's own process."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def _machine_load(before: Any, after: Any, seconds: float) -> dict[str, float]:
+    """All cores' busy time and steal time (the hypervisor running someone else) over the window, in % of
+    one core, so they add up with the per-process figures; ``others`` is what neither process used."""
+
+    def delta(name: str) -> float:
+        value: float = getattr(after, name, 0.0) - getattr(before, name, 0.0)
+        return value
+
+    idle = delta("idle") + delta("iowait")
+    total = sum(delta(name) for name in after._fields if name not in ("guest", "guest_nice"))
+    busy = total - idle - delta("steal")
+    scale = 100.0 / seconds if seconds > 0 else 0.0
+    return {"busy_percent": round(busy * scale, 1), "steal_percent": round(delta("steal") * scale, 1)}
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured: they only compare with figures from the same machine and code."""
+    cpu = ""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "git_commit": commit,
+    }
