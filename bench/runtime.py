@@ -8,7 +8,8 @@ runtime's library and to load the model, the resident memory (RSS) of a process 
 numpy and ``livedigit`` loaded, then after loading the model, then after running every batch size once
 (LiteRT allocates one interpreter per batch bucket), and samples per second at batch 1, 8, 32 and 64 as
 the median of several timed rounds. Ratios are taken against the first configuration of the same run, as
-figures from different machines or different moments of a busy machine do not compare.
+figures from different machines or different moments of a busy machine do not compare. It needs psutil
+(the ``bench`` extra), and tensorflow-cpu (the ``train`` extra) for the ``tensorflow`` configurations.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -137,3 +139,18 @@ def test_bench_explains_missing_pen_digits(tmp_path, capsys):
 def test_bench_refuses_other_hosts(capsys):
     assert cli.main(["bench", "--url", "ws://192.0.2.1:8000/ws"]) == 2
     assert "loopback" in capsys.readouterr().err
+
+
+def test_the_server_needs_no_bench_extra_and_the_bench_names_it():
+    """A server installed from requirements.txt has no psutil: the server and the test helpers import
+    without it, and ``livedigit bench`` says which extra to install."""
+    program = (
+        "import sys\n"
+        "sys.modules['psutil'] = None\n"
+        "import livedigit.app, livedigit.server, livedigit.bench.served, livedigit.bench.workload\n"
+        "from livedigit import cli\n"
+        "sys.exit(cli.main(['bench', '--clients', '1']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'livedigit[bench]'" in done.stderr

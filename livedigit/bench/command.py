@@ -1,12 +1,13 @@
 """The ``livedigit bench`` command line: its options, read before anything heavy is imported.
 
 ``livedigit --help`` and every other subcommand import only this module of the bench; the load generator
-and its dependencies (psutil, the Prometheus parser, the client) load when ``livedigit bench`` runs.
+and its dependencies (the ``bench`` extra: psutil) load when ``livedigit bench`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from livedigit import pendigits
 
@@ -24,9 +25,18 @@ latency passes --knee-ms, with batching on and off.
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the bench with parsed ``args``: only now are its modules imported."""
-    from livedigit.bench.main import main
-
+    """Run the bench with parsed ``args``; without the ``bench`` extra, say how to install it."""
+    try:
+        from livedigit.bench.main import main
+    except ModuleNotFoundError as exc:
+        if exc.name != "psutil":
+            raise
+        print(
+            f"livedigit bench: {exc.name} is not installed; the bench needs the bench extra: "
+            "pip install 'livedigit[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     return main(args)
 
 
