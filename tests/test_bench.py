@@ -142,11 +142,11 @@ def test_bench_refuses_other_hosts(capsys):
 
 
 def test_the_server_needs_no_bench_extra_and_the_bench_names_it():
-    """A server installed from requirements.txt has no psutil: the server and the test helpers import
-    without it, and ``livedigit bench`` says which extra to install."""
+    """A server installed from requirements.txt has neither psutil nor httpx: the server and the test
+    helpers import without them, and ``livedigit bench`` says which extra to install."""
     program = (
         "import sys\n"
-        "sys.modules['psutil'] = None\n"
+        "sys.modules['psutil'] = sys.modules['httpx'] = None\n"
         "import livedigit.app, livedigit.server, livedigit.bench.served, livedigit.bench.workload\n"
         "from livedigit import cli\n"
         "sys.exit(cli.main(['bench', '--clients', '1']))\n"

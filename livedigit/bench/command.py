@@ -1,7 +1,7 @@
 """The ``livedigit bench`` command line: its options, read before anything heavy is imported.
 
 ``livedigit --help`` and every other subcommand import only this module of the bench; the load generator
-and its dependencies (the ``bench`` extra: psutil) load when ``livedigit bench`` runs.
+and its dependencies (the ``bench`` extra: psutil, httpx) load when ``livedigit bench`` runs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from livedigit.bench.main import main
     except ModuleNotFoundError as exc:
-        if exc.name != "psutil":
+        if exc.name not in ("psutil", "httpx"):
             raise
         print(
             f"livedigit bench: {exc.name} is not installed; the bench needs the bench extra: "
