@@ -17,7 +17,8 @@ import httpx
 from livedigit import pendigits
 from livedigit.bench.recorder import Recorder
 from livedigit.bench.workload import Strokes, Workload, schedule
-from livedigit.client import ConnectionClosed, Dropped, Empty, LiveDigitClient, LiveDigitError, Prediction, ServerError
+from livedigit.client import ConnectionClosed, LiveDigitClient, LiveDigitError, ServerError
+from livedigit.wire import Dropped, Empty, Prediction, ReplyType
 
 DRAIN_S = 5.0
 """How long a run waits after its end for replies still in flight, beyond which they count as lost."""
@@ -123,10 +124,10 @@ async def http_person(
             response = await asyncio.wait_for(http.post("/api/predict", json={"strokes": strokes}), workload.timeout)
             reply = response.json()
             status = response.status_code
-            if status == 200 and reply.get("type") == "prediction":
-                outcome = Prediction(None, True, int(reply["digit"]), float(reply["confidence"]), ())
-            elif status == 200 and reply.get("type") == "empty":
-                outcome = Empty(None, True)
+            if status == 200 and reply.get("type") == ReplyType.PREDICTION:
+                outcome = Prediction.from_wire(reply)
+            elif status == 200 and reply.get("type") == ReplyType.EMPTY:
+                outcome = Empty.from_wire(reply)
             else:
                 outcome = ServerError(str(reply.get("code", f"http_{status}")), str(reply.get("message", "")))
         except (httpx.HTTPError, OSError, ValueError, TimeoutError) as exc:

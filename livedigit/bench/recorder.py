@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from livedigit.client import Dropped, Empty, Prediction, ServerError
+from livedigit.client import ServerError
+from livedigit.wire import Dropped, Empty, Prediction
 
 
 @dataclass
