@@ -13,8 +13,8 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.bench.workload import Strokes, drawing
 from livedigit.config import DEFAULT_MODEL, Settings
-from livedigit.preprocess import Limits, preprocess
 from livedigit.preprocess import Strokes as StrokesImage
+from livedigit.preprocess import preprocess
 from livedigit.runtime import Runtime, load_runtime
 
 REFERENCE_FRAMES = 100
@@ -38,8 +38,7 @@ def model_ceiling(
     This is the most any server could deliver on one core with the same model: no sockets, no JSON, no
     scheduling, and batches always full.
     """
-    settings = Settings()
-    limits = Limits(settings.max_side, settings.max_png_bytes, settings.max_strokes, settings.max_points)
+    limits = Settings().limits
     frames = [frame for digit in digits[:400] for frame in drawing(digit, points).frames]
     tensors = []
     started = time.perf_counter()
