@@ -44,7 +44,8 @@ from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
 from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, cost, preprocess
 from livedigit.runtime import CLASSES, Runtime
-from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Work
+from livedigit.verdict import VerdictRule
+from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Verdict, Work
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -104,8 +105,11 @@ class Batcher:
         max_pending_submits: int = 256,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         preprocess_threads: int = 1,
+        verdict: VerdictRule | None = None,
     ) -> None:
         self.runtime = runtime
+        self.verdict = verdict or VerdictRule()
+        """Calibration and verdict of every batch; the default rule leaves probabilities as the model gave them."""
         self.metrics = metrics
         self.limits = limits
         self.max_batch = max(1, max_batch)
@@ -270,7 +274,7 @@ class Batcher:
             for job in live:
                 self.metrics.model_wait.observe(started - job.prepared)
             try:
-                probabilities = await loop.run_in_executor(
+                probabilities, verdicts = await loop.run_in_executor(
                     self._model_thread, self._predict, [job.model_input for job in live]
                 )
             except Exception:
@@ -282,8 +286,8 @@ class Batcher:
             self._healthy = True
             self.metrics.inference.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(live))
-            for job, row in zip(live, probabilities, strict=True):
-                self._resolve(job, Scored(row, job.model_input))  # type: ignore[arg-type]
+            for job, row, verdict in zip(live, probabilities, verdicts, strict=True):
+                self._resolve(job, Scored(row, job.model_input, verdict))  # type: ignore[arg-type]
 
     async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run a blank digit through a failed model, so readiness recovers without waiting for traffic."""
@@ -387,13 +391,14 @@ class Batcher:
             job.prepared = time.perf_counter()
             job.preprocess_seconds = job.prepared - started
 
-    def _predict(self, inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        """Model thread: one call, with its output checked so a broken model cannot send garbage."""
+    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict]]:
+        """Model thread: one call, with its output checked so a broken model cannot send garbage, then
+        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once."""
         batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
         if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
-        return probabilities
+        return self.verdict.judge(probabilities)
 
     def _fail(self, jobs: list[Job], why: Failure) -> None:
         failure = Failed(why)

@@ -19,6 +19,7 @@ from livedigit.client import LiveDigitClient, LiveDigitError, ServerError, load_
 from livedigit.config import DEFAULT_MODEL, Settings
 from livedigit.preprocess import Image, PreprocessError, preprocess
 from livedigit.runtime import RUNTIMES, ModelLoadError, load_runtime
+from livedigit.verdict import card_rule, ranked
 from livedigit.wire import Empty, Prediction, Result
 
 
@@ -41,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Predict the digit in each PNG or .npy file, locally with the shipped model or through --url.
 
-    Prints one line per file: the path, the digit and its confidence (or "empty" when there is no digit);
-    --json prints one JSON object per line instead. A file that cannot be read or is not a usable image
-    gets an error on stderr, the other files are still predicted, and the exit status is 1.
+    Prints one line per file: the path, the digit, its confidence and the verdict (digit, unsure or
+    not_a_digit), or "empty" when there is no digit; --json prints one JSON object per line instead. A
+    file that cannot be read or is not a usable image gets an error on stderr, the other files are still
+    predicted, and the exit status is 1.
     """
     if args.url:
         try:
@@ -54,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         try:
             outcomes = _predict_local(args.files, args.model, args.runtime)
-        except ModelLoadError as exc:
+        except (ModelLoadError, ValueError) as exc:
             print(f"livedigit predict: {exc}", file=sys.stderr)
             return 2
     failed = False
@@ -76,19 +78,19 @@ def _print_outcome(path: str, outcome: Result | ServerError, as_json: bool) -> N
         print(json.dumps({"file": path, "type": "empty"}) if as_json else f"{path}\tempty")
         return
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "file": path,
-                    "type": "prediction",
-                    "digit": outcome.digit,
-                    "confidence": round(outcome.confidence, 6),
-                    "probabilities": [round(p, 6) for p in outcome.probabilities],
-                }
-            )
-        )
+        line = {
+            "file": path,
+            "type": "prediction",
+            "digit": outcome.digit,
+            "confidence": round(outcome.confidence, 6),
+            "probabilities": [round(p, 6) for p in outcome.probabilities],
+            "verdict": outcome.verdict,
+        }
+        if outcome.candidates is not None:
+            line["candidates"] = list(outcome.candidates)
+        print(json.dumps(line))
     else:
-        print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}")
+        print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}\t{outcome.verdict}")
 
 
 def _read_file(path: str) -> Image | ServerError:
@@ -119,10 +121,14 @@ def _predict_local(paths: Sequence[str], model: str, runtime_kind: str) -> list[
         if tensor is not None:
             inputs.append((index, tensor))
     if inputs:
-        probabilities = load_runtime(model, runtime_kind).predict(np.stack([tensor for _, tensor in inputs]))
-        for (index, _), row in zip(inputs, probabilities, strict=True):
-            digit = int(np.argmax(row))
-            outcomes[index] = Prediction(None, True, digit, float(row[digit]), tuple(float(p) for p in row))
+        rule = card_rule(model)
+        raw = load_runtime(model, runtime_kind).predict(np.stack([tensor for _, tensor in inputs]))
+        probabilities, verdicts = rule.judge(raw)
+        for (index, _), row, verdict in zip(inputs, probabilities, verdicts, strict=True):
+            digit, candidates = ranked(row, verdict)
+            outcomes[index] = Prediction(
+                None, True, digit, float(row[digit]), tuple(float(p) for p in row), None, None, verdict, candidates
+            )
     return outcomes
 
 

@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 
 from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
+from livedigit.verdict import ranked
 from livedigit.wire import (
     BINARY_HEADER,
     BINARY_KINDS,
@@ -50,6 +51,7 @@ from livedigit.wire import (
     ReplyType,
     Scored,
     Shed,
+    Verdict,
     Work,
 )
 
@@ -334,7 +336,7 @@ def reply(request: Request, outcome: Outcome, latency_ms: float) -> dict[str, An
     """The reply to ``request`` for the batcher's ``outcome``."""
     if isinstance(outcome, Scored):
         return prediction(request.id, request.final, outcome.probabilities, latency_ms,
-                          outcome.model_input if request.preview else None)  # fmt: skip
+                          outcome.model_input if request.preview else None, outcome.verdict)  # fmt: skip
     if isinstance(outcome, NoDigit):
         return Empty(request.id, request.final).to_wire()
     if isinstance(outcome, Shed):
@@ -348,12 +350,16 @@ def prediction(
     probabilities: np.ndarray,
     latency_ms: float,
     model_input: np.ndarray | None = None,
+    verdict: Verdict = Verdict.DIGIT,
 ) -> dict[str, Any]:
-    """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``."""
-    digit = int(np.argmax(probabilities))
+    """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``, an
+    ``unsure`` verdict adds the two ``candidates``."""
+    digit, candidates = ranked(probabilities, verdict)
     rounded = [round(p, 6) for p in probabilities.tolist()]
     preview = None if model_input is None else np.clip(np.rint(model_input * 255.0), 0, 255).astype(np.uint8)
-    return Prediction(message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview).to_wire()
+    return Prediction(
+        message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview, verdict, candidates
+    ).to_wire()
 
 
 def empty(message_id: MessageId, final: bool) -> dict[str, Any]:

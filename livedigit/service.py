@@ -23,6 +23,7 @@ from livedigit.metrics import Metrics
 from livedigit.ratelimit import KeyedBuckets
 from livedigit.runtime import ModelLoadError, Runtime, load_runtime
 from livedigit.security import ConnectionLimits
+from livedigit.verdict import VerdictRule
 
 
 class Connection(Protocol):
@@ -80,6 +81,7 @@ class Service:
             max_batch=self.settings.max_batch,
             max_wait_ms=self.settings.max_wait_ms,
             max_pending_submits=self.settings.max_pending_submits,
+            verdict=_verdict_rule(self._card),
         )
         try:
             await batcher.start()
@@ -165,6 +167,15 @@ def _read_card(path: Path) -> dict[str, Any]:
         logger.warning("no usable model card at %s; /api/model will show no accuracies", path)
         return {}
     return card if isinstance(card, dict) else {}
+
+
+def _verdict_rule(card: dict[str, Any]) -> VerdictRule:
+    """The card's verdict rule; the default (every prediction a ``digit``) when it has none or a bad one."""
+    try:
+        return VerdictRule.from_card(card)
+    except ValueError as exc:
+        logger.warning("%s; every prediction's verdict will be 'digit'", exc)
+        return VerdictRule()
 
 
 def _model_base(model: str) -> Path:

@@ -76,6 +76,15 @@ class ReplyType(StrEnum):
     PONG = "pong"
 
 
+class Verdict(StrEnum):
+    """Every ``prediction`` reply's ``verdict``: what the drawing is, as far as the model can tell."""
+
+    DIGIT = "digit"
+    UNSURE = "unsure"
+    """Two digits fit; the reply's ``candidates`` names them, the more probable first."""
+    NOT_A_DIGIT = "not_a_digit"
+
+
 class ErrorCode(StrEnum):
     """Every ``error`` reply's ``code``; the table in ``docs/protocol.md`` says when each is sent."""
 
@@ -128,10 +137,11 @@ NON_RETRYABLE_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010}
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """The model ran: ten probabilities, and the 28x28 input it saw (for ``preview``)."""
+    """The model ran: ten (calibrated) probabilities, the verdict, and the 28x28 input it saw (for ``preview``)."""
 
     probabilities: np.ndarray
     model_input: np.ndarray
+    verdict: Verdict = Verdict.DIGIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +189,8 @@ Outcome = Scored | NoDigit | Shed | Failed
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer: the most probable ``digit``, its ``confidence`` and all ten probabilities."""
+    """The model's answer: the most probable ``digit``, its ``confidence``, all ten probabilities, and the
+    ``verdict`` (``digit``, ``unsure`` between the two ``candidates``, or ``not_a_digit``)."""
 
     id: MessageId
     final: bool
@@ -189,6 +200,10 @@ class Prediction:
     latency_ms: float | None = None
     preview: np.ndarray | None = field(default=None, compare=False, repr=False)
     """The 28x28 uint8 image the model saw (ink high), when the request asked for it."""
+    verdict: str = Verdict.DIGIT
+    """A :class:`Verdict` value; kept as the server's text, so a verdict added later still parses."""
+    candidates: tuple[int, int] | None = None
+    """With ``unsure``: the two digits that fit, the more probable first."""
 
     def to_wire(self) -> dict[str, Any]:
         reply: dict[str, Any] = {
@@ -199,7 +214,10 @@ class Prediction:
             "confidence": self.confidence,
             "probabilities": list(self.probabilities),
             "latency_ms": self.latency_ms,
+            "verdict": str(self.verdict),
         }
+        if self.candidates is not None:
+            reply["candidates"] = list(self.candidates)
         if self.preview is not None:
             reply["preview"] = base64.b64encode(np.ascontiguousarray(self.preview, np.uint8).tobytes()).decode()
         return reply
@@ -207,6 +225,7 @@ class Prediction:
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> Prediction:
         preview = reply.get("preview")
+        candidates = reply.get("candidates")
         return cls(
             id=reply.get("id"),
             final=bool(reply.get("final")),
@@ -217,6 +236,9 @@ class Prediction:
             preview=None
             if preview is None
             else np.frombuffer(base64.b64decode(preview), np.uint8).reshape(PREVIEW_SIDE, PREVIEW_SIDE),
+            # A server from before verdicts existed answers without one: its answers were all "digit".
+            verdict=str(reply.get("verdict", Verdict.DIGIT)),
+            candidates=None if candidates is None else (int(candidates[0]), int(candidates[1])),
         )
 
 

@@ -1,6 +1,6 @@
 """Helpers for the hardening tests: the documented vocabulary, reply checks, metrics, logs, hostile PNGs.
 
-The sets of reply types, error codes, drop reasons and close codes are read from ``docs/protocol.md``
+The sets of reply types, error codes, drop reasons, verdicts and close codes are read from ``docs/protocol.md``
 itself, so a reply the contract does not name fails the tests, and a code added to the server without
 documenting it does too.
 """
@@ -33,7 +33,7 @@ def documented(heading: str) -> frozenset[str]:
         if values and not line.startswith("|"):
             break
         match = re.match(r"\|\s*`?([\w-]+)`?\s*\|", line)
-        if match and match.group(1) not in ("code", "reason") and not set(match.group(1)) <= {"-"}:
+        if match and match.group(1) not in ("code", "reason", "verdict") and not set(match.group(1)) <= {"-"}:
             values.append(match.group(1))
     assert values, f"no table under {heading!r} in docs/protocol.md"
     return frozenset(values)
@@ -42,12 +42,13 @@ def documented(heading: str) -> frozenset[str]:
 ERROR_CODES = documented("### Error codes")
 DROP_REASONS = documented("### `dropped` reasons")
 CLOSE_CODES = frozenset(int(code) for code in documented("### Close codes"))
+VERDICTS = documented("### Verdict")
 REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong"})
 INVALID_INPUT = frozenset({"bad_json", "bad_message", "bad_image"})
 """Error codes that count towards ``max_bad_messages`` (the client's fault)."""
 
 REPLY_KEYS = {
-    "prediction": {"type", "id", "final", "digit", "confidence", "probabilities", "latency_ms"},
+    "prediction": {"type", "id", "final", "digit", "confidence", "probabilities", "latency_ms", "verdict"},
     "empty": {"type", "id", "final"},
     "dropped": {"type", "id", "reason"},
     "error": {"type", "id", "code", "message"},
@@ -65,7 +66,7 @@ def check_reply(reply: Any) -> None:
     assert kind in REPLY_TYPES, reply
     keys = set(reply)
     expected = REPLY_KEYS[kind]
-    assert expected <= keys <= expected | {"preview"}, reply
+    assert expected <= keys <= expected | {"preview", "candidates"}, reply
     message_id = reply["id"]
     assert (
         message_id is None
@@ -78,6 +79,13 @@ def check_reply(reply: Any) -> None:
         assert abs(sum(probabilities) - 1.0) < 1e-3, reply
         assert reply["digit"] == int(np.argmax(probabilities)) and reply["confidence"] == max(probabilities)
         assert isinstance(reply["final"], bool) and reply["latency_ms"] >= 0
+        assert reply["verdict"] in VERDICTS, reply
+        if reply["verdict"] == "unsure":
+            first, second = reply["candidates"]
+            assert first == reply["digit"] and second != first, reply
+            assert probabilities[second] == max(p for d, p in enumerate(probabilities) if d != first), reply
+        else:
+            assert "candidates" not in reply, reply
     elif kind == "empty":
         assert isinstance(reply["final"], bool)
     elif kind == "dropped":

@@ -11,6 +11,7 @@ import pytest
 from livedigit.batcher import Batcher
 from livedigit.metrics import Metrics
 from livedigit.preprocess import Limits, Pixels, Strokes
+from livedigit.verdict import VerdictRule
 from livedigit.wire import DropReason, Failed, Failure, NoDigit, Scored, Shed
 
 ONE = Strokes([[[50, 10], [52, 60], [51, 110]]])
@@ -100,6 +101,27 @@ async def test_submits_are_never_dropped_or_merged(make_batcher, pausable_runtim
     # Each submit got the prediction for its own image, not a neighbour's.
     direct = pausable_runtime.runtime.predict(np.stack([r.model_input for r in results]))
     np.testing.assert_allclose([r.probabilities for r in results], direct, atol=1e-5)
+
+
+async def test_every_batch_is_calibrated_and_judged_by_the_rule_it_was_given(make_batcher, pausable_runtime) -> None:
+    """A batch of drawings: each gets its own calibrated probabilities and verdict, as the rule says."""
+    rule = VerdictRule(temperature=2.0, reject_temperature=3.0, reject_below=0.3, unsure_margin=0.6)
+    batcher = await make_batcher(max_batch=16, verdict=rule)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    images = [ONE, SEVEN, *(ink(seed) for seed in range(1, 9))]
+    futures = [batcher.enqueue("submit", image) for image in images]
+    pausable_runtime.resume()
+    await blocker
+    outcomes = await asyncio.gather(*futures)
+    assert all(isinstance(outcome, Scored) for outcome in outcomes)
+    assert max(pausable_runtime.batch_sizes) == len(images)
+    raw = pausable_runtime.runtime.predict(np.stack([outcome.model_input for outcome in outcomes]))
+    served, verdicts = rule.judge(raw)
+    np.testing.assert_allclose([outcome.probabilities for outcome in outcomes], served, atol=1e-6)
+    assert [outcome.verdict for outcome in outcomes] == verdicts
+    assert len(set(verdicts)) > 1, "these drawings should not all get the same verdict"
 
 
 async def test_batches_take_submits_before_snapshots(make_batcher, pausable_runtime) -> None:

@@ -12,7 +12,7 @@ import pytest
 from livedigit import protocol
 from livedigit.preprocess import Limits, Pixels, Png, Strokes
 from livedigit.protocol import ProtocolError
-from livedigit.wire import HTTP_STATUS, DropReason, ErrorCode
+from livedigit.wire import HTTP_STATUS, DropReason, ErrorCode, Prediction, Verdict
 
 LIMITS = Limits(max_side=64, max_png_bytes=1000, max_strokes=4, max_points=100)
 ONE = [[[50, 10], [52, 60], [51, 110]]]
@@ -167,7 +167,28 @@ def test_prediction_reply() -> None:
     preview = np.frombuffer(base64.b64decode(reply["preview"]), np.uint8).reshape(28, 28)
     assert preview[3, 4] == 255 and preview.sum() == 255
     assert "preview" not in protocol.prediction(5, True, probabilities, 1.0)
+    assert reply["verdict"] == "digit" and "candidates" not in reply
     json.loads(protocol.dumps(reply))
+
+
+@pytest.mark.parametrize("verdict", list(Verdict))
+def test_prediction_reply_carries_the_verdict_and_the_client_reads_it(verdict: Verdict) -> None:
+    probabilities = np.array([0.0, 0.0, 0.0, 0.0, 0.46, 0.0, 0.0, 0.0, 0.0, 0.54])
+    reply = json.loads(protocol.dumps(protocol.prediction(7, False, probabilities, 1.0, verdict=verdict)))
+    assert reply["verdict"] == verdict.value and reply["digit"] == 9
+    assert abs(sum(reply["probabilities"]) - 1) < 1e-6
+    parsed = Prediction.from_wire(reply)
+    assert parsed.verdict == verdict and parsed.digit == 9
+    if verdict == Verdict.UNSURE:
+        assert reply["candidates"] == [9, 4] and parsed.candidates == (9, 4)
+    else:
+        assert "candidates" not in reply and parsed.candidates is None
+
+
+def test_a_prediction_without_a_verdict_reads_as_a_digit() -> None:
+    """What a server from before verdicts sends."""
+    reply = {"type": "prediction", "id": 1, "final": True, "digit": 3, "confidence": 0.9, "probabilities": [0.1] * 10}
+    assert Prediction.from_wire(reply).verdict == Verdict.DIGIT
 
 
 def test_other_replies() -> None:
