@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 
 from livedigit import pendigits
-from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
+from livedigit.preprocess import SIZE, Pixels, preprocess
 from livedigit.runtime import load_runtime
+from livedigit.verdict import VerdictRule
+from train.data import as_served, subset
+from train.train import QUICK_LIMIT as QUICK
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,18 +101,45 @@ def test_card_records_the_commit(card: dict) -> None:
 def test_card_accuracies_are_what_the_serving_path_measures(
     exported: Path, card: dict, mnist_path: Path, pen_path: Path
 ) -> None:
-    """The quick run measures the first 500 MNIST and 300 pen-digits test digits; so do we, as served."""
+    """The quick run measures 300 MNIST and 300 pen-digits test digits spread over each set; so do we, as served."""
     runtime = load_runtime(exported, "litert")
     with np.load(mnist_path) as data:
-        images, labels = data["x_test"][:500], data["y_test"][:500]
+        keep = subset(data["x_test"], QUICK)
+        images, labels = data["x_test"][keep], data["y_test"][keep]
     mnist = runtime.predict(as_inputs([preprocess(Pixels(image)) for image in images])).argmax(axis=1)
     assert card["accuracy"]["mnist_test"] == pytest.approx(float((mnist == labels).mean()), abs=1e-4)
-    pen = pendigits.load(pen_path, "test")[:300]
-    guesses = runtime.predict(as_inputs([preprocess(Strokes(digit.strokes)) for digit in pen])).argmax(axis=1)
+    test = pendigits.load(pen_path, "test")
+    pen = [test[index] for index in subset(test, QUICK)]
+    guesses = runtime.predict(as_inputs([preprocess(as_served(digit)) for digit in pen])).argmax(axis=1)
     measured = float(np.mean(guesses == [digit.label for digit in pen]))
     assert card["accuracy"]["pen_digits_test"] == pytest.approx(measured, abs=1e-4)
     confusion = np.array(card["accuracy"]["pen_digits_test_confusion"])
-    assert confusion.shape == (10, 10) and confusion.sum() == 300
+    assert confusion.shape == (10, 10) and confusion.sum() == QUICK
+
+
+def test_card_holds_a_verdict_rule_fitted_without_test_data(card: dict) -> None:
+    rule = VerdictRule.from_card(card)
+    assert rule.temperature > 0 and 0 < rule.reject_below <= 1 and rule.unsure_margin > 0
+    fitted = card["verdict"]["fitted"]
+    assert set(fitted["validation_digits"]) == {"mnist_validation", "pen_digits_validation"}
+    assert fitted["fitting_negatives"] > 0
+
+
+def test_card_records_every_evaluation_figure(card: dict) -> None:
+    evaluation = card["evaluation"]
+    assert set(evaluation["early"]["pen_digits_test_top1"]) == {"0.5", "0.75", "0.9", "1"}
+    assert 0 <= evaluation["early"]["pen_digits_test_settled_early"] <= 1
+    assert 0 <= evaluation["calibration"]["pen_digits_test_ece"] <= 1
+    for shares in (evaluation["verdict"]["held_out_negatives"], evaluation["verdict"]["pen_digits_test"]):
+        assert set(shares) == {"digit", "unsure", "not_a_digit", "empty"}
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert set(card["training"]["step_seconds"]) == {"data", "training", "verdict_rule", "evaluation"}
+
+
+def test_training_never_reads_the_validation_writers(card: dict) -> None:
+    """Six pen-digits train writers and the last MNIST training digits are held out for validation."""
+    assert any("validation" in item for item in card["training"]["data"])
+    assert len(card["evaluation"]["data"]["pen_digits_validation_writers"]) == pendigits.VALIDATION_WRITERS
 
 
 def test_exported_tflite_agrees_with_the_keras_model(exported: Path, card: dict, mnist_path: Path) -> None:
