@@ -157,6 +157,18 @@ class DigitPage:
         value = self.page.get_attribute("#results", "data-digit")
         return None if value is None else int(value)
 
+    @property
+    def verdict(self) -> str | None:
+        """The verdict the panel shows (``digit``, ``unsure``, ``not_a_digit``), or ``None`` without an answer."""
+        return self.page.get_attribute("#results", "data-verdict")
+
+    def answer(self) -> tuple[str, str, str]:
+        """The panel's big answer, its label and its detail, as shown."""
+        digit, label, detail = (
+            self.page.locator(f"#answer-{part}").inner_text() for part in ("digit", "label", "detail")
+        )
+        return digit, label, detail
+
     def bars(self) -> list[float]:
         """The ten bar heights the page shows, 0..1."""
         return self.page.evaluate(

@@ -238,6 +238,43 @@ def test_submit_recognises_most_pen_digits(server, open_page, samples) -> None:
     assert right >= 17, f"only {right}/20 right: {answers}"
 
 
+HANDWRITTEN_H = [[[-5, -12], [-5, 9]], [[-5, -1], [-2, -4], [0, -5], [3, -5], [5, -4], [6, -1], [6, 9]]]
+"""A lowercase h as the Hershey simplex font draws it: a letter unlike any digit, and one the shipped
+model answers not_a_digit for however large it is drawn (rejection score 0.28-0.30, threshold 0.43)."""
+
+TWO_OR_SEVEN = 2285
+"""A pen-digits test 7 with a curved stroke: the shipped model's top two are a 2 and a 7, 0.18-0.21 apart
+(under the 0.5 margin) at any size, and its rejection score (0.52) is above the threshold: unsure."""
+
+
+def test_the_answer_says_when_the_model_is_unsure_or_sees_no_digit(server, open_page, samples, pen_test) -> None:
+    """A clear digit is named; two digits too close to call are both named; a letter is not called a digit.
+    The ten bars show the probabilities in every case."""
+    page = open_page(server.http_url)
+    shown = []
+    for strokes in (samples[6].strokes, HANDWRITTEN_H, pen_test[TWO_OR_SEVEN].strokes):
+        page.draw(strokes)
+        page.submit()
+        final = page.watch.replies("prediction")[-1]
+        assert final["final"] is True and page.verdict == final["verdict"]
+        page.wait_for_bars(final["probabilities"])
+        assert abs(sum(page.bars()) - 1.0) < 0.01
+        shown.append((final, page.answer()))
+        page.clear()
+        page.wait_for_state("idle")
+        assert page.verdict is None
+    (digit, digit_shown), (letter, letter_shown), (close, close_shown) = shown
+    assert digit["verdict"] == "digit" and digit_shown[:2] == ("3", "It's a 3")
+    assert letter["verdict"] == "not_a_digit"
+    assert letter_shown[:2] == ("?", "That doesn't look like a digit")
+    assert f"Closest is {letter['digit']}" in letter_shown[2]
+    assert close["verdict"] == "unsure" and close["candidates"] == [2, 7]
+    assert close_shown[:2] == ("2", "Not sure: a 2 or a 7?")
+    page.page.wait_for_function(
+        "() => document.querySelector('#announcer').textContent.startsWith('Not sure: a 2 or a 7?')"
+    )  # the final answer is announced with its doubt
+
+
 def test_touch_draws_without_scrolling_the_page(server, open_page, samples) -> None:
     page = open_page(
         server.http_url, viewport={"width": 390, "height": 700}, device_scale_factor=2, is_mobile=True, has_touch=True
