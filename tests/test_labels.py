@@ -29,7 +29,7 @@ from livedigit import cli, pendigits
 from livedigit.config import Settings
 from livedigit.labels import database
 from livedigit.labels.export import export, split_for
-from livedigit.labels.store import InvalidLabel, Label, LabelStore, ModelStats, StorageUnavailable
+from livedigit.labels.store import InvalidLabel, Label, LabelStore, ModelStats, StorageError, StorageUnavailable
 from livedigit.preprocess import Pixels, Strokes, preprocess
 
 SEVEN = [[[12.0, 20.0], [88.0, 18.5], [40.0, 130.0]], [[30.0, 75.0], [70.0, 72.0]]]
@@ -314,6 +314,30 @@ async def test_invalid_labels_are_refused_with_the_field_named(tmp_path: Path) -
     assert await store.add(seven(drawing=Pixels(np.full((28, 28), 0.5)))) > 0
     assert store.pending == 0
     await store.close()
+
+
+async def test_a_row_the_database_refuses_fails_alone(target: str, tmp_path: Path) -> None:
+    """A rule of the database (here: no eights) refuses one row of a batch; the others are stored."""
+    store = await started(target)
+    engine = database.create_engine(target)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("ALTER TABLE labels ADD CONSTRAINT no_eights CHECK (label <> 8)")
+        else:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER no_eights BEFORE INSERT ON labels WHEN NEW.label = 8 "
+                "BEGIN SELECT RAISE(ABORT, 'no eights'); END"
+            )
+    engine.dispose()
+    outcomes = await asyncio.gather(
+        *(store.add(seven(digit=index % 10, submit_id=index)) for index in range(30)), return_exceptions=True
+    )
+    await store.close()
+    refused = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, Exception)]
+    assert refused == [8, 18, 28]
+    assert all(type(outcomes[index]) is StorageError for index in refused)
+    stored = {row["submit_id"] for row in exported(target, tmp_path / "labels.jsonl")}
+    assert stored == {str(index) for index in range(30) if index % 10 != 8}
 
 
 async def test_export_splits_by_writer_the_same_way_every_time(target: str, tmp_path: Path) -> None:

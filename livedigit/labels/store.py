@@ -303,10 +303,12 @@ class LabelStore:
             raise
         if done:
             return pending.future.result()
-        label_id = self._give_up(pending)
-        if label_id is None:
-            raise StorageUnavailable(f"the labels database did not commit within {self.timeout:g} s; retry later")
-        return label_id
+        state = self._give_up(pending)
+        if state == "done" and pending.label_id is not None:  # committed just now
+            return pending.label_id
+        if state == "failed" and pending.error is not None:
+            raise pending.error
+        raise StorageUnavailable(f"the labels database did not commit within {self.timeout:g} s; retry later")
 
     async def stats(self) -> list[ModelStats]:
         """Confirmed and corrected answers per model version, read from the database (all processes)."""
@@ -340,22 +342,29 @@ class LabelStore:
         with self._lock:
             return pending.state == "committing"
 
-    def _give_up(self, pending: _Pending) -> int | None:
-        """Withdraw a row whose ``add`` stopped waiting; its id if it was committed meanwhile."""
+    def _give_up(self, pending: _Pending) -> str:
+        """Withdraw a row whose ``add`` stopped waiting, unless it was settled meanwhile; its final state."""
         with self._lock:
-            if pending.state == "done":
-                return pending.label_id
-            if pending.state == "failed" and pending.error is not None:
-                raise pending.error
+            if pending.state in ("done", "failed"):
+                return pending.state
             if pending.state == "queued":
                 self._queue.remove(pending)
                 self._bytes -= pending.size
             pending.state = "abandoned"
-            return None
+            return pending.state
 
     # The writer thread.
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            logger.exception("the labels writer stopped; labels are refused until the server restarts")
+            with self._lock:
+                self._health.available = False
+            self._health.first_attempt.set()
+
+    def _loop(self) -> None:
         while True:
             batch = self._take()
             if batch is None:
@@ -413,6 +422,8 @@ class LabelStore:
                     sa.tuple_(table.c.writer, table.c.key).in_(missing)
                 )
                 ids.update({(writer, key): label_id for label_id, writer, key in connection.execute(query)})
+            if len(ids) < len({(row["writer"], row["key"]) for row in rows}):
+                raise StorageError("a label's row was neither inserted nor found")
             with self._lock:
                 withdrawn = [pending for pending in batch if pending.state == "abandoned"]
                 for pending in batch:
