@@ -1,9 +1,9 @@
 """The server's settings: one object, one field per option.
 
 Every field is a ``livedigit serve`` flag (``max_batch`` is ``--max-batch``) and an environment variable
-(``LIVEDIGIT_MAX_BATCH``); the port also reads ``PORT``, as Heroku sets it. Precedence: flag, then
-environment, then the default below. ``docs/operations.md`` explains each limit and what a client sees
-when it trips.
+(``LIVEDIGIT_MAX_BATCH``); the port also reads ``PORT`` and the database URL ``DATABASE_URL``, as Heroku
+sets them. Precedence: flag, then environment, then the default below. ``docs/operations.md`` explains
+each limit and what a client sees when it trips.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ class Settings:
     ping_timeout: float = _option(20.0, "seconds to wait for a pong before closing the connection")
     graceful_shutdown_seconds: float = _option(10.0, "longest a SIGTERM waits for submits and connections to finish")
     log_level: str = _option("info", "uvicorn log level: critical, error, warning, info, debug")
+    data_dir: str = _option("data", "folder of the labels database (SQLite) when no database URL is given")
+    database_url: str = _option(
+        "", "PostgreSQL URL for labels (postgres://...; Heroku Postgres sets DATABASE_URL)", env=("DATABASE_URL",)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -26,6 +26,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from livedigit.app import LiveDigitApp, create_app
 from livedigit.config import Settings
+from livedigit.labels.database import ephemeral_storage_warning
 
 logger = logging.getLogger("livedigit")
 
@@ -114,5 +115,8 @@ class Server(uvicorn.Server):
 def run(settings: Settings) -> int:
     """Serve until SIGTERM or Ctrl+C; a non-zero exit when the model cannot be loaded."""
     server = Server(config(settings))
+    warning = ephemeral_storage_warning(settings)
+    if warning:
+        logger.warning(warning)
     server.run()
     return 0 if server.started else 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgutil import PostgresServer, binaries
 
 from livedigit import pendigits
 from livedigit.bench.served import ServerProcess, free_port
@@ -46,6 +47,17 @@ def pen_path() -> Path:
 def pen_test(pen_path: Path) -> list[pendigits.PenDigit]:
     """The pen-digits test split: 3,498 digits by 14 writers the model never saw."""
     return pendigits.load(pen_path, "test")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of Debian's ``postgresql`` package, in a temporary folder on a free port."""
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture

@@ -1,12 +1,16 @@
 """Train the livedigit CNN on MNIST plus real pen trajectories, and export what the server loads.
 
-    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl
+    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl \
+        [--extra-pen labels.jsonl]
 
 Every input goes through ``livedigit.preprocess``, the same code the server runs, so the model sees
 training digits exactly as it will see a person's drawing. The pen-digits *train* split (30 writers) is
 rendered from its strokes several times with random slant, shear, aspect and pen width; its *test* split
-(14 other writers) is only used to measure accuracy. On-the-fly augmentation adds small rotations,
-shears, zooms, shifts and thicker or thinner ink.
+(14 other writers) is only used to measure accuracy. ``--extra-pen`` adds files in the same layout, such
+as the corrections people made on the page (``livedigit labels export``), split by writer in the same
+way: their train rows join the training set (drawings sent as pixels are used as rasters, as often as a
+stroke drawing is rendered), their test rows are measured as ``extra_pen_test``. On-the-fly augmentation
+adds small rotations, shears, zooms, shifts and thicker or thinner ink.
 
 Writes ``<out>/<name>.keras`` (Keras model), ``<out>/<name>.tflite`` (float32, served by LiteRT) and
 ``<out>/<name>.json`` (model card: architecture, parameters, FLOPs, data, seed, commit, accuracies).
@@ -37,6 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
     parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl; '' to skip")
+    parser.add_argument(
+        "--extra-pen",
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="more digits in the pen-digits layout, e.g. from 'livedigit labels export' (repeatable)",
+    )
     parser.add_argument("--pen-copies", type=int, default=4, help="augmented renderings per pen-digits train digit")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -71,9 +82,19 @@ def normalize_all(images: np.ndarray) -> np.ndarray:
 def render_pen(
     digits: list[pendigits.PenDigit], copies: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width."""
+    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width.
+
+    A digit drawn as pixels is normalized once and used ``copies + 1`` times, so it weighs as much as a
+    drawing with strokes; the on-the-fly augmentation varies its copies.
+    """
     images, labels = [], []
     for digit in digits:
+        if digit.pixels is not None:
+            raster = preprocess(digit.image())
+            if raster is not None:
+                images.extend([raster] * (copies + 1))
+                labels.extend([digit.label] * (copies + 1))
+            continue
         for copy in range(copies + 1):
             strokes = [np.asarray(s, dtype=np.float64) for s in digit.strokes]
             width = STROKE_WIDTH
@@ -167,9 +188,9 @@ def augment(images, rng_seed: int):  # type: ignore[no-untyped-def]
 
 
 def pen_accuracy(runtime, digits: list[pendigits.PenDigit]) -> tuple[float, list[list[int]]]:  # type: ignore[no-untyped-def]
-    """Accuracy and confusion matrix of ``runtime`` on digits fed as strokes, as the server receives them."""
+    """Accuracy and confusion matrix of ``runtime`` on digits fed as the server receives them."""
     confusion = np.zeros((10, 10), dtype=np.int64)
-    images = [render_strokes(d.strokes) for d in digits]
+    images = [preprocess(d.image()) for d in digits]
     batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if i is None else i for i in images])
     predicted = runtime.predict(batch).argmax(axis=1)
     for digit, guess in zip(digits, predicted, strict=True):
@@ -219,13 +240,26 @@ def main(argv: list[str] | None = None) -> int:
         x_test, y_test = x_test[:500], y_test[:500]
         pen_train, pen_test = pen_train[:300], pen_test[:300]
         args.epochs, args.pen_copies = 1, 1
+    extra_train: list[pendigits.PenDigit] = []
+    extra_test: list[pendigits.PenDigit] = []
+    for path in args.extra_pen:
+        train_part, test_part = pendigits.load(path, "train"), pendigits.load(path, "test")
+        rasters = sum(digit.pixels is not None for digit in train_part + test_part)
+        print(
+            f"{path}: {len(train_part)} digits for training, {len(test_part)} for testing "
+            f"({rasters} drawn as pixels, used as rasters)",
+            flush=True,
+        )
+        extra_train += train_part
+        extra_test += test_part
 
     print(f"normalizing {len(x_train) + len(x_test)} MNIST images ...", flush=True)
     train_images, test_images = normalize_all(x_train), normalize_all(x_test)
     train_labels = y_train.astype(np.int64)
-    if pen_train:
-        print(f"rendering {len(pen_train)} pen-digits train strokes x{args.pen_copies + 1} ...", flush=True)
-        pen_images, pen_labels = render_pen(pen_train, args.pen_copies, rng)
+    if pen_train or extra_train:
+        count = len(pen_train) + len(extra_train)
+        print(f"rendering {count} pen-digits train drawings x{args.pen_copies + 1} ...", flush=True)
+        pen_images, pen_labels = render_pen(pen_train + extra_train, args.pen_copies, rng)
         train_images = np.concatenate([train_images, pen_images])
         train_labels = np.concatenate([train_labels, pen_labels])
 
@@ -283,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pen_digits_test_confusion": confusion,
             }
         )
+    if extra_test:
+        accuracies["extra_pen_test"] = round(pen_accuracy(runtime, extra_test)[0], 5)
     card = {
         "name": args.name,
         "architecture": [f"{type(layer).__name__}{tuple(layer.output.shape[1:])}" for layer in model.layers[1:]],
@@ -294,6 +330,15 @@ def main(argv: list[str] | None = None) -> int:
             + (
                 [f"pen_digits train split ({len(pen_train)} digits, 30 writers) x{args.pen_copies + 1} renderings"]
                 if pen_train
+                else []
+            )
+            + (
+                [
+                    f"extra pen digits ({len(extra_train)} digits, "
+                    f"{len({d.writer for d in extra_train})} writers) x{args.pen_copies + 1}: "
+                    + ", ".join(Path(path).name for path in args.extra_pen)
+                ]
+                if extra_train
                 else []
             ),
             "samples": len(train_images),
