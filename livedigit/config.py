@@ -40,6 +40,15 @@ class Settings:
     max_batch: int = _option(64, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")
     max_message_bytes: int = _option(64 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")
+    max_header_bytes: int = _option(
+        16 * 1024, "largest HTTP request line and headers together (WebSocket handshakes too); larger: 431"
+    )
+    request_timeout: float = _option(
+        10.0,
+        "seconds a client has to send a whole HTTP request (head and body) or WebSocket handshake, counted "
+        "from its first byte, or from connecting for the first request; later: 408 and the connection closed "
+        "(0: no limit)",
+    )
     max_side: int = _option(1024, "largest image width or height, checked before decoding")
     max_png_bytes: int = _option(48 * 1024, "largest PNG file inside a message")
     max_strokes: int = _option(64, "most strokes in one drawing")

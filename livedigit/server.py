@@ -26,6 +26,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from livedigit.app import LiveDigitApp, create_app
 from livedigit.config import Settings
+from livedigit.httpprotocol import RequestLimits, bounded_protocol
 from livedigit.labels.database import ephemeral_storage_warning
 
 logger = logging.getLogger("livedigit")
@@ -43,6 +44,9 @@ def config(settings: Settings, app: LiveDigitApp | None = None) -> uvicorn.Confi
         host=settings.host,
         port=settings.port,
         workers=1,
+        http=bounded_protocol(
+            RequestLimits(max_header_bytes=settings.max_header_bytes, timeout=settings.request_timeout)
+        ),
         ws=WS_IMPLEMENTATION,
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval if settings.ping_interval > 0 else None,
