@@ -12,14 +12,15 @@ import base64
 import os
 import re
 import selectors
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hardutil import Siege, lying_png, repeat
-from wsutil import ask, http_json, open_ws
+from hardutil import Siege, log_problems, lying_png, repeat
+from wsutil import SEVEN, ask, closed, http_json, open_ws
 
 from livedigit.config import Settings
 
@@ -253,3 +254,30 @@ async def test_an_abandoned_request_body_leaves_no_trace_in_the_log(start_server
             await asyncio.gather(*(asyncio.to_thread(abandon_body, server.port) for _ in range(20)))
         await asyncio.sleep(0.5)
     assert siege.figures.log_bytes < 20 * ABANDONED, server.log()[-3000:]
+
+
+async def test_a_second_ctrl_c_still_shuts_down_completely(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+C while a request is stalled mid-body, and Ctrl+C again while the server waits for it: the
+    server closes what is open, still stops the batcher (the app's shutdown runs), logs no traceback and
+    exits with status 0, promptly."""
+    server = start_server()
+    ws, _ = await open_ws(server.ws_url)
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+    assert (await ask(ws, {"type": "submit", "id": 1, "strokes": SEVEN}))["type"] == "prediction"
+    server.process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 10
+    while "Waiting for connections to close" not in server.log() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "Waiting for connections to close" in server.log(), server.log()
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGINT)
+    code = await asyncio.to_thread(server.process.wait, 20)
+    took = time.monotonic() - started
+    stalled.close()
+    assert await closed(ws) == (1001, "server restarting")
+    log = server.log()
+    assert code == 0, log
+    assert took < min(Settings().graceful_shutdown_seconds, Settings().request_timeout) / 2, took
+    assert "Application shutdown complete." in log, log
+    assert not log_problems(log), "\n".join(log_problems(log))
