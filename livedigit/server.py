@@ -77,15 +77,21 @@ def log_config(level: str) -> dict[str, Any]:
 
 
 class ClientErrorFilter(logging.Filter):
-    """Log a client's invalid UTF-8 frame as one line: uvicorn adds a traceback, which any client could
-    make the server print at will (the connection is closed with 1007 either way)."""
+    """Keep what any client can make uvicorn log to one line, and not an error.
+
+    * A client's invalid UTF-8 frame: uvicorn adds a traceback (the connection is closed with 1007).
+    * A refused WebSocket handshake (403 origin, 400 host): uvicorn's ``websockets-sansio`` protocol logs
+      "ASGI callable returned without completing handshake." at ERROR after every denial response, on top
+      of the INFO line with the status, because it does not mark the handshake as done. The app answers
+      every handshake with an accept or a denial, so the line says nothing.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == "Invalid UTF-8 sequence received from client.":
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        return record.msg != "ASGI callable returned without completing handshake."
 
 
 class Server(uvicorn.Server):

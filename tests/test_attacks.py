@@ -281,3 +281,43 @@ async def test_a_second_ctrl_c_still_shuts_down_completely(start_server) -> None
     assert took < min(Settings().graceful_shutdown_seconds, Settings().request_timeout) / 2, took
     assert "Application shutdown complete." in log, log
     assert not log_problems(log), "\n".join(log_problems(log))
+
+
+# 8. Origin and Host.
+
+
+async def test_dns_rebinding_and_malformed_origins_are_refused(start_server) -> None:  # type: ignore[no-untyped-def]
+    """A page on another domain that resolves to this server (Host and Origin both that domain) gets 400
+    for the page and for the WebSocket; origins that are not exactly ``scheme://host[:port]`` (userinfo,
+    a path, a query) get 403. The page's own origin, on every default host name, is accepted."""
+    server = start_server()
+    port = server.port
+    own = f"127.0.0.1:{port}"
+    rebinding = f"attacker.example:{port}"
+    odd = [
+        f"http://user@{own}",
+        f"http://user:pass@{own}",
+        f"http://{own}/",
+        f"http://{own}/path",
+        f"http://{own}?query",
+        f"http://{own}#fragment",
+        f"http://{own}:{port}",
+        f"http://{own}@attacker.example",
+    ]
+    hosts = (own, f"localhost:{port}", f"[::1]:{port}")
+
+    async def attempts() -> dict[str, int | None]:
+        requests = {
+            "page": f"GET / HTTP/1.1\r\nHost: {rebinding}\r\nConnection: close\r\n\r\n".encode(),
+            "socket": upgrade(port, rebinding, f"http://{rebinding}"),
+            **{origin: upgrade(port, own, origin) for origin in odd},
+            **{host: upgrade(port, host, f"http://{host}") for host in hosts},
+        }
+        return {name: status_of(await asyncio.to_thread(exchange, port, request)) for name, request in requests.items()}
+
+    async with Siege(server, "8 DNS rebinding and malformed origins, again and again") as siege:
+        rounds = await repeat(attempts)
+        siege.note(f"{len(rounds)} rounds of {len(rounds[0])} handshakes")
+    expected = {"page": 400, "socket": 400, **dict.fromkeys(odd, 403), **dict.fromkeys(hosts, 101)}
+    for statuses in rounds:
+        assert statuses == expected
