@@ -6,16 +6,16 @@ arrive, before the app sees anything:
 
 * **Head size.** The request line and headers together may hold ``max_header_bytes`` and at most
   :data:`MAX_HEADERS` fields. Beyond either the client gets **431** and the connection is closed; the
-  server reads at most one socket read (64 KB to 256 KB) past the limit.
+  server has read at most one socket read (up to 256 KB) past the limit.
 * **Time.** A request must arrive whole, head and body, within ``request_timeout`` seconds of its first
   byte (the first request of a connection: of the connection opening). Otherwise the client gets **408**
   (nothing when not a byte of the request had arrived) and the connection is closed. A WebSocket
   handshake is such a request; once upgraded, the connection belongs to the WebSocket protocol and its
   pings.
 
-A front proxy (nginx, Heroku's router) usually bounds both already and is the better home for them; these
-keep a server without one safe. WebSocket connections use uvicorn's ``websockets-sansio`` protocol, which
-receives the handshake from this one, already parsed and within these bounds.
+A front proxy is the better home for both (it meets slow and hostile clients before they reach the
+process); these keep a server without one safe. WebSocket connections use uvicorn's ``websockets-sansio``
+protocol, which receives the handshake from this one, already parsed and within these bounds.
 """
 
 from __future__ import annotations
