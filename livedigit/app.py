@@ -19,7 +19,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -89,8 +90,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         ],
         middleware=[
             Middleware(SecurityHeadersMiddleware),
+            Middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts(), www_redirect=False),
             *([Middleware(RouterClientMiddleware)] if settings.forwarded_allow_ips.strip() == "*" else []),
         ],
+        exception_handlers={ClientDisconnect: client_gone},
     )
     app.service = service
     app.state.service = service
@@ -99,6 +102,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 def _service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A client that left in the middle of its request body: there is no one to answer and nothing worth
+    logging (Starlette would log a traceback, which any client could make the server print at will)."""
+    return Response(status_code=400)
 
 
 async def index(request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,9 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "livedigit-c
 """The shipped model's base name; the runtime adds ``.tflite`` or ``.keras``, the card is ``.json``."""
 
 ENV_PREFIX = "LIVEDIGIT_"
+
+HOST_NAME = re.compile(r"\*|(\*\.)?[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*|\[[0-9A-Fa-f:.]+\]")
+"""An ``allowed_hosts`` entry: a name or address without a port, ``*.domain`` or ``*``."""
 
 
 def _option(default: Any, help: str, env: tuple[str, ...] = ()) -> Any:
@@ -40,6 +44,15 @@ class Settings:
     max_batch: int = _option(64, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")
     max_message_bytes: int = _option(64 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")
+    max_header_bytes: int = _option(
+        16 * 1024, "largest HTTP request line and headers together (WebSocket handshakes too); larger: 431"
+    )
+    request_timeout: float = _option(
+        10.0,
+        "seconds a client has to send a whole HTTP request (head and body) or WebSocket handshake, counted "
+        "from its first byte, or from connecting for the first request; later: 408 and the connection closed "
+        "(0: no limit)",
+    )
     max_side: int = _option(1024, "largest image width or height, checked before decoding")
     max_png_bytes: int = _option(48 * 1024, "largest PNG file inside a message")
     max_strokes: int = _option(64, "most strokes in one drawing")
@@ -61,6 +74,11 @@ class Settings:
         "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"
     )
     allow_no_origin: bool = _option(True, "accept WebSocket clients that send no Origin header (scripts)")
+    allowed_hosts: str = _option(
+        "localhost,127.0.0.1,[::1],*.herokuapp.com",
+        "comma-separated Host names the server answers to ('*.example.com' for its subdomains, '*' for any); "
+        "others get 400, so a page on another domain that resolves to this server cannot use it",
+    )
     forwarded_allow_ips: str = _option(
         "127.0.0.1", "comma-separated proxy addresses whose X-Forwarded-For is trusted ('*' on Heroku)"
     )
@@ -120,6 +138,17 @@ class Settings:
     def origins(self) -> tuple[str, ...]:
         """The explicit Origin allow-list; empty means "same host as the request"."""
         return tuple(part.strip().rstrip("/") for part in self.allowed_origins.split(",") if part.strip())
+
+    def hosts(self) -> tuple[str, ...]:
+        """The Host names answered, as Starlette's ``TrustedHostMiddleware`` takes them (names without a
+        port; ``*.`` before a domain for its subdomains; ``*`` alone for any)."""
+        hosts = tuple(part.strip() for part in self.allowed_hosts.split(",") if part.strip())
+        for host in hosts:
+            if not HOST_NAME.fullmatch(host):
+                raise SystemExit(
+                    f"livedigit: allowed host {host!r} is not a host name without a port, '*.domain' or '*'"
+                )
+        return hosts
 
 
 _TYPES = {"str": str, "int": int, "float": float}

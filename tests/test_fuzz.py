@@ -38,6 +38,7 @@ from hardutil import (
     check_reply,
     ihdr_bomb,
     log_problems,
+    lying_png,
     png_file,
     raw_png,
     scrape,
@@ -226,16 +227,18 @@ VALID_PNGS = {
     "bar-bomb-8": zlib_bomb(MAX_SIDE),
     "bar-bomb-16-rgba": zlib_bomb(MAX_SIDE, 16, 6),
     "bar-bomb-16-grey-alpha": zlib_bomb(MAX_SIDE, 16, 4),
+    "text-chunk-bomb": text_chunk_bomb(True),
+    "iccp-bomb": text_chunk_bomb(False),
 }
-"""Real decompression bombs within the caps: a few KB that inflate to MAX_SIDE x MAX_SIDE pixels."""
+"""Real decompression bombs within the caps: a few KB that inflate to MAX_SIDE x MAX_SIDE pixels, or carry
+metadata that would inflate to 8 MB (never read)."""
 
 INVALID_PNGS = {
     "ihdr-huge": ihdr_bomb(),
     "ihdr-over-side": ihdr_bomb(MAX_SIDE + 1, 1),
     "ihdr-2^31": ihdr_bomb(2**31 - 1, 2**31 - 1),
     "ihdr-zero": ihdr_bomb(0, 7),
-    "text-chunk-bomb": text_chunk_bomb(True),
-    "iccp-bomb": text_chunk_bomb(False),
+    "lying-ihdr": lying_png(),
     "over-size-cap": raw_png(8, 8, rows=b"\x00" * 72, extra=b"\x00\x00\x40\x00tEXt" + b"x" * MAX_PNG_BYTES),
     "no-idat": raw_png(8, 8),
     "signature-only": b"\x89PNG\r\n\x1a\n",

@@ -39,6 +39,15 @@ def test_a_model_that_cannot_load_stops_start_up_with_one_clear_line(tmp_path: P
     assert reason in lines[0] and lines[0].startswith("ERROR")
 
 
+@pytest.mark.parametrize("entry", ["digits.example.com:8000", "digits*.example.com", "https://digits.example.com"])
+def test_an_allowed_host_that_can_never_match_stops_start_up_with_one_clear_line(entry: str) -> None:
+    """A port, a misplaced wildcard or a URL in ``--allowed-hosts`` would refuse every request with 400."""
+    result = serve("--allowed-hosts", f"localhost,{entry}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert output.strip() == f"livedigit: allowed host {entry!r} is not a host name without a port, '*.domain' or '*'"
+
+
 async def test_shutdown_answers_pending_submits_then_closes_with_1001(  # type: ignore[no-untyped-def]
     app_server,
 ) -> None:
