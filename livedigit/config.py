@@ -67,6 +67,12 @@ class Settings:
         "frames per second read from one connection, in bursts of as many; a faster client is read more "
         "slowly (TCP holds it back), so it cannot take the server's time from the others; 0: no limit",
     )
+    address_byte_rate: float = _option(
+        4_000_000.0,
+        "bytes of WebSocket frames per second read from all connections of one client address together, in "
+        "bursts of two messages; parsing costs the event loop about 50 ns a byte, so one address, however "
+        "many connections it opens, cannot take more than a fifth of it; 0: no limit",
+    )
     max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
     max_pending_submits: int = _option(256, "submits queued across all connections before new ones are refused")

@@ -113,12 +113,16 @@ def preprocess(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray | No
 COST_UNIT = 4096
 """Pixels of a raster that cost about as much to preprocess as one drawn snapshot (64x64)."""
 
+COST_POINTS = 64
+"""Points of a drawing that cost about as much to render as one drawn snapshot (most have fewer)."""
+
 
 def cost(image: Image) -> int:
     """The work ``image`` will take to preprocess, in drawn snapshots (at least 1), known before any of it.
 
-    A drawing costs 1 (it is rasterised at a fixed resolution); a raster or a PNG costs its pixel count
-    (as its header declares it) over :data:`COST_UNIT`: a 1024x1024 PNG is 256 snapshots' work. The
+    A drawing costs its points over :data:`COST_POINTS` (a snapshot of a digit being drawn has fewer: 1;
+    1,024 points: 16); a raster or a PNG costs its pixel count (as its header declares it) over
+    :data:`COST_UNIT`: a 1024x1024 PNG is 256 snapshots' work. The
     batcher uses it to keep one expensive image from delaying many cheap ones.
     """
     if isinstance(image, Pixels):
@@ -126,6 +130,8 @@ def cost(image: Image) -> int:
     if isinstance(image, Png) and len(image.data) >= 24 and image.data[:8] == PNG_SIGNATURE:
         width, height = struct.unpack(">II", image.data[16:24])
         return max(1, math.ceil(int(width) * int(height) / COST_UNIT))
+    if isinstance(image, Strokes):
+        return max(1, math.ceil(sum(len(stroke) for stroke in image.strokes) / COST_POINTS))
     return 1
 
 

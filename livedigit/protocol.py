@@ -127,6 +127,7 @@ _ENCODER = msgspec.json.Encoder()
 
 def parse_text(text: str | bytes, limits: Limits) -> Request:
     """Parse a JSON text frame sent over the WebSocket."""
+    _check_arrays(text, limits)
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -150,6 +151,7 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
 
 def parse_body(body: bytes, limits: Limits) -> Request:
     """Parse the JSON body of ``POST /api/predict``: one image form, always a submit, no id."""
+    _check_arrays(body, limits)
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
@@ -185,6 +187,22 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
         )
     array = np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy()
     return Request(kind, message_id, Pixels(array), bool(flags & BINARY_PREVIEW_FLAG))
+
+
+def _check_arrays(text: str | bytes, limits: Limits) -> None:
+    """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
+
+    Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
+    points, and decoding them all would cost a millisecond of the event loop before the count is seen.
+    Counting brackets costs microseconds. The allowance covers every array of a valid message (the
+    strokes, their points, ``surface``) and brackets inside a string id.
+    """
+    brackets = text.count("[" if isinstance(text, str) else b"[")
+    allowed = limits.max_points + limits.max_strokes + MAX_ID_LENGTH + 4
+    if brackets > allowed and text.lstrip()[:1] in ("{", b"{"):  # anything else is not an object: bad_json
+        raise ProtocolError(
+            ErrorCode.BAD_IMAGE, f"more than {limits.max_points} points in all; send fewer (downsample)"
+        )
 
 
 def _misshapen(text: str | bytes, exc: msgspec.ValidationError, what: str) -> Request:

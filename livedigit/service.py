@@ -47,6 +47,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.connections = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
         self.http_submits = KeyedBuckets(settings.submit_rate, settings.submit_burst)
+        self.address_bytes = KeyedBuckets(settings.address_byte_rate, 2 * settings.max_message_bytes)
         self.sessions: set[Connection] = set()
         self.draining = False
         self.model_base = _model_base(settings.model)
@@ -129,6 +130,7 @@ class Service:
             "submit_burst": settings.submit_burst,
             "max_bad_messages": settings.max_bad_messages,
             "message_rate": settings.message_rate,
+            "address_byte_rate": settings.address_byte_rate,
             "max_connections_per_client": settings.max_connections_per_client,
         }
 

@@ -101,6 +101,7 @@ class Session:
             snapshots=TokenBucket(settings.snapshot_rate, settings.snapshot_burst),
         )
         self.frame_bucket = TokenBucket(settings.message_rate, max(1, round(settings.message_rate)))
+        self.address_bytes = service.address_bytes.bucket(client)
         self.pending: asyncio.Queue[Ticket | object] = asyncio.Queue(MAX_OUTSTANDING)
         self.bad_in_a_row = 0
         self.closed = asyncio.Event()
@@ -162,11 +163,16 @@ class Session:
                 # connection) at most message_rate frames a second; the rest waits in TCP buffers.
                 while not self.frame_bucket.take():
                     await asyncio.sleep(1.0 / self.frame_bucket.rate)
+                # And all connections of one address together cost it at most address_byte_rate bytes
+                # of frames a second to parse, however many connections they open.
+                while (wait := self.address_bytes.retry_after()) > 0:
+                    await asyncio.sleep(wait)
                 message = await receive()
             finally:
                 self._receiving = False
             if message["type"] == "websocket.disconnect":
                 return
+            self.address_bytes.spend(len(message.get("text") or message.get("bytes") or b""))
             await self.pending.put(self._handle(message))
 
     def _handle(self, message: Mapping[str, Any]) -> Ticket:

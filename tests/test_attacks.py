@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import json
 import os
 import re
 import selectors
 import signal
 import socket
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
-from hardutil import Siege, log_problems, lying_png, repeat
+from hardutil import ATTACK_SECONDS, Siege, log_problems, lying_png, repeat
+from PIL import Image as PILImage
 from wsutil import SEVEN, ask, closed, http_json, open_ws
 
 from livedigit.config import Settings
@@ -321,3 +327,158 @@ async def test_dns_rebinding_and_malformed_origins_are_refused(start_server) -> 
     expected = {"page": 400, "socket": 400, **dict.fromkeys(odd, 403), **dict.fromkeys(hosts, 101)}
     for statuses in rounds:
         assert statuses == expected
+
+
+# 2. A number too large for a float.
+
+
+async def test_numbers_beyond_a_float_get_an_error_reply_and_the_connection_stays_open(start_server) -> None:  # type: ignore[no-untyped-def]
+    """``"surface": [1<400 zeros>, 1]`` and its kin (a 1e400 coordinate, a boolean coordinate, a side of
+    400 digits, a 5,000-digit id), 4 a second over /ws and over HTTP for 4 s: each gets its documented
+    error with its id when the id is valid (HTTP: a JSON 400; HTTP ignores ids), the connection stays
+    open and answers a digit afterwards."""
+    server = start_server()
+    huge = "1" + "0" * 400
+    frames = [
+        '{"type": "submit", "id": 1, "strokes": [[[0, 0], [0, 50]]], "surface": [' + huge + ", 1]}",
+        '{"type": "submit", "id": 2, "strokes": [[[1e400, 0], [0, 50]]]}',
+        '{"type": "submit", "id": 3, "strokes": [[[true, 0], [0, 50]]]}',
+        '{"type": "snapshot", "id": 4, "pixels": {"width": ' + huge + ', "height": 1, "data": "AA=="}}',
+        '{"type": "submit", "id": ' + "9" * 5000 + ', "strokes": [[[0, 0], [0, 50]]]}',
+    ]
+    ws, _ = await open_ws(server.ws_url)
+
+    async def one_round() -> list[tuple[Any, str, int]]:
+        answers = []
+        for frame in frames:
+            paced = asyncio.create_task(asyncio.sleep(0.25))
+            reply = await ask(ws, frame)
+            body = frame.replace('"type": "submit", ', "").replace('"type": "snapshot", ', "")
+            status, _, answer = await asyncio.to_thread(http_json, server.http_url + "/api/predict", body.encode())
+            answers.append((reply.get("id"), reply.get("code", reply["type"]), status, answer.get("code")))
+            await paced
+        await ws.send(json.dumps({"type": "ping", "id": "reset"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+        return answers
+
+    async with Siege(server, "2 numbers beyond a float, 4 a second over /ws and over HTTP") as siege:
+        rounds = await repeat(one_round)
+        siege.note(f"{len(rounds) * len(frames)} frames and bodies answered")
+    for answers in rounds:
+        assert answers == [
+            (1, "bad_message", 400, "bad_message"),
+            (2, "bad_message", 400, "bad_message"),
+            (3, "bad_message", 400, "bad_message"),
+            (4, "bad_image", 400, "bad_image"),
+            (None, "bad_message", 200, None),  # HTTP ignores the id: the drawing is predicted
+        ]
+    assert (await ask(ws, {"type": "submit", "id": "after", "strokes": SEVEN}))["digit"] == 7
+    await ws.close()
+
+
+# 3. Memory the limits do not see.
+
+
+def big_strokes(points: int) -> list[list[list[int]]]:
+    """A drawing of ``points`` points in 16 strokes, a zigzag over a 1000 px square."""
+    per_stroke = points // 16
+    return [[[(7 * i) % 1000, (13 * i + 61 * s) % 1000] for i in range(per_stroke)] for s in range(16)]
+
+
+def hold_frames(url: str, frames: list[str], release: threading.Event) -> int:
+    """One attacker connection: send ``frames`` and read nothing until ``release``, so every reply and
+    everything the server keeps for them stays with the server; how many frames went out."""
+    from websockets.sync.client import connect as sync_connect
+
+    sent = 0
+    with sync_connect(url, open_timeout=60, max_size=None, max_queue=1) as ws:
+        ws.recv(timeout=60)
+        for frame in frames:
+            ws.send(frame)
+            sent += 1
+        release.wait(60)
+    return sent
+
+
+def hold_from_many(url: str, frames: list[str], connections: int, seconds: float) -> int:
+    """``connections`` attackers holding ``frames`` for ``seconds``, run in another process (see the test)."""
+    release = threading.Event()
+    with ThreadPoolExecutor(connections) as threads:
+        attackers = [threads.submit(hold_frames, url, frames, release) for _ in range(connections)]
+        time.sleep(seconds)
+        release.set()
+        return sum(attacker.result() for attacker in attackers)
+
+
+async def test_frames_held_by_hundreds_of_connections_stay_within_the_memory_bound(start_server) -> None:  # type: ignore[no-untyped-def]
+    """300 connections (the per-address cap raised so one machine can open them) each send frames just
+    under 64 KB that JSON would hold as a megabyte of Python objects: a snapshot and a submit of 5,000
+    points (over ``max_points``), then a valid 1,024-point snapshot and submit, and read no replies
+    while the model is kept busy. The limits apply as each frame is parsed, so nothing over them is
+    queued, and what is queued is compact arrays: RSS stays within the bound."""
+    server = start_server("--max-connections-per-client", "400", "--submit-rate", "0", "--snapshot-rate", "0")
+    over = json.dumps({"type": "submit", "strokes": big_strokes(5000)})
+    valid = json.dumps({"type": "submit", "strokes": big_strokes(1024)})
+    assert 48_000 < len(over) < 64 * 1024
+    frames = [over.replace("submit", "snapshot", 1), over, valid.replace("submit", "snapshot", 1), valid]
+    async with Siege(server, "3 300 connections holding frames of up to 60 KB, model busy") as siege:
+        # The 300 attackers run in a process of their own, so their threads do not compete for the
+        # interpreter lock with the event loop that times the bystander.
+        with ProcessPoolExecutor(1) as attacker:
+            sent = await asyncio.wrap_future(
+                attacker.submit(hold_from_many, server.ws_url, frames, 300, ATTACK_SECONDS)
+            )
+        siege.note(f"{sent} frames sent")
+    assert sent == 300 * len(frames)
+
+
+# 5. Expensive but valid work.
+
+
+def expensive_png() -> bytes:
+    """A valid 1024x1024 16-bit grayscale PNG of a thick 1 (about 9 KB): tens of milliseconds of
+    preprocessing each, the most expensive image the default limits accept."""
+    image = np.zeros((1024, 1024), np.uint16)
+    image[200:824, 480:560] = 65535
+    buffer = io.BytesIO()
+    PILImage.fromarray(image).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def submit_at_the_limit(url: str, png: str, seconds: float) -> int:
+    """One attacker connection submitting the expensive PNG as fast as its submit bucket allows
+    (pipelined, 5 a second after a burst of 10); how many were answered with a prediction."""
+    from websockets.sync.client import connect as sync_connect
+
+    answered = 0
+    with sync_connect(url, open_timeout=60, max_size=None) as ws:
+        ws.recv(timeout=60)
+        deadline = time.monotonic() + seconds
+        sent = 0
+        while time.monotonic() < deadline:
+            ws.send(json.dumps({"type": "submit", "id": sent, "png": png}))
+            sent += 1
+            time.sleep(0.2 if sent > 10 else 0.0)
+        for _ in range(sent):
+            reply = json.loads(ws.recv(timeout=120))
+            answered += reply["type"] == "prediction"
+    return answered
+
+
+async def test_expensive_valid_images_from_one_address_do_not_hold_a_bystander_back(start_server) -> None:  # type: ignore[no-untyped-def]
+    """49 connections from one address each submit a valid 1024x1024 16-bit PNG at their submit limit,
+    for 4 s (about 1,000 images, far more than the server can preprocess in that time): the bystander,
+    from another address, is served between them (fair order, one expensive image per batch)."""
+    server = start_server()
+    png = base64.b64encode(expensive_png()).decode()
+    async with Siege(server, "5 49 connections of one address, 1024x1024 16-bit PNGs at the submit limit") as siege:
+        with ThreadPoolExecutor(49) as threads:
+            loop = asyncio.get_running_loop()
+            answered = await asyncio.gather(
+                *(
+                    loop.run_in_executor(threads, submit_at_the_limit, server.ws_url, png, ATTACK_SECONDS)
+                    for _ in range(49)
+                )
+            )
+        siege.note(f"attacker: {sum(answered)} predictions")
+    assert sum(answered) > 0
