@@ -197,7 +197,7 @@ def _check_arrays(text: str | bytes, limits: Limits) -> None:
     Counting brackets costs microseconds. The allowance covers every array of a valid message (the
     strokes, their points, ``surface``) and brackets inside a string id.
     """
-    brackets = text.count("[" if isinstance(text, str) else b"[")
+    brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
     allowed = limits.max_points + limits.max_strokes + MAX_ID_LENGTH + 4
     if brackets > allowed and text.lstrip()[:1] in ("{", b"{"):  # anything else is not an object: bad_json
         raise ProtocolError(
