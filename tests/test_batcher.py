@@ -141,11 +141,11 @@ async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausab
     await model_blocked(pausable_runtime)
     accepted.append(batcher.enqueue("submit", ink(1)))
     await until(lambda: batcher.queued == (0, 0))
-    # One address holds at most a quarter of the queue; the rest stays open to the others.
-    accepted += [batcher.enqueue("submit", ink(seed), client="busy") for seed in (2, 3)]
+    # One address holds at most three quarters of the queue; the rest stays open to the others.
+    accepted += [batcher.enqueue("submit", ink(seed), client="busy") for seed in range(6)]
     greedy = batcher.enqueue("submit", ink(4), client="busy")
     assert greedy.done() and isinstance(greedy.result(), Failed) and greedy.result().failure == Failure.BUSY
-    accepted += [batcher.enqueue("submit", ink(seed), client=f"other-{seed}") for seed in range(6)]
+    accepted += [batcher.enqueue("submit", ink(seed), client=f"other-{seed}") for seed in range(2)]
     refused = batcher.enqueue("submit", ink(4), client="late")
     assert refused.done() and isinstance(refused.result(), Failed)
     assert refused.result().failure == Failure.BUSY

@@ -80,6 +80,8 @@ FUZZ_FLAGS = [
     "0",
     "--message-rate",
     "0",
+    "--address-byte-rate",
+    "0",
     "--max-connections-per-client",
     "1000",
 ]
