@@ -103,6 +103,13 @@ class Server(uvicorn.Server):
     the batcher is still stopped, and the requests end on their own (their clients are gone).
     """
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then the address to open in a browser: the last line a user sees at start."""
+        await super().startup(sockets)
+        if self.started:
+            port = self.config.port or self.servers[0].sockets[0].getsockname()[1]
+            logger.info("open %s in a browser", page_address(self.config.host, port))
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         started = time.monotonic()
         budget = float(self.config.timeout_graceful_shutdown or 0)
@@ -145,6 +152,13 @@ class Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def page_address(host: str, port: int) -> str:
+    """The page's URL on this machine: a server bound to every interface is reached through loopback."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def run(settings: Settings) -> int:
