@@ -19,7 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 from wsutil import ONE, SEVEN, drawing, legacy_field, pixels_field, png_field
 
-from livedigit import protocol
+from livedigit import wire
 from livedigit.app import create_app
 from livedigit.config import Settings
 
@@ -129,7 +129,7 @@ def test_model_describes_the_shipped_model_and_the_limits(client: TestClient) ->
     assert response.headers["content-type"] == "application/json"
     info = response.json()
     assert info["name"] == "livedigit-cnn" and info["runtime"] == "litert" and info["card"] is True
-    assert info["protocol"] == protocol.VERSION
+    assert info["protocol"] == wire.VERSION
     assert info["input_forms"] == ["pixels", "strokes", "png", "image", "binary"]
     assert info["limits"]["max_message_bytes"] == SETTINGS.max_message_bytes
     assert info["limits"]["submit_burst"] == SETTINGS.submit_burst
@@ -215,7 +215,14 @@ def test_no_ink_is_empty(client: TestClient) -> None:
             id="pixels-too-few",
         ),
         pytest.param(b'{"strokes": "one"}', "application/json", 400, "bad_message", id="field-of-the-wrong-type"),
-        pytest.param(b'{"strokes": [[[0, NaN]]]}', "application/json", 400, "bad_image", id="nan-coordinate"),
+        pytest.param(b'{"strokes": [[[0, NaN]]]}', "application/json", 400, "bad_json", id="nan-is-not-json"),
+        pytest.param(
+            json.dumps({"pixels": {"width": 5000, "height": 1, "data": ""}}).encode(),
+            "application/json",
+            400,
+            "bad_image",
+            id="side-over-the-limit",
+        ),
         pytest.param(
             b'{"strokes": [[[0, 0], [1, 1]]], "pad": "' + b"x" * SETTINGS.max_message_bytes + b'"}',
             "application/json",
@@ -245,8 +252,19 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_read(client: Tes
     assert response.status_code == 413 and response.json()["code"] == "bad_message"
 
 
-def test_predictions_over_the_rate_are_429() -> None:
-    with TestClient(create_app(Settings(submit_rate=0.001, submit_burst=2))) as client:
+def test_the_body_is_json_whatever_its_content_type_and_unknown_fields_are_ignored(client: TestClient) -> None:
+    for content_type in ("text/plain", "application/octet-stream", ""):
+        reply = predict(client, {"strokes": ONE}, content_type).json()
+        assert reply["type"] == "prediction" and reply["digit"] == 1, (content_type, reply)
+    reply = predict(client, {"strokes": ONE, "type": "snapshot", "id": 9, "colour": "red"}).json()
+    assert reply["type"] == "prediction" and reply["id"] is None and reply["final"] is True
+
+
+def test_predictions_over_the_rate_are_429_with_when_to_retry() -> None:
+    with TestClient(create_app(Settings(submit_rate=0.5, submit_burst=2))) as client:
         answers = [predict(client, {"strokes": ONE}) for _ in range(3)]
     assert [response.status_code for response in answers] == [200, 200, 429]
-    assert answers[2].json()["code"] == "rate_limited" and answers[2].headers["content-type"] == "application/json"
+    refused = answers[2]
+    assert refused.headers["content-type"] == "application/json" and refused.json()["code"] == "rate_limited"
+    assert 0 < refused.json()["retry_after_ms"] <= 2000
+    assert refused.headers["retry-after"] in ("1", "2")
