@@ -2,7 +2,7 @@
 # Install everything the tests need (Python packages into .venv, Debian's chromium for the browser tests,
 # Debian's postgresql for the label storage tests), check lint, formatting and types, and run the whole
 # suite: ./scripts/test.sh [pytest arguments]
-# The quick loop, without the browser, training, fuzzing and load tests: ./scripts/test.sh -m "not slow"
+# The quick loop, without the tests marked slow (browser, training, fuzzing, load...): ./scripts/test.sh -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=()
