@@ -14,13 +14,16 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from livedigit.preprocess import Limits
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "livedigit-cnn"
-"""The shipped model's base name; the runtime adds ``.tflite`` or ``.keras``, the card is ``.json``."""
+DEFAULT_MODEL = Path(str(resources.files("livedigit") / "models" / "livedigit-cnn"))
+"""The shipped model's base name, inside the package (installed from the repository's ``models/``); the
+runtime adds ``.tflite`` or ``.keras``, the card is ``.json``. pip installs packages as files, and the
+runtimes read a model by its path."""
 
 ENV_PREFIX = "LIVEDIGIT_"
 

@@ -104,6 +104,13 @@ class Server(uvicorn.Server):
     the batcher is still stopped, and the requests end on their own (their clients are gone).
     """
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then the address to open in a browser: the last line a user sees at start."""
+        await super().startup(sockets)
+        if self.started:
+            port = self.config.port or self.servers[0].sockets[0].getsockname()[1]
+            logger.info("open %s in a browser", page_address(self.config.host, port))
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         started = time.monotonic()
         budget = float(self.config.timeout_graceful_shutdown or 0)
@@ -169,6 +176,13 @@ def return_large_buffers_to_the_system() -> None:
 
 M_MMAP_THRESHOLD = -3
 """glibc's ``mallopt`` parameter number for the threshold (``malloc.h``)."""
+
+
+def page_address(host: str, port: int) -> str:
+    """The page's URL on this machine: a server bound to every interface is reached through loopback."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def run(settings: Settings) -> int:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Python packages into .venv, Debian's chromium for the browser tests,
-# Debian's postgresql for the label storage tests) and run the whole suite: ./scripts/test.sh [pytest arguments]
+# Debian's postgresql for the label storage tests), check lint, formatting and types, and run the whole
+# suite: ./scripts/test.sh [pytest arguments]
+# The quick loop, without the tests marked slow (browser, training, fuzzing, load...): ./scripts/test.sh -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
 PACKAGES=()
 [ -x /usr/bin/chromium ] || PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || PACKAGES+=(postgresql)
@@ -15,7 +16,16 @@ if [ ${#PACKAGES[@]} -gt 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
   fi
 fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[train,dev]"
-exec .venv/bin/python -m pytest "$@"
+source scripts/venv.sh
+venv_install test-install -c constraints.txt -e ".[train,dev]"
+
+# Every check runs even when one before it fails, so that one run reports everything.
+failed=()
+.venv/bin/ruff check --quiet . || failed+=("ruff check")
+.venv/bin/ruff format --check --quiet . || failed+=("ruff format --check")
+.venv/bin/mypy || failed+=(mypy)
+.venv/bin/python -m pytest "$@" || failed+=(pytest)
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi

@@ -629,6 +629,13 @@ frames = st.one_of(
 # The connections.
 
 
+NO_KEEPALIVE = None
+"""The test's clients send no keepalive pings: the client's ping thread draws its payload from the global
+``random`` module, and when that lands while hypothesis generates a case, hypothesis reports it as
+randomness inside a strategy (a warning that prints the whole strategy). The server's pings keep the
+connections checked."""
+
+
 class Fuzzer:
     """The hostile connection: sends pipelined frames, checks every reply, reconnects after a 1008."""
 
@@ -643,7 +650,9 @@ class Fuzzer:
 
     def connection(self) -> ClientConnection:
         if self.ws is None:
-            self.ws = self.connections.enter_context(connect(self.url, open_timeout=TIMEOUT, max_size=None))
+            self.ws = self.connections.enter_context(
+                connect(self.url, open_timeout=TIMEOUT, ping_interval=NO_KEEPALIVE, max_size=None)
+            )
             assert json.loads(self.ws.recv(timeout=TIMEOUT))["type"] == "hello"
             self.bad_in_a_row = 0
         return self.ws
@@ -718,7 +727,7 @@ class Bystander:
     """A well-behaved client on its own connection: its answers must not change while the fuzzer runs."""
 
     def __init__(self, url: str, connections: contextlib.ExitStack) -> None:
-        self.ws = connections.enter_context(connect(url, open_timeout=TIMEOUT))
+        self.ws = connections.enter_context(connect(url, open_timeout=TIMEOUT, ping_interval=NO_KEEPALIVE))
         assert json.loads(self.ws.recv(timeout=TIMEOUT))["type"] == "hello"
         self.count = 0
         raster = drawing()

@@ -54,10 +54,10 @@ def seven(writer: str = "browser-0001", submit_id: int | str | None = None, **ch
     return Label(**fields)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database: a SQLite file path, or a new database on the session's PostgreSQL (as a
-    Heroku-style ``postgres://`` URL)."""
+    Heroku-style ``postgres://`` URL; slow, as starting the server takes seconds)."""
     if request.param == "sqlite":
         return str(tmp_path / "data" / database.SQLITE_FILE)
     server: PostgresServer = request.getfixturevalue("postgres")

@@ -369,6 +369,7 @@ def assert_same_image(got: np.ndarray | None, expected: np.ndarray | None) -> No
         assert np.array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(pen_test: list[pendigits.PenDigit]) -> None:
     """render_strokes crops the canvas to Pillow's box of non-zero pixels instead of thresholding it all;
     on every growing prefix of real pen digits that must give exactly what normalize() gives."""

@@ -109,3 +109,13 @@ def test_the_app_factory_runs_under_plain_uvicorn(tmp_path: Path) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_start_up_ends_with_the_address_to_open(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The README tells a user to open the address printed at start: it comes after uvicorn's own start-up
+    lines, before anything the server logs while serving (here the readiness checks)."""
+    server = start_server()
+    lines = server.log().splitlines()
+    running = next(i for i, line in enumerate(lines) if "Uvicorn running on" in line)
+    assert lines[running + 1].endswith(f"open http://127.0.0.1:{server.port}/ in a browser"), lines
+    assert all("GET /readyz" in line for line in lines[running + 2 :]), lines

@@ -61,6 +61,9 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "livedigit"])
+    """How ``livedigit`` is run: this interpreter's package, or another install's command (with ``cwd``)."""
+    cwd: Path | None = None
 
     @property
     def http_url(self) -> str:
@@ -78,10 +81,14 @@ class ServerProcess:
         """Start the server and return once it is ready; raise ``RuntimeError`` with the end of its log
         when it exits or is not ready within ``timeout`` seconds (it is stopped then)."""
         self.log_path = log_dir / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "livedigit", "serve", "--host", HOST, "--port", str(self.port), *self.args]
+        command = [*self.program, "serve", "--host", HOST, "--port", str(self.port), *self.args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         if wait_until_ready(self.process, self.http_url, timeout):
             return self
