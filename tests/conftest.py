@@ -169,15 +169,17 @@ def model_runtime() -> Any:
 
 
 @pytest.fixture
-def app_server(model_runtime: Any) -> Iterator:
+def app_server(model_runtime: Any, tmp_path: Path) -> Iterator:
     """Factory: ``app_server(max_batch=8, ...)`` runs an in-process server with those settings on a free
-    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``); all are stopped after the test."""
+    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``), its labels in a SQLite file of the
+    test's temporary folder; all are stopped after the test."""
     from livedigit.config import Settings
 
     servers: list[AppServer] = []
 
     def start(**overrides: Any) -> AppServer:
-        settings = Settings(**{"port": free_port(), "log_level": "warning", **overrides})
+        defaults = {"port": free_port(), "log_level": "warning", "data_dir": str(tmp_path / "data")}
+        settings = Settings(**{**defaults, **overrides})
         server = AppServer(settings, PausableRuntime(model_runtime))
         servers.append(server)
         return server.start()

@@ -76,13 +76,16 @@ class ServerProcess:
 
     def start(self, log_dir: Path, timeout: float = START_TIMEOUT_S) -> Self:
         """Start the server and return once it is ready; raise ``RuntimeError`` with the end of its log
-        when it exits or is not ready within ``timeout`` seconds (it is stopped then)."""
+        when it exits or is not ready within ``timeout`` seconds (it is stopped then).
+
+        Labels go to a SQLite file in ``log_dir`` unless ``env`` or ``args`` say otherwise: a server
+        started for a test or a benchmark never writes into a database of the environment's."""
         self.log_path = log_dir / f"server-{self.port}.log"
         command = [sys.executable, "-m", "livedigit", "serve", "--host", HOST, "--port", str(self.port), *self.args]
+        labels = {"LIVEDIGIT_DATA_DIR": str(log_dir / "data"), "LIVEDIGIT_DATABASE_URL": ""}
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **labels, **self.env}
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         if wait_until_ready(self.process, self.http_url, timeout):
             return self
         exited = self.process.poll()
