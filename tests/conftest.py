@@ -61,6 +61,17 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start."""
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    server = PostgresServer(bindir)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
     """Factory: ``start_server(*flags, env={...})`` starts a server; all are stopped after the test."""
     servers: list[ServerProcess] = []
