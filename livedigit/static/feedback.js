@@ -16,7 +16,7 @@ const MAX_ATTEMPTS = 6;
 const RETRY_MS = 2000;
 
 /** Errors after which the same label is worth sending again. */
-const RETRYABLE = new Set(["unavailable", "rate_limited", "overloaded", "internal"]);
+const RETRYABLE = new Set(["unavailable", "rate_limited"]);
 
 const WRITER_KEY = "livedigit-writer";
 const ID_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
