@@ -1,4 +1,4 @@
-"""Helpers for the tests of stored labels: pointing ``livedigit labels`` (and ``serve``) at a database,
+"""What the tests of stored labels share: pointing ``livedigit labels`` (and ``serve``) at a database,
 reading its export, and holding its write lock as a slow database would."""
 
 from __future__ import annotations
