@@ -101,6 +101,15 @@ class Settings:
     database_url: str = _option(
         "", "PostgreSQL URL for labels (postgres://...; Heroku Postgres sets DATABASE_URL)", env=("DATABASE_URL",)
     )
+    label_rate: float = _option(1.0, "labels per second per WebSocket connection (token bucket refill; 0: no limit)")
+    label_burst: int = _option(10, "labels a connection may send at once before the rate applies")
+    label_rate_per_client: float = _option(
+        5.0, "labels per second per client address, over all its connections and POST /api/labels; 0: no limit"
+    )
+    label_burst_per_client: int = _option(30, "labels a client address may send at once before its rate applies")
+    label_timeout: float = _option(
+        3.0, "longest a label waits for its database commit before it is answered 'unavailable' (seconds)"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -61,6 +61,17 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start."""
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    server = PostgresServer(bindir)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
     """Factory: ``start_server(*flags, env={...})`` starts a server; all are stopped after the test."""
     servers: list[ServerProcess] = []
@@ -169,15 +180,17 @@ def model_runtime() -> Any:
 
 
 @pytest.fixture
-def app_server(model_runtime: Any) -> Iterator:
+def app_server(model_runtime: Any, tmp_path: Path) -> Iterator:
     """Factory: ``app_server(max_batch=8, ...)`` runs an in-process server with those settings on a free
-    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``); all are stopped after the test."""
+    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``), its labels in a SQLite file of the
+    test's temporary folder; all are stopped after the test."""
     from livedigit.config import Settings
 
     servers: list[AppServer] = []
 
     def start(**overrides: Any) -> AppServer:
-        settings = Settings(**{"port": free_port(), "log_level": "warning", **overrides})
+        defaults = {"port": free_port(), "log_level": "warning", "data_dir": str(tmp_path / "data")}
+        settings = Settings(**{**defaults, **overrides})
         server = AppServer(settings, PausableRuntime(model_runtime))
         servers.append(server)
         return server.start()

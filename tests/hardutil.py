@@ -53,7 +53,7 @@ def documented(heading: str) -> frozenset[str]:
 ERROR_CODES = documented("### Error codes")
 DROP_REASONS = documented("### `dropped` reasons")
 CLOSE_CODES = frozenset(int(code) for code in documented("### Close codes"))
-REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong"})
+REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong", "stored"})
 INVALID_INPUT = frozenset({"bad_json", "bad_message", "bad_image"})
 """Error codes that count towards ``max_bad_messages`` (the client's fault)."""
 
@@ -63,7 +63,10 @@ REPLY_KEYS = {
     "dropped": {"type", "id", "reason"},
     "error": {"type", "id", "code", "message"},
     "pong": {"type", "id"},
+    "stored": {"type", "id", "label_id"},
 }
+OPTIONAL_KEYS = {"prediction": {"preview"}, "error": {"retry_after_ms"}}
+"""Keys a reply of that type carries only sometimes: a preview when asked, a wait when retrying helps."""
 
 LOG_PROBLEMS = ("Traceback", "Exception", "ERROR", "preprocessing raised", "Task exception", "never retrieved")
 """What must never appear in a server's log: unhandled exceptions, and defects the batcher absorbed."""
@@ -76,7 +79,7 @@ def check_reply(reply: Any) -> None:
     assert kind in REPLY_TYPES, reply
     keys = set(reply)
     expected = REPLY_KEYS[kind]
-    assert expected <= keys <= expected | {"preview"}, reply
+    assert expected <= keys <= expected | OPTIONAL_KEYS.get(kind, set()), reply
     message_id = reply["id"]
     assert (
         message_id is None
@@ -96,6 +99,9 @@ def check_reply(reply: Any) -> None:
     elif kind == "error":
         assert reply["code"] in ERROR_CODES, reply
         assert isinstance(reply["message"], str) and reply["message"].strip(), reply
+        assert "retry_after_ms" not in reply or reply["retry_after_ms"] >= 1, reply
+    elif kind == "stored":
+        assert isinstance(reply["label_id"], int) and not isinstance(reply["label_id"], bool), reply
 
 
 def scrape(http_url: str) -> dict[str, float]:

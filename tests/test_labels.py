@@ -10,20 +10,17 @@ coordinates, split by writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import json
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from pgutil import PostgresServer, binaries
+from labelutil import exported, location, writes_blocked
+from pgutil import PostgresServer
 
 from livedigit import cli, pendigits
 from livedigit.config import Settings
@@ -62,38 +59,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "data" / database.SQLITE_FILE)
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database(f"labels_{uuid.uuid4().hex[:12]}")
-
-
-def location(target: str) -> list[str]:
-    """The ``livedigit labels`` flags that point at ``target``."""
-    if target.startswith("postgres"):
-        return ["--database-url", target]
-    return ["--data-dir", str(Path(target).parent)]
-
-
-def exported(target: str, out: Path) -> list[dict[str, Any]]:
-    assert cli.main(["labels", "export", "--out", str(out), *location(target)]) == 0
-    return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-@contextlib.contextmanager
-def writes_blocked(target: str) -> Iterator[None]:
-    """Another client holds the database's write lock: a slow database, as the store sees it."""
-    if target.startswith("postgres"):
-        import psycopg
-
-        with psycopg.connect(database.url_for(target).set(drivername="postgresql").render_as_string(False)) as hold:
-            hold.execute("LOCK TABLE labels IN EXCLUSIVE MODE")
-            yield
-            hold.rollback()
-    else:
-        hold = sqlite3.connect(target, isolation_level=None)
-        hold.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            hold.execute("ROLLBACK")
-            hold.close()
 
 
 async def started(target: str, **options: Any) -> LabelStore:
@@ -405,17 +370,6 @@ def test_settings_and_the_heroku_warning() -> None:
     assert warning is not None and "DATABASE_URL" in warning and "heroku-postgresql" in warning
     assert database.ephemeral_storage_warning(Settings(database_url="postgres://a@b/c"), {"DYNO": "web.1"}) is None
     assert database.ephemeral_storage_warning(Settings(), {}) is None
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, to stop and start."""
-    bindir = binaries()
-    if bindir is None:
-        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-    server = PostgresServer(bindir)
-    yield server
-    server.destroy()
 
 
 @pytest.mark.slow

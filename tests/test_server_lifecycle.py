@@ -93,7 +93,8 @@ def test_the_app_factory_runs_under_plain_uvicorn(tmp_path: Path) -> None:
     log = tmp_path / "uvicorn.log"
     command = [sys.executable, "-m", "uvicorn", "--factory", "livedigit.app:create_app", "--port", str(port)]
     command += ["--ws", "websockets-sansio"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    environment = {**os.environ, "LIVEDIGIT_DATA_DIR": str(tmp_path / "data")}  # labels: not in the checkout
+    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, env=environment)
     try:
         deadline = time.monotonic() + 60
         while not (_listening(port) and http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200):
