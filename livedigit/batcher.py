@@ -16,11 +16,12 @@ The queue is bounded by design:
   snapshot the same way: the final drawing makes an older live frame pointless, and its reply (sent in
   order) would otherwise hold the submit's reply back. Once taken into a batch, a snapshot
   is committed and gets its prediction, which guarantees every connection progress under load.
-* **Submits** are never replaced, at most ``max_pending_submits`` of them; beyond that a submit is
-  refused with ``overloaded``. They are served round robin over client addresses, then over each
-  address's connections, each connection's in order (:mod:`livedigit.fairness`), and a batch holds at
-  most :data:`BATCH_COST` of preprocessing work, so neither many connections nor expensive images from
-  one address can hold another's submit back for more than about one image. Batches take submits
+* **Submits** are never replaced, at most ``max_pending_submits`` of them, three quarters of that from
+  any one client address; beyond that a submit is refused with ``overloaded``. They are served round robin
+  over client addresses, then over each address's connections, each connection's in order
+  (:mod:`livedigit.fairness`), and a batch holds at most :data:`BATCH_COST` of preprocessing work, so
+  neither many connections nor expensive images from one address can hold another's submit back for
+  more than about one image. Batches take submits
   first, so under overload snapshots wait; a connection whose snapshot has waited
   :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
 
@@ -58,6 +59,10 @@ ARRIVAL_SMOOTHING = 0.2
 
 PROBE_INTERVAL = 5.0
 """Seconds between test batches while the model is failing and no traffic tells whether it recovered."""
+
+RESERVED_SHARE = 4
+"""A quarter of ``max_pending_submits`` is kept for other addresses than the one submitting: a lone
+script may queue three quarters of it, and however fast one address submits, the others find room."""
 
 BATCH_COST = 64
 """Most preprocessing work one batch takes, in drawn snapshots (:func:`livedigit.preprocess.cost`): its
@@ -115,6 +120,7 @@ class Batcher:
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_pending_submits = max(0, max_pending_submits)
+        self.max_pending_per_client = max(1, self.max_pending_submits - self.max_pending_submits // RESERVED_SHARE)
         self.snapshot_deadline = snapshot_deadline
         self.preprocess_threads = max(1, preprocess_threads)
         self._submits: FairQueue[Job] = FairQueue()
@@ -199,7 +205,10 @@ class Batcher:
             future.set_result(Failed(Failure.NOT_READY))
             return future
         if kind == "submit":
-            if len(self._submits) >= self.max_pending_submits:
+            if (
+                len(self._submits) >= self.max_pending_submits
+                or self._submits.count(client) >= self.max_pending_per_client
+            ):
                 future.set_result(Failed(Failure.BUSY))
                 return future
             overtaken = self._snapshots.pop(owner, None) if owner is not None else None

@@ -49,6 +49,11 @@ class FairQueue(Generic[T]):
             for items in owners.values():
                 yield from items
 
+    def count(self, client: Hashable) -> int:
+        """Items of ``client`` waiting."""
+        owners = self._clients.get(client)
+        return 0 if owners is None else sum(map(len, owners.values()))
+
     def push(self, item: T) -> None:
         """Queue ``item`` behind its connection's earlier ones. A client with nothing queued goes first
         in line: it was served less recently than every client that is waiting now."""

@@ -51,6 +51,7 @@ from livedigit.wire import (
     ReplyType,
     Scored,
     Shed,
+    Stored,
     Verdict,
     Work,
 )
@@ -77,13 +78,30 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Correction:
+    """What a ``label`` message says besides its drawing: the true digit, the browser that sent it, and
+    what the model had answered as the client showed it. The ranges and formats of these fields are
+    checked where a label is stored (:meth:`livedigit.labels.store.Label.row`), their one home."""
+
+    digit: int
+    writer: str
+    key: str | None = None
+    submit_id: MessageId = None
+    predicted: int | None = None
+    probabilities: tuple[float, ...] | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
-    """One client message, validated: what is asked, the id to echo and, unless a ping, the drawing."""
+    """One client message, validated: what is asked, the id to echo and, unless a ping, the drawing;
+    a ``label`` also carries its :class:`Correction`."""
 
     kind: Kind
     id: MessageId = None
     image: Image | None = None
     preview: bool = False
+    correction: Correction | None = None
 
     @property
     def final(self) -> bool:
@@ -117,11 +135,36 @@ class _Message(_Body):
     id: int | str | None = None
 
 
+class _LabelBody(_Body, kw_only=True):
+    """``POST /api/labels``'s body: one image form and the correction's fields.
+
+    A separate shape, decoded only for labels, so that these field names stay unknown (and ignored) in a
+    snapshot or a submit, as they always were.
+    """
+
+    digit: int
+    writer: str
+    key: str | None = None
+    submit_id: int | str | None = None
+    predicted: int | None = None
+    probabilities: list[float] | None = None
+    verdict: str | None = None
+
+
+class _LabelMessage(_LabelBody, kw_only=True):
+    """A ``label`` text frame."""
+
+    type: str | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | None = None
+
+
 LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SIDE * LEGACY_SIDE - 1}}}", re.ASCII)
 """784 decimal integers of one to three ASCII digits, separated by commas, spaces allowed around each."""
 
 _MESSAGE = msgspec.json.Decoder(_Message)
 _BODY = msgspec.json.Decoder(_Body)
+_LABEL_MESSAGE = msgspec.json.Decoder(_LabelMessage)
+_LABEL_BODY = msgspec.json.Decoder(_LabelBody)
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
@@ -129,6 +172,7 @@ _ENCODER = msgspec.json.Encoder()
 
 def parse_text(text: str | bytes, limits: Limits) -> Request:
     """Parse a JSON text frame sent over the WebSocket."""
+    _check_arrays(text, limits)
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -139,9 +183,13 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
     kind = message.type
     if kind == "ping":
         return Request("ping", message_id)
+    if kind == "label":
+        return _label(_LABEL_MESSAGE, text, limits, message_id)
     if kind != "snapshot" and kind != "submit":
         shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else "(missing)"
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit or ping", message_id)
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit, label or ping", message_id
+        )
     work: Work = "snapshot" if kind == "snapshot" else "submit"
     try:
         return Request(work, message_id, _image(message, limits), message.preview)
@@ -152,6 +200,7 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
 
 def parse_body(body: bytes, limits: Limits) -> Request:
     """Parse the JSON body of ``POST /api/predict``: one image form, always a submit, no id."""
+    _check_arrays(body, limits)
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
@@ -159,6 +208,45 @@ def parse_body(body: bytes, limits: Limits) -> Request:
     except (msgspec.DecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the body is not valid JSON") from None
     return Request("submit", None, _image(message, limits), message.preview)
+
+
+def parse_label_body(body: bytes, limits: Limits) -> Request:
+    """Parse the JSON body of ``POST /api/labels``: one image form and a correction, no id."""
+    return _label(_LABEL_BODY, body, limits, None)
+
+
+def _label(decoder: msgspec.json.Decoder[Any], text: str | bytes, limits: Limits, message_id: MessageId) -> Request:
+    """A ``label``: its drawing checked like a submit's (same limits, same codes), its fields typed.
+
+    ``text`` is read a second time here (a frame was first decoded as a :class:`_Message` to find its
+    type); labels are rare next to snapshots, and this keeps their fields out of the other messages.
+    """
+    try:
+        message = decoder.decode(text)
+    except msgspec.ValidationError as exc:
+        if message_id is None:
+            _misshapen(text, exc, "body")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, _field_error(exc), message_id) from None
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "the body is not valid JSON") from None
+    try:
+        image = _image(message, limits)
+        if isinstance(image, Strokes) and not image.strokes:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, "a label's strokes must hold at least one point")
+        submit_id = _message_id(message.submit_id, "submit_id")
+    except ProtocolError as error:
+        error.id = message_id
+        raise
+    correction = Correction(
+        digit=message.digit,
+        writer=message.writer,
+        key=message.key,
+        submit_id=submit_id,
+        predicted=message.predicted,
+        probabilities=None if message.probabilities is None else tuple(message.probabilities),
+        verdict=message.verdict,
+    )
+    return Request("label", message_id, image, correction=correction)
 
 
 def parse_binary(frame: bytes, limits: Limits) -> Request:
@@ -187,6 +275,22 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
         )
     array = np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy()
     return Request(kind, message_id, Pixels(array), bool(flags & BINARY_PREVIEW_FLAG))
+
+
+def _check_arrays(text: str | bytes, limits: Limits) -> None:
+    """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
+
+    Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
+    points, and decoding them all would cost a millisecond of the event loop before the count is seen.
+    Counting brackets costs microseconds. The allowance covers every array of a valid message (the
+    strokes, their points, ``surface``) and brackets inside a string id.
+    """
+    brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
+    allowed = limits.max_points + limits.max_strokes + MAX_ID_LENGTH + 4
+    if brackets > allowed and text.lstrip()[:1] in ("{", b"{"):  # anything else is not an object: bad_json
+        raise ProtocolError(
+            ErrorCode.BAD_IMAGE, f"more than {limits.max_points} points in all; send fewer (downsample)"
+        )
 
 
 def _misshapen(text: str | bytes, exc: msgspec.ValidationError, what: str) -> Request:
@@ -226,20 +330,21 @@ def _field_error(exc: msgspec.ValidationError) -> str:
     return f"{path.rstrip('`').lstrip('.')}: {detail[0].lower()}{detail[1:]}".replace("`", "")
 
 
-def _message_id(message_id: object) -> MessageId:
+def _message_id(message_id: object, name: str = "id") -> MessageId:
+    """``message_id`` when it is a valid id (or ``None``); ``name`` is the field it came from."""
     if message_id is None:
         return None
     if isinstance(message_id, str):
         if len(message_id) > MAX_ID_LENGTH:
             raise ProtocolError(
-                ErrorCode.BAD_MESSAGE, f"id is {len(message_id)} characters; the limit is {MAX_ID_LENGTH}"
+                ErrorCode.BAD_MESSAGE, f"{name} is {len(message_id)} characters; the limit is {MAX_ID_LENGTH}"
             )
         return message_id
     if isinstance(message_id, int) and not isinstance(message_id, bool):
         if abs(message_id) >= MAX_ID_MAGNITUDE:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "an integer id must fit in a signed 64-bit integer")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"an integer {name} must fit in a signed 64-bit integer")
         return message_id
-    raise ProtocolError(ErrorCode.BAD_MESSAGE, "id must be a string or an integer")
+    raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name} must be a string or an integer")
 
 
 def _image(message: _Body, limits: Limits) -> Image:
@@ -383,9 +488,14 @@ def error(message_id: MessageId, code: ErrorCode, message: str, retry_after: flo
     return reply
 
 
-def rate_limited(message_id: MessageId, rate: float, retry_after: float) -> dict[str, Any]:
-    """The ``rate_limited`` error of a submit (WebSocket) or a request (HTTP) over its rate."""
-    return error(message_id, ErrorCode.RATE_LIMITED, f"more than {rate:g} submits per second; slow down", retry_after)
+def rate_limited(message_id: MessageId, rate: float, retry_after: float, what: str = "submits") -> dict[str, Any]:
+    """The ``rate_limited`` error of a submit or a label (WebSocket) or a request (HTTP) over its rate."""
+    return error(message_id, ErrorCode.RATE_LIMITED, f"more than {rate:g} {what} per second; slow down", retry_after)
+
+
+def stored(message_id: MessageId, label_id: int) -> dict[str, Any]:
+    """The reply to a ``label`` whose row is committed."""
+    return Stored(message_id, label_id).to_wire()
 
 
 def pong(message_id: MessageId) -> dict[str, Any]:

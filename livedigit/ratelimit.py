@@ -39,6 +39,13 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, amount: float) -> None:
+        """Take ``amount`` tokens after the fact (the size of what was just read); the balance may go
+        below zero, and :meth:`retry_after` then says how long until it is positive again."""
+        if self.enabled:
+            self._refill()
+            self._tokens -= amount
+
     def retry_after(self) -> float:
         """Seconds until the next token: when a refused caller may try again (0 when one is there)."""
         if not self.enabled:

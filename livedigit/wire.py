@@ -10,7 +10,8 @@ Two families of types live here:
 * **Outcomes** (:data:`Outcome`) are what the batcher decided for one image: scored by the model, no
   digit in it, shed, or failed (with a :class:`Failure` saying why). They carry no user-facing text.
 * **Results** (:class:`Prediction`, :class:`Empty`, :class:`Dropped`) are the replies a client receives
-  for a snapshot or a submit. The server builds them from outcomes, the client parses them back.
+  for a snapshot or a submit. The server builds them from outcomes, the client parses them back;
+  :class:`Stored` answers a ``label``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 VERSION = 1
 """The protocol version; the ``hello`` announces it and a binary frame's first byte carries it."""
 
-Kind = Literal["snapshot", "submit", "ping"]
+Kind = Literal["snapshot", "submit", "ping", "label"]
 """What a client message asks for."""
 
 Work = Literal["snapshot", "submit"]
@@ -74,6 +75,7 @@ class ReplyType(StrEnum):
     DROPPED = "dropped"
     ERROR = "error"
     PONG = "pong"
+    STORED = "stored"
 
 
 class Verdict(StrEnum):
@@ -94,6 +96,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -103,6 +106,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAVAILABLE: 503,
 }
 """The HTTP status each error code is answered with."""
 
@@ -270,6 +274,21 @@ class Dropped:
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> Dropped:
         return cls(id=reply.get("id"), reason=str(reply.get("reason")))
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A ``label`` the server has committed to its database: ``label_id`` names the stored row."""
+
+    id: MessageId
+    label_id: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": ReplyType.STORED.value, "id": self.id, "label_id": self.label_id}
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> Stored:
+        return cls(id=reply.get("id"), label_id=int(reply["label_id"]))
 
 
 Result = Prediction | Empty

@@ -43,7 +43,16 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
     shed (in the replies and in /metrics), each flooder's newest snapshot is still answered, memory stays
     flat. Rate limits and pacing are off, so that a few clients can offer that much."""
     server = start_server(
-        "--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0", "--max-connections-per-client", "1000"
+        "--snapshot-rate",
+        "0",
+        "--submit-rate",
+        "0",
+        "--message-rate",
+        "0",
+        "--address-byte-rate",
+        "0",
+        "--max-connections-per-client",
+        "1000",
     )
     before = await asyncio.to_thread(scrape, server.http_url)
     raster = drawing(240)

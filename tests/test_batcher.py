@@ -157,14 +157,18 @@ async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_b
 
 
 async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausable_runtime) -> None:
-    batcher = await make_batcher(max_batch=1, max_pending_submits=2)
+    batcher = await make_batcher(max_batch=1, max_pending_submits=8)
     pausable_runtime.pause()
     accepted = [batcher.enqueue("submit", ink(0))]
     await model_blocked(pausable_runtime)
     accepted.append(batcher.enqueue("submit", ink(1)))
     await until(lambda: batcher.queued == (0, 0))
-    accepted += [batcher.enqueue("submit", ink(seed)) for seed in (2, 3)]
-    refused = batcher.enqueue("submit", ink(4))
+    # One address holds at most three quarters of the queue; the rest stays open to the others.
+    accepted += [batcher.enqueue("submit", ink(seed), client="busy") for seed in range(6)]
+    greedy = batcher.enqueue("submit", ink(4), client="busy")
+    assert greedy.done() and isinstance(greedy.result(), Failed) and greedy.result().failure == Failure.BUSY
+    accepted += [batcher.enqueue("submit", ink(seed), client=f"other-{seed}") for seed in range(2)]
+    refused = batcher.enqueue("submit", ink(4), client="late")
     assert refused.done() and isinstance(refused.result(), Failed)
     assert refused.result().failure == Failure.BUSY
     pausable_runtime.resume()

@@ -1,12 +1,14 @@
 """The training script end to end, on a tiny subset: it must export exactly what the server loads.
 
-``python -m train --quick`` trains one epoch on 2,000 MNIST digits and 300 pen-digits drawings; the point
-is not accuracy but that the exported ``.tflite``, ``.keras`` and model card are consistent with each
-other and with the serving code (the card's accuracies are re-measured here through the serving path).
+``python -m train --quick`` trains one epoch on 2,000 MNIST digits and 300 pen-digits drawings, plus a
+small export of labels made by the real label store and ``livedigit labels export``; the point is not
+accuracy but that the exported ``.tflite``, ``.keras`` and model card are consistent with each other and
+with the serving code (the card's accuracies are re-measured here through the serving path).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -17,7 +19,9 @@ import numpy as np
 import pytest
 
 from livedigit import pendigits
-from livedigit.preprocess import SIZE, Pixels, preprocess
+from livedigit.labels import database
+from livedigit.labels.store import Label, LabelStore
+from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
 from livedigit.runtime import load_runtime
 from livedigit.verdict import VerdictRule
 from train.data import as_served, subset
@@ -29,8 +33,37 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def exported(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Base path of a model trained by ``python -m train --quick`` with seed 3."""
+def labels_export(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export of 120 labels from 30 browsers: pen-digits test drawings as if drawn on the page, and
+    MNIST test digits sent as pixels, stored by the label store and written by ``livedigit labels export``."""
+    folder = tmp_path_factory.mktemp("labels")
+    drawings: list[tuple[Strokes | Pixels, int]] = [
+        (Strokes(digit.strokes), digit.label) for digit in pendigits.load(pen_path, "test")[1000:1090]
+    ]
+    with np.load(mnist_path) as data:
+        drawings += [
+            (Pixels(image), int(label))
+            for image, label in zip(data["x_test"][600:630], data["y_test"][600:630], strict=True)
+        ]
+
+    async def store_all() -> None:
+        store = LabelStore.open(folder / database.SQLITE_FILE)
+        await store.start()
+        for index, (drawing, digit) in enumerate(drawings):
+            writer = f"browser-{index % 30:04d}"
+            await store.add(Label(drawing, digit, writer, "livedigit-cnn", "test", predicted=None, probabilities=None))
+        await store.close()
+
+    asyncio.run(store_all())
+    out = folder / "labels.jsonl"
+    command = [sys.executable, "-m", "livedigit", "labels", "export", "--data-dir", str(folder), "--out", str(out)]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(mnist_path: Path, pen_path: Path, labels_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Base path of a model trained by ``python -m train --quick`` with seed 3, with ``labels_export``."""
     out = tmp_path_factory.mktemp("trained")
     done = subprocess.run(
         [
@@ -44,6 +77,8 @@ def exported(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPath
             str(mnist_path),
             "--pen-digits",
             str(pen_path),
+            "--extra-pen",
+            str(labels_export),
             "--out",
             str(out),
             "--name",
@@ -149,3 +184,18 @@ def test_exported_tflite_agrees_with_the_keras_model(exported: Path, card: dict,
     from_keras = load_runtime(exported, "tensorflow").predict(images)
     assert np.abs(from_litert - from_keras).max() < 1e-4
     assert card["tflite_vs_keras_max_abs_difference"] < 1e-4
+
+
+def test_exported_labels_join_training_and_testing_by_writer(exported: Path, card: dict, labels_export: Path) -> None:
+    """Train rows are rendered like pen digits (two renderings each in a quick run, pixel rows too); test
+    rows are measured through the serving path, and no writer is on both sides."""
+    extra_train, extra_test = pendigits.load(labels_export, "train"), pendigits.load(labels_export, "test")
+    assert extra_train and extra_test and len(extra_train) + len(extra_test) == 120
+    assert not {digit.writer for digit in extra_train} & {digit.writer for digit in extra_test}
+    assert any(digit.pixels is not None for digit in extra_train)
+    assert card["training"]["samples"] == 2000 + 2 * (300 + len(extra_train))
+    assert any(item.startswith(f"extra pen digits ({len(extra_train)} digits") for item in card["training"]["data"])
+    runtime = load_runtime(exported, "litert")
+    guesses = runtime.predict(as_inputs([preprocess(digit.image()) for digit in extra_test])).argmax(axis=1)
+    measured = float(np.mean(guesses == [digit.label for digit in extra_test]))
+    assert card["accuracy"]["extra_pen_test"] == pytest.approx(measured, abs=1e-4)

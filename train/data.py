@@ -37,8 +37,9 @@ def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def as_served(digit: pendigits.PenDigit, fraction: float = 1.0) -> Strokes:
-    """A pen digit as the page sends it: strokes in screen coordinates with the tablet's surface; with
-    ``fraction`` below 1, only its first ``ceil(fraction * points)`` points (the drawing so far)."""
+    """A UCI pen digit as the page sends it: strokes in screen coordinates with the tablet's surface; with
+    ``fraction`` below 1, only its first ``ceil(fraction * points)`` points (the drawing so far). (A digit
+    of a labels export is sent as :meth:`~livedigit.pendigits.PenDigit.image` says.)"""
     strokes = digit.strokes
     if fraction < 1.0:
         total = sum(len(stroke) for stroke in strokes)

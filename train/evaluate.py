@@ -7,8 +7,8 @@ Every image goes through ``livedigit.preprocess`` as a request would (MNIST digi
 digits as strokes with the tablet's ``surface``), then the model, then the verdict rule of the model's
 card (:mod:`livedigit.verdict`), exactly as the batcher does. Figures:
 
-* **accuracy**: MNIST test, pen-digits test (14 writers never trained on) and validation (6 writers);
-  an ``empty`` answer counts as a miss.
+* **accuracy**: MNIST test, pen-digits test (14 writers never trained on) and validation (6 writers),
+  and the test rows of ``--extra-pen`` files (``extra_pen_test``); an ``empty`` answer counts as a miss.
 * **early**: each pen-digits test digit cut after 50%, 75% and 90% of its points (the first
   ``ceil(fraction * points)`` points, strokes in order): top-1 against the final label at each cut, and
   *settled early*, the share right at 75% and still right at 90% and 100%.
@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model base path (.tflite and .json)")
     parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
     parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl")
+    parser.add_argument(
+        "--extra-pen",
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="more digits in the pen-digits layout, e.g. from 'livedigit labels export'; test rows measured",
+    )
     parser.add_argument("--json", default=None, help="write the figures to this file")
     parser.add_argument("--card", action="store_true", help="store the figures in the model's card")
     parser.add_argument("--speed", action="store_true", help="also measure digits/s with bench/runtime.py")
@@ -78,10 +85,18 @@ class Sets:
     pen_test: list[pendigits.PenDigit]
     pen_validation: list[pendigits.PenDigit]
     negatives: dict[negatives.Split, list[negatives.Negative]] = field(default_factory=dict)
+    extra_test: list[pendigits.PenDigit] = field(default_factory=list)
 
 
-def load_sets(mnist: str | None, pen_digits: str, limit: int | None, seed: int) -> Sets:
-    """The measured sets; ``limit`` keeps that many of each, spread over the set."""
+def load_sets(
+    mnist: str | None,
+    pen_digits: str,
+    limit: int | None,
+    seed: int,
+    extra_test: list[pendigits.PenDigit] | None = None,
+) -> Sets:
+    """The measured sets; ``limit`` keeps that many of each, spread over the set; ``extra_test`` are the
+    test rows of extra pen-digits files, measured whole."""
     print("loading the data ...", flush=True)
     _, _, x_test, y_test = load_mnist(mnist)
     keep = subset(x_test, limit)
@@ -91,6 +106,7 @@ def load_sets(mnist: str | None, pen_digits: str, limit: int | None, seed: int) 
         (rasters(x_test[keep]), y_test[keep].astype(np.int64)),
         [pen_test[i] for i in subset(pen_test, limit)],
         [pen_validation[i] for i in subset(pen_validation, limit)],
+        extra_test=extra_test or [],
     )
     for split in negatives.SPLITS:
         started = time.perf_counter()
@@ -189,14 +205,18 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
         by_kind[negative.kind].append(verdict)
         if negative.kind != "shape":
             by_letter[negative.name].append(verdict)
+    accuracies: dict[str, Any] = {
+        "mnist_test": round(accuracy(mnist, mnist_labels), 5),
+        "pen_digits_test": round(accuracy(pen, pen_labels), 5),
+        "pen_digits_validation": round(accuracy(validation, validation_labels), 5),
+        "pen_digits_test_most_confused": most_confused(confusion),
+        "pen_digits_test_confusion": confusion,
+    }
+    if sets.extra_test:
+        extra = run(runtime, [digit.image() for digit in sets.extra_test], "extra pen digits, test rows")
+        accuracies["extra_pen_test"] = round(accuracy(extra, np.array([d.label for d in sets.extra_test])), 5)
     return {
-        "accuracy": {
-            "mnist_test": round(accuracy(mnist, mnist_labels), 5),
-            "pen_digits_test": round(accuracy(pen, pen_labels), 5),
-            "pen_digits_validation": round(accuracy(validation, validation_labels), 5),
-            "pen_digits_test_most_confused": most_confused(confusion),
-            "pen_digits_test_confusion": confusion,
-        },
+        "accuracy": accuracies,
         "early": {
             "pen_digits_test_top1": {f"{cut:g}": round(float(right[cut].mean()), 5) for cut in sorted(right)},
             "pen_digits_test_settled_early": round(float(settled.mean()), 5),
@@ -306,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     card_path = base.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     rule = VerdictRule.from_card(card)
-    sets = load_sets(args.data, args.pen_digits, args.limit, args.seed)
+    extra_test = [digit for path in args.extra_pen for digit in pendigits.load(path, "test")]
+    sets = load_sets(args.data, args.pen_digits, args.limit, args.seed, extra_test)
     figures = evaluate(load_runtime(base, "litert"), rule, sets)
     figures["cost"] = {key: card[key] for key in ("flops_per_sample", "parameters") if key in card}
     if args.speed:

@@ -1,12 +1,17 @@
 """Train the livedigit CNN on MNIST plus real pen trajectories, and export what the server loads.
 
-    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl
+    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl \
+        [--extra-pen labels.jsonl]
 
 Every input goes through ``livedigit.preprocess``, the same code the server runs, so the model sees
 training digits exactly as it will see a person's drawing. The pen-digits *train* split, minus six
 validation writers, is rendered from its strokes several times with random slant, shear, aspect and pen
 width; MNIST's training digits, minus the last 5,000, are used as they are (see ``train/data.py``).
-On-the-fly augmentation adds small rotations, shears, zooms, shifts and thicker or thinner ink.
+``--extra-pen`` adds files in the same layout, such as the corrections people made on the page
+(``livedigit labels export``), split by writer in the same way: their train rows join the training set
+(drawings sent as pixels are used as rasters, as often as a stroke drawing is rendered), their test rows
+are measured as ``extra_pen_test``. On-the-fly augmentation adds small rotations, shears, zooms, shifts
+and thicker or thinner ink.
 
 After training, the verdict rule is fitted on the validation digits and the fitting negatives
 (``train/calibrate.py``), and every figure of the card is measured through the serving path
@@ -45,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
     parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl")
+    parser.add_argument(
+        "--extra-pen",
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="more digits in the pen-digits layout, e.g. from 'livedigit labels export' (repeatable)",
+    )
     parser.add_argument("--pen-copies", type=int, default=4, help="augmented renderings per pen-digits train digit")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -69,9 +81,19 @@ def normalize_all(images: np.ndarray) -> np.ndarray:
 def render_pen(
     digits: list[pendigits.PenDigit], copies: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width."""
+    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width.
+
+    A digit drawn as pixels is normalized once and used ``copies + 1`` times, so it weighs as much as a
+    drawing with strokes; the on-the-fly augmentation varies its copies.
+    """
     images, labels = [], []
     for digit in digits:
+        if digit.pixels is not None:
+            raster = preprocess(digit.image())
+            if raster is not None:
+                images.extend([raster] * (copies + 1))
+                labels.extend([digit.label] * (copies + 1))
+            continue
         for copy in range(copies + 1):
             strokes = [np.asarray(s, dtype=np.float64) for s in digit.strokes]
             width = STROKE_WIDTH
@@ -194,11 +216,24 @@ def main(argv: list[str] | None = None) -> int:
         x_train, y_train = x_train[:2000], y_train[:2000]
         pen_train = pen_train[:300]
         args.epochs, args.pen_copies = 1, 1
+    extra_train: list[pendigits.PenDigit] = []
+    extra_test: list[pendigits.PenDigit] = []
+    for path in args.extra_pen:
+        train_part, test_part = pendigits.load(path, "train"), pendigits.load(path, "test")
+        rasters = sum(digit.pixels is not None for digit in train_part + test_part)
+        print(
+            f"{path}: {len(train_part)} digits for training, {len(test_part)} for testing "
+            f"({rasters} drawn as pixels, used as rasters)",
+            flush=True,
+        )
+        extra_train += train_part
+        extra_test += test_part
 
     print(f"normalizing {len(x_train)} MNIST images ...", flush=True)
     train_images, train_labels = normalize_all(x_train), y_train.astype(np.int64)
-    print(f"rendering {len(pen_train)} pen-digits train strokes x{args.pen_copies + 1} ...", flush=True)
-    pen_images, pen_labels = render_pen(pen_train, args.pen_copies, rng)
+    count = len(pen_train) + len(extra_train)
+    print(f"rendering {count} pen-digits train drawings x{args.pen_copies + 1} ...", flush=True)
+    pen_images, pen_labels = render_pen(pen_train + extra_train, args.pen_copies, rng)
     train_images = np.concatenate([train_images, pen_images])
     train_labels = np.concatenate([train_labels, pen_labels])
     trained_at = time.time()
@@ -245,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("fitting the verdict rule on the validation digits and the fitting negatives ...", flush=True)
     fitting_at = time.time()
-    sets = evaluate.load_sets(args.data, args.pen_digits, limit, seed=0)
+    sets = evaluate.load_sets(args.data, args.pen_digits, limit, seed=0, extra_test=extra_test)
     validation = calibrate.validation_outputs(runtime, mnist_validation, pen_validation, limit)
     fitting_negatives = run(runtime, [negative.image for negative in sets.negatives["fit"]], "fitting negatives")
     rule, fitted = calibrate.fit(validation, fitting_negatives)
@@ -264,7 +299,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"pen_digits train split minus its {pendigits.VALIDATION_WRITERS} validation writers "
                 f"({len(pen_train)} digits, {len({d.writer for d in pen_train})} writers) "
                 f"x{args.pen_copies + 1} renderings",
-            ],
+            ]
+            + (
+                [
+                    f"extra pen digits ({len(extra_train)} digits, "
+                    f"{len({d.writer for d in extra_train})} writers) x{args.pen_copies + 1}: "
+                    + ", ".join(Path(path).name for path in args.extra_pen)
+                ]
+                if extra_train
+                else []
+            ),
             "samples": len(train_images),
             "epochs": args.epochs,
             "batch_size": args.batch_size,
