@@ -172,7 +172,8 @@ _ENCODER = msgspec.json.Encoder()
 
 def parse_text(text: str | bytes, limits: Limits) -> Request:
     """Parse a JSON text frame sent over the WebSocket."""
-    _check_arrays(text, limits)
+    if (ping := _check_arrays(text, limits, "frame")) is not None:
+        return ping
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -200,7 +201,7 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
 
 def parse_body(body: bytes, limits: Limits) -> Request:
     """Parse the JSON body of ``POST /api/predict``: one image form, always a submit, no id."""
-    _check_arrays(body, limits)
+    _check_arrays(body, limits, "body")
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
@@ -212,6 +213,7 @@ def parse_body(body: bytes, limits: Limits) -> Request:
 
 def parse_label_body(body: bytes, limits: Limits) -> Request:
     """Parse the JSON body of ``POST /api/labels``: one image form and a correction, no id."""
+    _check_arrays(body, limits, "body")
     return _label(_LABEL_BODY, body, limits, None)
 
 
@@ -277,20 +279,36 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
     return Request(kind, message_id, Pixels(array), bool(flags & BINARY_PREVIEW_FLAG))
 
 
-def _check_arrays(text: str | bytes, limits: Limits) -> None:
+def _check_arrays(text: str | bytes, limits: Limits, what: str) -> Request | None:
     """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
 
     Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
     points, and decoding them all would cost a millisecond of the event loop before the count is seen.
     Counting brackets costs microseconds. The allowance covers every array of a valid message (the
-    strokes, their points, ``surface``) and brackets inside a string id.
+    strokes, their points, ``surface``) and brackets inside a string id. Such a frame is then read as
+    an object of undecoded values, to answer it as a full decoding would: its id echoed, a ``ping``
+    answered (its other fields do not matter), a wrong type or form named.
     """
     brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
-    allowed = limits.max_points + limits.max_strokes + MAX_ID_LENGTH + 4
-    if brackets > allowed and text.lstrip()[:1] in ("{", b"{"):  # anything else is not an object: bad_json
-        raise ProtocolError(
-            ErrorCode.BAD_IMAGE, f"more than {limits.max_points} points in all; send fewer (downsample)"
-        )
+    if brackets <= limits.max_points + limits.max_strokes + MAX_ID_LENGTH + 4:
+        return None
+    try:
+        fields = _FIELDS.decode(text)
+    except (msgspec.MsgspecError, RecursionError):
+        return None  # not an object: the full decoding says what is wrong, at once
+    message_id = _message_id(_raw_value(fields.get("id"))) if what == "frame" else None
+    if what == "frame":
+        kind = _raw_value(fields.get("type"))
+        if kind == "ping":
+            return Request("ping", message_id)
+        if kind not in ("snapshot", "submit", "label"):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "unknown type; use snapshot, submit, label or ping", message_id)
+    forms = [name for name in IMAGE_FIELDS if name in fields]
+    if len(forms) != 1:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"send exactly one of {', '.join(IMAGE_FIELDS)}", message_id)
+    raise ProtocolError(
+        ErrorCode.BAD_IMAGE, f"more than {limits.max_points} points in all; send fewer (downsample)", message_id
+    )
 
 
 def _misshapen(text: str | bytes, exc: msgspec.ValidationError, what: str) -> Request:
