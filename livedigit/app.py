@@ -34,7 +34,7 @@ from livedigit.runtime import ModelLoadError, Runtime
 from livedigit.security import RouterClientMiddleware, SecurityHeadersMiddleware
 from livedigit.service import Service
 from livedigit.session import websocket_endpoint
-from livedigit.wire import HTTP_STATUS, ErrorCode, ReplyType
+from livedigit.wire import HTTP_STATUS, RETRYABLE, ErrorCode, ReplyType
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
@@ -131,7 +131,9 @@ async def model(request: Request) -> Response:
 
 
 async def predict(request: Request) -> Response:
-    """``POST /api/predict``: one image through the same pipeline as a WebSocket submit."""
+    """``POST /api/predict``: one image, or a batch (``items``), through the same pipeline as a WebSocket
+    submit. A batch whose every item was refused for the same passing reason (rate limit, full queue)
+    has that refusal's status and ``Retry-After``; any other batch is 200 with each item's result."""
     service = _service(request)
     received = time.perf_counter()
     limit = service.settings.max_message_bytes
@@ -139,11 +141,22 @@ async def predict(request: Request) -> Response:
     if body is None:
         return _reply(413, protocol.error(None, ErrorCode.BAD_MESSAGE, f"the body is larger than {limit} bytes"),
                       service, received)  # fmt: skip
-    address = request.client.host if request.client else "unknown"
-    caller = Caller(None, address, service.http_submits.bucket(address), transport="http")
-    reply = await pipeline.handle(service, caller, functools.partial(protocol.parse_body, body), received).resolve()
-    status = HTTP_STATUS[ErrorCode(reply["code"])] if reply["type"] == ReplyType.ERROR else 200
+    parse = functools.partial(protocol.parse_body, body, max_items=service.settings.max_batch_items)
+    reply = await pipeline.handle(service, _http_caller(request, service, "http"), parse, received).resolve()
+    status = 200
+    if reply["type"] == ReplyType.ERROR:
+        status = HTTP_STATUS[ErrorCode(reply["code"])]
+    elif reply["type"] == ReplyType.BATCH:
+        codes = {result.get("code") for result in reply["results"]}
+        if len(codes) == 1 and (code := codes.pop()) in RETRYABLE:
+            status = HTTP_STATUS[ErrorCode(code)]
     return _reply(status, reply, service, received)
+
+
+def _http_caller(request: Request, service: Service, transport: str) -> Caller:
+    """An HTTP request's caller: its client address, whose submit bucket every request from it shares."""
+    address = request.client.host if request.client else "unknown"
+    return Caller(None, address, service.http_submits.bucket(address), transport=transport)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -164,9 +177,11 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 def _reply(status: int, reply: dict[str, Any], service: Service, received: float) -> Response:
     """The JSON response for ``reply``; a refusal the client should retry says when (``Retry-After``)."""
     headers = {}
-    if "retry_after_ms" in reply:
-        headers["retry-after"] = str(math.ceil(reply["retry_after_ms"] / 1000.0))
+    hints = [result["retry_after_ms"] for result in reply.get("results", [reply]) if "retry_after_ms" in result]
+    if status in (429, 503) and hints:
+        headers["retry-after"] = str(math.ceil(max(hints) / 1000.0))
     elif status == 503:
         headers["retry-after"] = str(OVERLOADED_RETRY_AFTER)
     pipeline.sent(service, reply, received)
     return Response(protocol.dumps(reply), status_code=status, headers=headers, media_type="application/json")
+

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from livedigit.preprocess import Limits
+from livedigit.wire import MAX_BATCH_ITEMS
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "livedigit-cnn"
 """The shipped model's base name; the runtime adds ``.tflite`` or ``.keras``, the card is ``.json``."""
@@ -46,7 +47,9 @@ class Settings:
     max_points: int = _option(1024, "most points over all strokes of one drawing")
     snapshot_rate: float = _option(30.0, "snapshots per second per connection (token bucket refill)")
     snapshot_burst: int = _option(30, "snapshots a connection may send at once before the rate applies")
-    submit_rate: float = _option(5.0, "submits per second per connection")
+    submit_rate: float = _option(
+        5.0, "submits (images) per second per connection, and per address over HTTP, while the server is busy"
+    )
     submit_burst: int = _option(10, "submits a connection may send at once before the rate applies")
     max_bad_messages: int = _option(32, "consecutive invalid messages after which a connection is closed with 1008")
     message_rate: float = _option(
@@ -57,6 +60,23 @@ class Settings:
     max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
     max_pending_submits: int = _option(256, "submits queued across all connections before new ones are refused")
+    max_pending_submits_per_client: int = _option(
+        128, "submits one client address may have queued before its new ones are refused (overloaded)"
+    )
+    busy_submits: int = _option(
+        192,
+        "queued submits (all clients) from which the server counts as busy: only then do submit_rate and "
+        "submit_burst apply; below it every submit is accepted",
+    )
+    max_batch_items: int = _option(MAX_BATCH_ITEMS, "most images in one batch message (WebSocket, HTTP, /v2 infer)")
+    submit_share: float = _option(
+        0.25,
+        "least share of every batch that waiting submits get; live snapshots take the rest first "
+        "(1: submits always go first)",
+    )
+    live_batch: int = _option(
+        16, "while people are drawing, submits fill a batch only up to this many images, so live frames wait less"
+    )
     allowed_origins: str = _option(
         "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"
     )

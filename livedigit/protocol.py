@@ -27,11 +27,13 @@ import numpy as np
 
 from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
 from livedigit.wire import (
+    BINARY_BATCH,
     BINARY_HEADER,
     BINARY_KINDS,
     BINARY_PREVIEW_FLAG,
     IMAGE_FIELDS,
     LEGACY_SIDE,
+    MAX_BATCH_ITEMS,
     MAX_ID_LENGTH,
     MAX_ID_MAGNITUDE,
     PNG_DATA_URL,
@@ -76,16 +78,21 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One client message, validated: what is asked, the id to echo and, unless a ping, the drawing."""
+    """One client message, validated: what is asked, the id to echo and, unless a ping or a batch, the
+    drawing. A batch holds its items instead: each a submit (id ``None``), or the error that item gets.
+    """
 
     kind: Kind
     id: MessageId = None
     image: Image | None = None
     preview: bool = False
+    items: tuple[Request | ProtocolError, ...] = ()
+    whole: bool = False
+    """For a batch: admit all of its items or none (a tensor of ``/v2`` infer cannot be half answered)."""
 
     @property
     def final(self) -> bool:
-        return self.kind == "submit"
+        return self.kind != "snapshot"
 
 
 # The JSON shapes, as msgspec decodes them. UNSET tells "absent" from "null", which is an error.
@@ -97,8 +104,8 @@ class _PixelsField(msgspec.Struct):
     data: str
 
 
-class _Body(msgspec.Struct):
-    """``POST /api/predict``'s body: one image form; unknown fields are ignored."""
+class _Item(msgspec.Struct):
+    """One image form with its options: a batch item; unknown fields are ignored."""
 
     pixels: _PixelsField | msgspec.UnsetType = msgspec.UNSET
     strokes: list[list[tuple[float, float]]] | msgspec.UnsetType = msgspec.UNSET
@@ -106,6 +113,13 @@ class _Body(msgspec.Struct):
     image: str | msgspec.UnsetType = msgspec.UNSET
     surface: tuple[float, float] | None = None
     preview: bool = False
+
+
+class _Body(_Item):
+    """``POST /api/predict``'s body: one image form, or ``items`` (a batch)."""
+
+    items: list[msgspec.Raw] | msgspec.UnsetType = msgspec.UNSET
+    """Kept raw, so that one malformed item is that item's error, not the whole message's."""
 
 
 class _Message(_Body):
@@ -120,13 +134,14 @@ LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SID
 
 _MESSAGE = msgspec.json.Decoder(_Message)
 _BODY = msgspec.json.Decoder(_Body)
+_ITEM = msgspec.json.Decoder(_Item)
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
 
 
-def parse_text(text: str | bytes, limits: Limits) -> Request:
-    """Parse a JSON text frame sent over the WebSocket."""
+def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
+    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images."""
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -137,30 +152,63 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
     kind = message.type
     if kind == "ping":
         return Request("ping", message_id)
-    if kind != "snapshot" and kind != "submit":
+    if kind != "snapshot" and kind != "submit" and kind != "batch":
         shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else "(missing)"
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit or ping", message_id)
-    work: Work = "snapshot" if kind == "snapshot" else "submit"
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit, batch or ping", message_id
+        )
     try:
+        if kind == "batch":
+            return _batch(message.items, message_id, limits, max_items)
+        work: Work = "snapshot" if kind == "snapshot" else "submit"
         return Request(work, message_id, _image(message, limits), message.preview)
     except ProtocolError as error:
         error.id = message_id
         raise
 
 
-def parse_body(body: bytes, limits: Limits) -> Request:
-    """Parse the JSON body of ``POST /api/predict``: one image form, always a submit, no id."""
+def parse_body(body: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
+    """Parse the JSON body of ``POST /api/predict``: one image form (a submit, no id), or ``items`` (a
+    batch of at most ``max_items``)."""
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
         _misshapen(body, exc, "body")
     except (msgspec.DecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the body is not valid JSON") from None
+    if not isinstance(message.items, msgspec.UnsetType):
+        return _batch(message.items, None, limits, max_items)
     return Request("submit", None, _image(message, limits), message.preview)
 
 
-def parse_binary(frame: bytes, limits: Limits) -> Request:
-    """Parse a binary frame (``pixels`` only); see the layout in ``docs/protocol.md``."""
+def _batch(
+    items: list[msgspec.Raw] | msgspec.UnsetType, message_id: MessageId, limits: Limits, max_items: int
+) -> Request:
+    """A batch: its items parsed one by one, each into a submit or the error that item alone gets."""
+    if isinstance(items, msgspec.UnsetType) or not items:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a batch needs items: a list of one or more images")
+    if len(items) > max_items:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"the batch holds {len(items)} items; the limit is {max_items}")
+    return Request("batch", message_id, items=tuple(_item(raw, limits) for raw in items))
+
+
+def _item(raw: msgspec.Raw, limits: Limits) -> Request | ProtocolError:
+    try:
+        item = _ITEM.decode(raw)
+        return Request("submit", None, _image(item, limits), item.preview)
+    except msgspec.ValidationError as exc:
+        if bytes(raw)[:1] != b"{":
+            return ProtocolError(ErrorCode.BAD_MESSAGE, "a batch item must be a JSON object")
+        return ProtocolError(ErrorCode.BAD_MESSAGE, _field_error(exc))
+    except RecursionError:
+        return ProtocolError(ErrorCode.BAD_MESSAGE, "a batch item is nested too deeply")
+    except ProtocolError as error:
+        return error
+
+
+def parse_binary(frame: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
+    """Parse a binary frame (``pixels`` only): a snapshot, a submit, or a batch of at most ``max_items``
+    rasters of one size; see the layout in ``docs/protocol.md``."""
     if len(frame) < BINARY_HEADER.size:
         raise ProtocolError(
             ErrorCode.BAD_JSON, f"binary frame is {len(frame)} bytes; the header alone is {BINARY_HEADER.size}"
@@ -171,12 +219,26 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
             ErrorCode.BAD_JSON, f"binary frame version {version}; this server speaks {VERSION}", message_id
         )
     kind: Work | None = BINARY_KINDS.get(kind_code)
-    if kind is None:
+    if kind is None and kind_code != BINARY_BATCH:
         raise ProtocolError(
-            ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot) or 2 (submit)", message_id
+            ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot), 2 (submit) or 3 (batch)", message_id
         )
     _check_side(width, height, limits, message_id)
     data = memoryview(frame)[BINARY_HEADER.size :]
+    preview = bool(flags & BINARY_PREVIEW_FLAG)
+    if kind is None:
+        count, left = divmod(len(data), width * height)
+        if left or not 1 <= count <= max_items:
+            raise ProtocolError(
+                ErrorCode.BAD_JSON,
+                f"a binary batch holds 1 to {max_items} rasters of {width}x{height} ({width * height} bytes "
+                f"each); this one holds {len(data)} pixel bytes",
+                message_id,
+            )
+        rasters = np.frombuffer(data, dtype=np.uint8).reshape(count, height, width).copy()
+        return Request(
+            "batch", message_id, items=tuple(Request("submit", None, Pixels(raster), preview) for raster in rasters)
+        )
     if len(data) != width * height:
         raise ProtocolError(
             ErrorCode.BAD_JSON,
@@ -184,7 +246,7 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
             message_id,
         )
     array = np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy()
-    return Request(kind, message_id, Pixels(array), bool(flags & BINARY_PREVIEW_FLAG))
+    return Request(kind, message_id, Pixels(array), preview)
 
 
 def _misshapen(text: str | bytes, exc: msgspec.ValidationError, what: str) -> Request:
@@ -240,7 +302,7 @@ def _message_id(message_id: object) -> MessageId:
     raise ProtocolError(ErrorCode.BAD_MESSAGE, "id must be a string or an integer")
 
 
-def _image(message: _Body, limits: Limits) -> Image:
+def _image(message: _Item, limits: Limits) -> Image:
     """Turn the one image field of ``message`` into a :data:`livedigit.preprocess.Image`."""
     present = [name for name in IMAGE_FIELDS if getattr(message, name) is not msgspec.UNSET]
     if len(present) != 1:
@@ -366,7 +428,15 @@ def dropped(message_id: MessageId, reason: DropReason) -> dict[str, Any]:
 
 def failed(message_id: MessageId, outcome: Failed) -> dict[str, Any]:
     code, text = FAILURES[outcome.failure]
-    return error(message_id, code, outcome.detail or text)
+    return error(message_id, code, outcome.detail or text, outcome.retry_after)
+
+
+def batch(message_id: MessageId, results: list[dict[str, Any]], latency_ms: float) -> dict[str, Any]:
+    """A ``batch`` reply: one result per item, in the items' order, each the reply a submit of that
+    image alone would get, without its ``id``."""
+    for result in results:
+        result.pop("id", None)
+    return {"type": ReplyType.BATCH.value, "id": message_id, "results": results, "latency_ms": round(latency_ms, 3)}
 
 
 def error(message_id: MessageId, code: ErrorCode, message: str, retry_after: float | None = None) -> dict[str, Any]:
@@ -379,7 +449,12 @@ def error(message_id: MessageId, code: ErrorCode, message: str, retry_after: flo
 
 def rate_limited(message_id: MessageId, rate: float, retry_after: float) -> dict[str, Any]:
     """The ``rate_limited`` error of a submit (WebSocket) or a request (HTTP) over its rate."""
-    return error(message_id, ErrorCode.RATE_LIMITED, f"more than {rate:g} submits per second; slow down", retry_after)
+    return error(
+        message_id,
+        ErrorCode.RATE_LIMITED,
+        f"the server is busy and this is over {rate:g} submits a second",
+        retry_after,
+    )
 
 
 def pong(message_id: MessageId) -> dict[str, Any]:
