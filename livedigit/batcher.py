@@ -27,8 +27,9 @@ The queue is bounded by design:
 never take all of a batch: while submits wait they get at least ``submit_share`` of every batch (a
 quarter by default), so bulk work always progresses; whatever room the snapshots leave goes to submits
 too (work conserving: an otherwise idle server gives one script whole batches). While people are
-drawing (a snapshot arrived within :data:`LIVE_WINDOW`), submits fill a batch only up to ``live_batch``
-images in all, so that the batch a drawer's next snapshot waits behind stays short. Under overload
+drawing (a snapshot arrived within :data:`LIVE_WINDOW`), submits fill a batch only up to ``live_batch_ms``
+of work in all (at the pace the batcher measures per image), so that the batches a drawer's next snapshot
+waits behind stay short on any machine: its latency is about three of them. Under overload
 snapshots wait; a connection whose snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered
 ``dropped``/``overloaded``.
 
@@ -76,8 +77,8 @@ MAX_ARRIVAL_GAP = 0.1
 """Gaps are capped at this (seconds) so that one idle period does not disable waiting for long."""
 
 LIVE_WINDOW = 1.0
-"""Seconds after a snapshot arrived during which people count as drawing: batches then hold at most
-``live_batch`` images unless snapshots alone need more."""
+"""Seconds after a snapshot arrived during which people count as drawing: submits then fill a batch only
+up to ``live_batch_ms`` of work, unless their share of the snapshots' batch needs more."""
 
 RETRY_AFTER_BOUNDS = (0.01, 5.0)
 """The shortest and longest wait (seconds) an ``overloaded`` refusal suggests."""
@@ -123,7 +124,7 @@ class Batcher:
         max_pending_submits: int = 256,
         max_pending_per_client: int | None = None,
         submit_share: float = 0.25,
-        live_batch: int = 16,
+        live_batch_ms: float = 5.0,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         preprocess_threads: int = 1,
     ) -> None:
@@ -137,7 +138,7 @@ class Batcher:
             self.max_pending_submits if max_pending_per_client is None else max(0, max_pending_per_client)
         )
         self.submit_share = min(1.0, max(0.0, submit_share))
-        self.live_batch = max(1, live_batch)
+        self.live_batch_seconds = max(0.0, live_batch_ms) / 1000.0
         self.snapshot_deadline = snapshot_deadline
         self.preprocess_threads = max(1, preprocess_threads)
         self._submits: FairQueue[Job] = FairQueue()
@@ -163,6 +164,13 @@ class Batcher:
     def queued(self) -> tuple[int, int]:
         """Snapshots and submits waiting to be taken into a batch."""
         return len(self._snapshots), len(self._submits)
+
+    @property
+    def live_images(self) -> int:
+        """How many images make ``live_batch_ms`` of work at the recent pace (at least one)."""
+        if self._image_seconds <= 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(self.live_batch_seconds / self._image_seconds)))
 
     def room(self, client: Hashable) -> int:
         """Submits ``client`` may still queue before it is refused with ``overloaded``."""
@@ -382,7 +390,8 @@ class Batcher:
         1. The snapshot slots in line order, one per client address before a second, leaving
            ``submit_share`` of the batch to waiting submits; snapshots past their deadline are shed.
         2. Submits in fair order in the room left: up to a full batch, or while people are drawing up
-           to ``live_batch`` images, or more if that is what gives the submits their share.
+           to ``live_batch_ms`` of work (:attr:`live_images`), or more if that is what gives the submits
+           their share.
         """
         jobs: list[Job] = []
         work = 0
@@ -414,8 +423,8 @@ class Batcher:
         images, most_work = self.max_batch, BATCH_COST
         if now - self._last_snapshot < LIVE_WINDOW and self.submit_share < 1.0:
             least = 1.0 - self.submit_share
-            images = min(images, max(self.live_batch, math.ceil(len(jobs) / least)))
-            most_work = min(most_work, max(self.live_batch, math.ceil(work / least)))
+            images = min(images, max(self.live_images, math.ceil(len(jobs) / least)))
+            most_work = min(most_work, max(self.live_images, math.ceil(work / least)))
         while self._submits and fits(self._submits.peek(), images, most_work):
             jobs.append(job := self._submits.pop())
             work += job.cost

@@ -74,8 +74,10 @@ class Settings:
         "least share of every batch that waiting submits get; live snapshots take the rest first "
         "(1: submits always go first)",
     )
-    live_batch: int = _option(
-        16, "while people are drawing, submits fill a batch only up to this many images, so live frames wait less"
+    live_batch_ms: float = _option(
+        5.0,
+        "while people are drawing, submits fill a batch only up to this much work (milliseconds, at the "
+        "measured pace), so live frames wait behind short batches",
     )
     allowed_origins: str = _option(
         "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"

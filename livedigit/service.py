@@ -82,7 +82,7 @@ class Service:
             max_pending_submits=self.settings.max_pending_submits,
             max_pending_per_client=self.settings.max_pending_submits_per_client,
             submit_share=self.settings.submit_share,
-            live_batch=self.settings.live_batch,
+            live_batch_ms=self.settings.live_batch_ms,
         )
         try:
             await batcher.start()

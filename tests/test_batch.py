@@ -12,6 +12,13 @@ from wsutil import ONE, SEVEN, ask, closed, drawing, http_json, open_ws, pixels_
 BLANK = np.zeros((28, 28), np.uint8)
 
 
+async def until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
 def batch_frame(message_id: int, rasters: np.ndarray) -> bytes:
     """A binary batch: the header with type 3, then the rasters (all of one size) back to back."""
     _, height, width = rasters.shape
@@ -116,12 +123,10 @@ async def test_batch_items_count_towards_the_per_address_queue(app_server) -> No
         await crowd.send(json.dumps({"type": "submit", "id": "first", "strokes": ONE}))
         assert await asyncio.to_thread(live.runtime.blocked.wait, 10)
         await crowd.send(json.dumps({"type": "submit", "id": "second", "strokes": ONE}))
-        while live.service.batcher.queued != (0, 0):  # taken into the batch after the blocked one
-            await asyncio.sleep(0.01)
+        await until(lambda: live.service.batcher.in_flight == 2)  # taken into the batch after the blocked one
         await crowd.send(json.dumps({"type": "batch", "id": "b", "items": [{"strokes": SEVEN}] * 6}))
         await other.send(json.dumps({"type": "submit", "id": "other", "strokes": SEVEN}))
-        while live.service.batcher.queued[1] < 5:
-            await asyncio.sleep(0.01)
+        await until(lambda: live.service.batcher.queued[1] == 5)
         live.runtime.resume()
         first, second, answer = await replies(crowd, 3)
         theirs = await asyncio.wait_for(other.recv(), 20)

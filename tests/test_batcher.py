@@ -123,7 +123,7 @@ async def test_snapshots_go_first_and_waiting_submits_keep_their_share(make_batc
     """Eight people's snapshots and a script's eight submits wait together: every batch holds at least a
     quarter of submits (one in four), the snapshots take the rest, and no snapshot waits behind the
     script's backlog."""
-    batcher = await make_batcher(max_batch=4, submit_share=0.25)
+    batcher = await make_batcher(max_batch=4, submit_share=0.25, live_batch_ms=1e6)  # only the share under test
     pausable_runtime.pause()
     blocker = batcher.enqueue("submit", ink(0), Owner(), client="script")
     await model_blocked(pausable_runtime)
@@ -155,8 +155,10 @@ async def test_with_a_submit_share_of_one_submits_go_first(make_batcher, pausabl
 @pytest.mark.parametrize("drawing", [False, True])
 async def test_submits_fill_whole_batches_unless_people_are_drawing(make_batcher, pausable_runtime, drawing) -> None:
     """Work conserving: a lone script gets full batches; while a snapshot has arrived within the last
-    second, submits fill batches only up to live_batch, so a drawer's next frame waits behind less."""
-    batcher = await make_batcher(max_batch=16, live_batch=4)
+    second, submits fill batches only up to live_batch_ms of work (here so little that it is one image
+    beside the snapshot's batch), so a drawer's next frame waits behind less."""
+    batcher = await make_batcher(max_batch=16, live_batch_ms=0.0)
+    assert batcher.live_images == 1
     pausable_runtime.pause()
     blocker = batcher.enqueue("submit", ink(0), Owner(), client="script")
     await model_blocked(pausable_runtime)
@@ -165,7 +167,7 @@ async def test_submits_fill_whole_batches_unless_people_are_drawing(make_batcher
     submits = [batcher.enqueue("submit", ink(i), script, client="script") for i in range(32)]
     pausable_runtime.resume()
     await asyncio.gather(blocker, *live, *submits)
-    expected = [4] * 8 + [1] if drawing else [16, 16]
+    expected = [2] + [1] * 31 if drawing else [16, 16]  # the snapshot and a submit, then one at a time
     assert pausable_runtime.batch_sizes[2:] == expected  # after the warm-up and the blocker
 
 
