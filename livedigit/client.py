@@ -38,13 +38,24 @@ import base64
 import io
 import itertools
 import json
+import math
 import os
 import random
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +145,11 @@ ImageLike = Image | np.ndarray | bytes | bytearray | str | os.PathLike[str] | Se
 REFUSALS = 30
 """How many times :meth:`LiveDigitClient.predict_many` sends an image the server refused for a passing
 reason (``rate_limited``, ``overloaded``) before it reports the refusal as that image's result."""
+
+MAX_WINDOW = 256
+"""The most images :meth:`LiveDigitClient.predict_many` keeps unanswered, whatever the server allows: four
+full batches keep its model busy, and more would only wait in the socket (the server reads no further
+than 256 replies ahead, and its keepalive pings would queue behind them)."""
 
 PROGRESS_DELAY = 1.0
 """Seconds a :meth:`LiveDigitClient.predict_many` run on a terminal lasts before its progress bar shows."""
@@ -304,6 +320,26 @@ class _Queue:
         return self.waiting[0]
 
 
+class _Window:
+    """How many images a :meth:`LiveDigitClient.predict_many` run keeps unanswered: the share of the
+    queue the server announced at first; halved when the server refuses images (other connections from
+    the same address share that queue, or the server is busy), and grown back by one image for each batch
+    answered in full: additive increase, multiplicative decrease, as TCP does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.size = max(1, limit)
+        self._cut = -math.inf
+
+    def refused(self, sent: float) -> None:
+        """A refusal for a batch sent at ``sent``: one cut for all the batches already on their way."""
+        if sent > self._cut:
+            self.size = max(1, self.size // 2)
+            self._cut = time.monotonic()
+
+    def served(self) -> None:
+        self.size = min(self.limit, self.size + 1)
+
+
 def _frame(items: list[_Item], preview: bool, binary: bool) -> Callable[[int], str | bytes]:
     """The batch message of ``items`` for a given id: one binary frame when they are all rasters."""
     first = items[0].raster
@@ -470,28 +506,30 @@ class LiveDigitClient:
 
     async def predict_each(
         self, images: Iterable[ImageLike], *, preview: bool = False, progress: bool | None = None
-    ) -> AsyncIterator[Result | ServerError]:
+    ) -> AsyncGenerator[Result | ServerError, None]:
         """:meth:`predict_many` one result at a time, in order, each as soon as it and those before it are
         known. ``images`` is read as it is needed, so it may be a generator of any length."""
         limits = self.limits
         try:
-            window = max(1, int(limits["max_pending_submits_per_client"]))
-            per_message = max(1, min(int(limits["max_batch_items"]), (window + 1) // 2))
+            window = _Window(min(MAX_WINDOW, int(limits["max_pending_submits_per_client"])))
+            most_items = max(1, int(limits["max_batch_items"]))
             largest = int(limits["max_message_bytes"])
         except (KeyError, TypeError, ValueError):
             raise LiveDigitError("this server does not announce batch limits; use predict()") from None
         queue = _Queue(enumerate(images), preview)
-        sending: dict[asyncio.Future[dict[str, Any]], list[_Item]] = {}
+        sending: dict[asyncio.Future[dict[str, Any]], tuple[list[_Item], float]] = {}
         in_flight = next_index = 0
         resume = 0.0
         bar = _progress_bar(len(images) if isinstance(images, Sequence) else None, progress)
         try:
             while True:
-                while in_flight < window and time.monotonic() >= resume:
-                    chunk = queue.chunk(min(per_message, window - in_flight), largest, self.binary)
+                while in_flight < window.size and time.monotonic() >= resume:
+                    most = min(most_items, (window.size + 1) // 2, window.size - in_flight)
+                    chunk = queue.chunk(most, largest, self.binary)
                     if not chunk:
                         break
-                    sending[asyncio.ensure_future(self._exchange(_frame(chunk, preview, self.binary)))] = chunk
+                    task = asyncio.ensure_future(self._exchange(_frame(chunk, preview, self.binary)))
+                    sending[task] = (chunk, time.monotonic())
                     in_flight += len(chunk)
                 while next_index in queue.done:
                     yield queue.done.pop(next_index)
@@ -507,11 +545,12 @@ class LiveDigitClient:
                 finished, _ = await asyncio.wait(
                     sending, timeout=pause if pause > 0 else None, return_when=asyncio.FIRST_COMPLETED
                 )
-                refused = []
-                for task in finished:
-                    chunk = sending.pop(task)
+                refused: list[_Item] = []
+                for answered in finished:
+                    chunk, sent = sending.pop(answered)
                     in_flight -= len(chunk)
-                    for item, result in zip(chunk, batch_results(task.result(), len(chunk)), strict=True):
+                    before = len(refused)
+                    for item, result in zip(chunk, batch_results(answered.result(), len(chunk)), strict=True):
                         if isinstance(result, ServerError) and result.code in RETRYABLE and item.refusals < REFUSALS:
                             item.refusals += 1
                             refused.append(item)
@@ -519,10 +558,14 @@ class LiveDigitClient:
                             resume = max(resume, time.monotonic() + wait)
                         else:
                             queue.done[item.index] = result
+                    if len(refused) > before:
+                        window.refused(sent)
+                    else:
+                        window.served()
                 queue.put_back(refused)
         finally:
-            for task in sending:
-                task.cancel()
+            for unanswered in sending:
+                unanswered.cancel()
             await asyncio.gather(*sending, return_exceptions=True)
             if bar is not None:
                 bar.close()
@@ -624,6 +667,8 @@ class LiveDigitClient:
                 await asyncio.sleep(self._delay(attempt - 1))
             finally:
                 link.pending.pop(request_id, None)
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # failed with the connection while this frame was still being sent
 
     async def _connected(self, retry: bool) -> _Link:
         link = self._link
