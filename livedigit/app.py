@@ -42,9 +42,6 @@ STATIC = PACKAGE / "static"
 
 templates = Jinja2Templates(directory=str(TEMPLATES))
 
-OVERLOADED_RETRY_AFTER = 1
-"""Seconds a 503 (``overloaded``) asks a client to wait: the submit queue drains within about that."""
-
 
 class LiveDigitApp(Starlette):
     """Starlette with the lifespan handled directly, so a start-up failure is one clear line."""
@@ -181,8 +178,6 @@ def _reply(status: int, reply: dict[str, Any], service: Service, received: float
     hints = [result["retry_after_ms"] for result in reply.get("results", [reply]) if "retry_after_ms" in result]
     if status in (429, 503) and hints:
         headers["retry-after"] = str(math.ceil(max(hints) / 1000.0))
-    elif status == 503:
-        headers["retry-after"] = str(OVERLOADED_RETRY_AFTER)
     pipeline.sent(service, reply, received)
     return Response(protocol.dumps(reply), status_code=status, headers=headers, media_type="application/json")
 

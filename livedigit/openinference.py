@@ -265,6 +265,7 @@ def response(model_name: str, infer: Infer, reply: dict[str, Any]) -> tuple[int,
 
 
 def _error(reply: dict[str, Any], prefix: str = "") -> tuple[int, dict[str, str], bytes]:
+    """The v2 error for an ``error`` reply: its status, and ``Retry-After`` for a passing refusal."""
     headers = {"content-type": "application/json"}
     if "retry_after_ms" in reply:
         headers["retry-after"] = str(math.ceil(reply["retry_after_ms"] / 1000.0))

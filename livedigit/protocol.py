@@ -66,6 +66,11 @@ FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
 """How each batcher failure is answered: its error code, and the message when it brings no detail."""
 
 
+RETRY_AFTER = 1.0
+"""Seconds an ``overloaded`` refusal asks a client to wait when the batcher gives no estimate (it is
+starting or stopping)."""
+
+
 class ProtocolError(Exception):
     """A frame that cannot be served; becomes an ``error`` reply and leaves the connection open."""
 
@@ -428,7 +433,10 @@ def dropped(message_id: MessageId, reason: DropReason) -> dict[str, Any]:
 
 def failed(message_id: MessageId, outcome: Failed) -> dict[str, Any]:
     code, text = FAILURES[outcome.failure]
-    return error(message_id, code, outcome.detail or text, outcome.retry_after)
+    retry_after = outcome.retry_after
+    if retry_after is None and code == ErrorCode.OVERLOADED:
+        retry_after = RETRY_AFTER
+    return error(message_id, code, outcome.detail or text, retry_after)
 
 
 def batch(message_id: MessageId, results: list[dict[str, Any]], latency_ms: float) -> dict[str, Any]:

@@ -45,6 +45,8 @@ CLOSE_CODES = frozenset(int(code) for code in documented("### Close codes"))
 REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong"})
 INVALID_INPUT = frozenset({"bad_json", "bad_message", "bad_image"})
 """Error codes that count towards ``max_bad_messages`` (the client's fault)."""
+RETRYABLE = frozenset({"rate_limited", "overloaded"})
+"""Error codes of a passing refusal, which carry ``retry_after_ms``."""
 
 REPLY_KEYS = {
     "prediction": {"type", "id", "final", "digit", "confidence", "probabilities", "latency_ms"},
@@ -65,7 +67,8 @@ def check_reply(reply: Any) -> None:
     assert kind in REPLY_TYPES, reply
     keys = set(reply)
     expected = REPLY_KEYS[kind]
-    assert expected <= keys <= expected | {"preview"}, reply
+    optional = {"retry_after_ms"} if kind == "error" and reply.get("code") in RETRYABLE else {"preview"}
+    assert expected <= keys <= expected | optional, reply
     message_id = reply["id"]
     assert (
         message_id is None
@@ -85,6 +88,8 @@ def check_reply(reply: Any) -> None:
     elif kind == "error":
         assert reply["code"] in ERROR_CODES, reply
         assert isinstance(reply["message"], str) and reply["message"].strip(), reply
+        if reply["code"] in RETRYABLE:
+            assert isinstance(reply["retry_after_ms"], int) and reply["retry_after_ms"] >= 1, reply
 
 
 def scrape(http_url: str) -> dict[str, float]:
