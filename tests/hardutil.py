@@ -42,7 +42,7 @@ def documented(heading: str) -> frozenset[str]:
 ERROR_CODES = documented("### Error codes")
 DROP_REASONS = documented("### `dropped` reasons")
 CLOSE_CODES = frozenset(int(code) for code in documented("### Close codes"))
-REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong"})
+REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong", "batch"})
 INVALID_INPUT = frozenset({"bad_json", "bad_message", "bad_image"})
 """Error codes that count towards ``max_bad_messages`` (the client's fault)."""
 RETRYABLE = frozenset({"rate_limited", "overloaded"})
@@ -54,6 +54,7 @@ REPLY_KEYS = {
     "dropped": {"type", "id", "reason"},
     "error": {"type", "id", "code", "message"},
     "pong": {"type", "id"},
+    "batch": {"type", "id", "results", "latency_ms"},
 }
 
 LOG_PROBLEMS = ("Traceback", "Exception", "ERROR", "preprocessing raised", "Task exception", "never retrieved")
@@ -75,6 +76,11 @@ def check_reply(reply: Any) -> None:
         or isinstance(message_id, str)
         or (isinstance(message_id, int) and not isinstance(message_id, bool))
     ), reply
+    if kind == "batch":
+        assert reply["results"] and reply["latency_ms"] >= 0, reply
+        for result in reply["results"]:
+            assert "id" not in result and result.get("type") in {"prediction", "empty", "error"}, reply
+            check_reply({**result, "id": None})
     if kind == "prediction":
         probabilities = reply["probabilities"]
         assert len(probabilities) == 10 and all(0.0 <= p <= 1.0 for p in probabilities), reply
