@@ -248,11 +248,26 @@ class _Item:
     """One image of a :meth:`LiveDigitClient.predict_many` run, encoded once however often it is sent."""
 
     index: int
-    raster: np.ndarray | None
-    """A uint8 raster, which goes in binary batch frames."""
-    json: str
-    """The item as a JSON object, for JSON batch messages."""
+    form: Image
+    preview: bool
     refusals: int = 0
+    _json: str | None = None
+
+    @property
+    def raster(self) -> np.ndarray | None:
+        """The uint8 raster, when the image is one a binary batch frame can carry."""
+        form = self.form
+        return form.array if isinstance(form, Pixels) and max(form.array.shape) <= 0xFFFF else None
+
+    @property
+    def json(self) -> str:
+        """The item as a JSON object, for JSON batch messages (encoded on first use)."""
+        if self._json is None:
+            fields = image_fields(self.form)
+            if self.preview:
+                fields["preview"] = True
+            self._json = json.dumps(fields)
+        return self._json
 
 
 class _Queue:
@@ -279,12 +294,12 @@ class _Queue:
         chunk: list[_Item] = []
         size = 0
         while len(chunk) < most and (item := self._peek()) is not None:
-            first = chunk[0].raster if chunk else item.raster
+            first, raster = (chunk[0] if chunk else item).raster, item.raster
             raw = binary and first is not None
-            if raw and first is not None and (item.raster is None or item.raster.shape != first.shape):
+            if raw and first is not None and (raster is None or raster.shape != first.shape):
                 break
             size = size or (BINARY_HEADER.size if raw else BATCH_ENVELOPE)
-            cost = item.raster.size if raw and item.raster is not None else len(item.json) + 1
+            cost = raster.size if raw and raster is not None else len(item.json) + 1
             if size + cost > largest:
                 if chunk:
                     break
@@ -312,11 +327,7 @@ class _Queue:
             except PreprocessError as exc:
                 self.done[index] = ServerError("bad_image", str(exc))
                 continue
-            fields = image_fields(form)
-            if self.preview:
-                fields["preview"] = True
-            raster = form.array if isinstance(form, Pixels) and max(form.array.shape) <= 0xFFFF else None
-            self.waiting.append(_Item(index, raster, json.dumps(fields)))
+            self.waiting.append(_Item(index, form, self.preview))
         return self.waiting[0]
 
 

@@ -119,10 +119,10 @@ def _batch(service: Service, caller: Caller, request: Request, received: float) 
     metrics = service.metrics
     metrics.batch_items.inc(len(request.items))
     if request.whole:
+        if batcher.room(caller.client) < len(request.items):
+            busy = Failed(Failure.BUSY, retry_after=batcher.retry_after(caller.client))
+            return Ticket(request, received, reply=protocol.failed(request.id, busy))
         refusal = _over_rate(service, caller, request.id, len(request.items))
-        room = batcher.room(caller.client)
-        if refusal is None and room < len(request.items):
-            refusal = protocol.failed(request.id, Failed(Failure.BUSY, retry_after=batcher.retry_after(caller.client)))
         if refusal is not None:
             return Ticket(request, received, reply=refusal)
     items: list[tuple[Request, asyncio.Future[Outcome]] | dict[str, Any]] = []

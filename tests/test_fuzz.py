@@ -488,7 +488,7 @@ def text_frame(message: Any, verdict: str = ANY) -> Frame:
     return Frame(text, expected_id, allowed)
 
 
-KNOWN_FIELDS = frozenset({"type", "id", "pixels", "strokes", "png", "image", "surface", "preview"})
+KNOWN_FIELDS = frozenset({"type", "id", "pixels", "strokes", "png", "image", "surface", "preview", "items"})
 
 
 @st.composite
