@@ -27,8 +27,8 @@ The queue is bounded by design:
 never take all of a batch: while submits wait they get at least ``submit_share`` of every batch (a
 quarter by default), so bulk work always progresses; whatever room the snapshots leave goes to submits
 too (work conserving: an otherwise idle server gives one script whole batches). While people are
-drawing (a snapshot arrived within :data:`LIVE_WINDOW`), submits fill a batch only up to ``live_batch_ms``
-of work in all (at the pace the batcher measures per image), so that the batches a drawer's next snapshot
+drawing (a snapshot arrived within :data:`LIVE_WINDOW`), submits fill a batch only up to what it serves in
+``live_batch_ms`` (at the pace it measures per image), so that the batches a drawer's next snapshot
 waits behind stay short on any machine: its latency is about three of them. Under overload
 snapshots wait; a connection whose snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered
 ``dropped``/``overloaded``.
@@ -84,7 +84,8 @@ RETRY_AFTER_BOUNDS = (0.01, 5.0)
 """The shortest and longest wait (seconds) an ``overloaded`` refusal suggests."""
 
 THROUGHPUT_SMOOTHING = 0.2
-"""Weight of the newest batch in the moving average of the seconds the batcher spends per image."""
+"""Weight of the newest batch in the moving average of the seconds per image of the slower stage (the
+model or preprocessing): the pace at which the batcher serves images."""
 
 
 @dataclass(eq=False)
@@ -124,7 +125,7 @@ class Batcher:
         max_pending_submits: int = 256,
         max_pending_per_client: int | None = None,
         submit_share: float = 0.25,
-        live_batch_ms: float = 5.0,
+        live_batch_ms: float = 2.5,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         preprocess_threads: int = 1,
     ) -> None:
@@ -167,7 +168,7 @@ class Batcher:
 
     @property
     def live_images(self) -> int:
-        """How many images make ``live_batch_ms`` of work at the recent pace (at least one)."""
+        """How many images the batcher serves in ``live_batch_ms`` at the recent pace (at least one)."""
         if self._image_seconds <= 0:
             return self.max_batch
         return max(1, min(self.max_batch, int(self.live_batch_seconds / self._image_seconds)))
@@ -332,7 +333,8 @@ class Batcher:
             seconds = time.perf_counter() - started
             self.metrics.inference.observe(seconds)
             self.metrics.batch_size.observe(len(live))
-            per_image = (seconds + sum(job.preprocess_seconds for job in live)) / len(live)
+            # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
+            per_image = max(seconds, sum(job.preprocess_seconds for job in live)) / len(live)
             self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
             for job, row in zip(live, probabilities, strict=True):
                 self._resolve(job, Scored(row, job.model_input))  # type: ignore[arg-type]

@@ -75,9 +75,9 @@ class Settings:
         "(1: submits always go first)",
     )
     live_batch_ms: float = _option(
-        5.0,
-        "while people are drawing, submits fill a batch only up to this much work (milliseconds, at the "
-        "measured pace), so live frames wait behind short batches",
+        2.5,
+        "while people are drawing, submits fill a batch only up to what the batcher serves in this many "
+        "milliseconds (at its measured pace), so live frames wait behind short batches",
     )
     allowed_origins: str = _option(
         "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"
