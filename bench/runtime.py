@@ -54,7 +54,7 @@ def sample_batch(size: int):  # type: ignore[no-untyped-def]
     from livedigit.preprocess import Strokes, preprocess
 
     rng = np.random.default_rng(0)
-    images = []
+    images: list[np.ndarray] = []
     while len(images) < size:
         image = preprocess(Strokes([rng.uniform(0, 300, (rng.integers(3, 15), 2)).tolist()]))
         if image is not None:

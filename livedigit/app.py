@@ -14,12 +14,14 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -30,6 +32,7 @@ from livedigit import openinference, pipeline, protocol
 from livedigit.config import Settings
 from livedigit.metrics import CONTENT_TYPE
 from livedigit.pipeline import Caller
+from livedigit.preprocess import Limits
 from livedigit.runtime import ModelLoadError, Runtime
 from livedigit.security import RouterClientMiddleware, SecurityHeadersMiddleware
 from livedigit.service import Service
@@ -81,14 +84,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             Route("/metrics", metrics),
             Route("/api/model", model),
             Route("/api/predict", predict, methods=["POST"]),
+            Route("/api/labels", labels, methods=["POST"]),
             *V2_ROUTES,
             WebSocketRoute("/ws", websocket_endpoint),
             Mount("/static", StaticFiles(directory=str(STATIC), check_dir=False), name="static"),
         ],
         middleware=[
             Middleware(SecurityHeadersMiddleware),
+            Middleware(TrustedHostMiddleware, allowed_hosts=settings.hosts(), www_redirect=False),
             *([Middleware(RouterClientMiddleware)] if settings.forwarded_allow_ips.strip() == "*" else []),
         ],
+        exception_handlers={ClientDisconnect: client_gone},
     )
     app.service = service
     app.state.service = service
@@ -97,6 +103,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 def _service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A client that left in the middle of its request body: there is no one to answer and nothing worth
+    logging (Starlette would log a traceback, which any client could make the server print at will)."""
+    return Response(status_code=400)
 
 
 async def index(request: Request) -> Response:
@@ -132,6 +144,18 @@ async def predict(request: Request) -> Response:
     """``POST /api/predict``: one image, or a batch (``items``), through the same pipeline as a WebSocket
     submit. A batch whose every item was refused for the same passing reason (rate limit, full queue)
     has that refusal's status and ``Retry-After``; any other batch is 200 with each item's result."""
+    items = _service(request).settings.max_batch_items
+    return await _post(request, functools.partial(protocol.parse_body, max_items=items))
+
+
+async def labels(request: Request) -> Response:
+    """``POST /api/labels``: one correction through the same pipeline as a WebSocket ``label``; answered
+    once its row is committed."""
+    return await _post(request, protocol.parse_label_body)
+
+
+async def _post(request: Request, parse: Callable[[bytes, Limits], protocol.Request]) -> Response:
+    """A JSON body through the pipeline with ``parse``, rate-limited by client address; the reply as JSON."""
     service = _service(request)
     received = time.perf_counter()
     limit = service.settings.max_message_bytes
@@ -139,8 +163,8 @@ async def predict(request: Request) -> Response:
     if body is None:
         return _reply(413, protocol.error(None, ErrorCode.BAD_MESSAGE, f"the body is larger than {limit} bytes"),
                       service, received)  # fmt: skip
-    parse = functools.partial(protocol.parse_body, body, max_items=service.settings.max_batch_items)
-    reply = await pipeline.handle(service, _http_caller(request, service, "http"), parse, received).resolve()
+    reply = await pipeline.handle(service, _http_caller(request, service, "http"), functools.partial(parse, body),
+                                  received).resolve()  # fmt: skip
     status = 200
     if reply["type"] == ReplyType.ERROR:
         status = HTTP_STATUS[ErrorCode(reply["code"])]

@@ -17,11 +17,12 @@ The queue is bounded by design:
   order) would otherwise hold the submit's reply back. Once taken into a batch, a snapshot
   is committed and gets its prediction, which guarantees every connection progress under load.
 * **Submits** are never replaced, at most ``max_pending_submits`` of them in all and
-  ``max_pending_per_client`` from one client address; beyond that a submit is refused with
-  ``overloaded`` (and a hint of when to retry). They are served round robin over client addresses, then
-  over each address's connections, each connection's in order (:mod:`livedigit.fairness`), and a batch
-  holds at most :data:`BATCH_COST` of preprocessing work, so neither many connections nor expensive
-  images from one address can hold another's submit back for more than about one image.
+  ``max_pending_per_client`` (three quarters of that unless told otherwise) from one client address;
+  beyond that a submit is refused with ``overloaded`` (and a hint of when to retry). They are served
+  round robin over client addresses, then over each address's connections, each connection's in order
+  (:mod:`livedigit.fairness`), and a batch holds at most :data:`BATCH_COST` of preprocessing work, so
+  neither many connections nor expensive images from one address can hold another's submit back for
+  more than about one image.
 
 **Who goes first** (:meth:`Batcher._take`). Live snapshots of people drawing go before submits, but
 never take all of a batch: while submits wait they get at least ``submit_share`` of every batch (a
@@ -54,7 +55,8 @@ from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
 from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, cost, preprocess
 from livedigit.runtime import CLASSES, Runtime
-from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Work
+from livedigit.verdict import VerdictRule
+from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Verdict, Work
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -67,6 +69,11 @@ ARRIVAL_SMOOTHING = 0.2
 
 PROBE_INTERVAL = 5.0
 """Seconds between test batches while the model is failing and no traffic tells whether it recovered."""
+
+RESERVED_SHARE = 4
+"""Unless told otherwise (``max_pending_per_client``), a quarter of ``max_pending_submits`` is kept for
+other addresses than the one submitting: a lone script may queue three quarters of it, and however fast
+one address submits, the others find room."""
 
 BATCH_COST = 64
 """Most preprocessing work one batch takes, in drawn snapshots (:func:`livedigit.preprocess.cost`): its
@@ -128,15 +135,20 @@ class Batcher:
         live_batch_ms: float = 2.5,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         preprocess_threads: int = 1,
+        verdict: VerdictRule | None = None,
     ) -> None:
         self.runtime = runtime
+        self.verdict = verdict or VerdictRule()
+        """Calibration and verdict of every batch; the default rule leaves probabilities as the model gave them."""
         self.metrics = metrics
         self.limits = limits
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_pending_submits = max(0, max_pending_submits)
         self.max_pending_per_client = (
-            self.max_pending_submits if max_pending_per_client is None else max(0, max_pending_per_client)
+            max(1, self.max_pending_submits - self.max_pending_submits // RESERVED_SHARE)
+            if max_pending_per_client is None
+            else max(0, max_pending_per_client)
         )
         self.submit_share = min(1.0, max(0.0, submit_share))
         self.live_batch_seconds = max(0.0, live_batch_ms) / 1000.0
@@ -320,7 +332,7 @@ class Batcher:
             for job in live:
                 self.metrics.model_wait.observe(started - job.prepared)
             try:
-                probabilities = await loop.run_in_executor(
+                probabilities, verdicts = await loop.run_in_executor(
                     self._model_thread, self._predict, [job.model_input for job in live]
                 )
             except Exception:
@@ -336,8 +348,8 @@ class Batcher:
             # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
             per_image = max(seconds, sum(job.preprocess_seconds for job in live)) / len(live)
             self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
-            for job, row in zip(live, probabilities, strict=True):
-                self._resolve(job, Scored(row, job.model_input))  # type: ignore[arg-type]
+            for job, row, verdict in zip(live, probabilities, verdicts, strict=True):
+                self._resolve(job, Scored(row, job.model_input, verdict))  # type: ignore[arg-type]
 
     async def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run a blank digit through a failed model, so readiness recovers without waiting for traffic."""
@@ -454,13 +466,14 @@ class Batcher:
             job.prepared = time.perf_counter()
             job.preprocess_seconds = job.prepared - started
 
-    def _predict(self, inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        """Model thread: one call, with its output checked so a broken model cannot send garbage."""
+    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict]]:
+        """Model thread: one call, with its output checked so a broken model cannot send garbage, then
+        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once."""
         batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
         if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
-        return probabilities
+        return self.verdict.judge(probabilities)
 
     def _fail(self, jobs: list[Job], why: Failure) -> None:
         failure = Failed(why)

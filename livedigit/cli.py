@@ -1,8 +1,9 @@
-"""The ``livedigit`` command: ``serve``, ``predict`` and ``bench``.
+"""The ``livedigit`` command: ``serve``, ``predict``, ``bench`` and ``labels``.
 
 Each subcommand's options live with the code they configure: ``serve`` takes one flag per
-:class:`livedigit.config.Settings` field, ``predict`` and ``bench`` are defined in
-:mod:`livedigit.predict` and :mod:`livedigit.bench.command` (which loads the bench itself only when it runs).
+:class:`livedigit.config.Settings` field, ``predict``, ``bench`` and ``labels`` are defined in
+:mod:`livedigit.predict`, :mod:`livedigit.bench.command` (which loads the bench itself only when it runs)
+and :mod:`livedigit.labels.command`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_arguments(load)
     load.set_defaults(run=bench.run)
+
+    from livedigit.labels import command as labels_command
+
+    labels = commands.add_parser(
+        "labels", help="export or count the corrections people made", description=labels_command.__doc__
+    )
+    labels_command.add_arguments(labels)
 
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

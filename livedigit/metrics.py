@@ -7,10 +7,13 @@ tuned separately: waiting in the queue, preprocessing, waiting for the model, an
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -100,6 +103,21 @@ class Metrics:
             registry=registry,
         )
         self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
+        self.labels = Counter(
+            "livedigit_labels",
+            "Labels this process stored, by model name and version, and whether they confirmed the model's "
+            "answer or corrected it",
+            ["model", "version", "answer"],
+            registry=registry,
+        )
+
+    def labelled(self, model: str, version: str, confirmed: bool) -> None:
+        """Count one stored label: the person confirmed the model's answer, or corrected it."""
+        self.labels.labels(model, version, "confirmed" if confirmed else "corrected").inc()
+
+    def watch_labels(self, store: LabelStoreState) -> None:
+        """Export the label store's own state (waiting rows, database up, commits) on every scrape."""
+        self.registry.register(_LabelStoreCollector(store))
 
     def reply(self, reply: dict[str, Any], seconds: float | None = None) -> None:
         """Count one reply as it is sent (WebSocket or HTTP)."""
@@ -119,3 +137,40 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LabelStoreState(Protocol):
+    """What the metrics read of a :class:`livedigit.labels.store.LabelStore`."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def available(self) -> bool: ...
+
+    commits: int
+    rows_committed: int
+
+
+class _LabelStoreCollector(Collector):
+    """The store's counts, read when scraped: they live in the store's writer, not in this registry."""
+
+    def __init__(self, store: LabelStoreState) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.store
+        yield GaugeMetricFamily("livedigit_labels_pending", "Labels waiting for the database", value=store.pending)
+        yield GaugeMetricFamily(
+            "livedigit_labels_database_available",
+            "1 while the labels database answers; 0 while labels are refused as unavailable",
+            value=float(store.available),
+        )
+        yield CounterMetricFamily(
+            "livedigit_labels_commits", "Transactions the labels writer committed", value=store.commits
+        )
+        yield CounterMetricFamily(
+            "livedigit_labels_rows_committed",
+            "Rows those transactions stored (rows over commits: the labels sharing one commit)",
+            value=store.rows_committed,
+        )

@@ -9,26 +9,40 @@ client back, HTTP maps the reply to a status code, ``/v2`` to a tensor.
 The submit rate limit is an abuse guard, not a pace: it applies only while the server is busy
 (``busy_submits`` queued in all). A server with spare capacity accepts every submit, so a lone script
 gets all of it; fairness between clients is the batcher's job (:mod:`livedigit.fairness`).
+
+A ``label`` (``POST /api/labels``) takes the same steps to the point of queueing: its drawing goes to the
+label store's writer thread instead of the batcher, and its reply, ``stored``, comes once the row is
+committed. Its ticket waits in the connection's reply queue like any other, so that connection's later
+replies wait for it; other connections never do, and the model never waits for the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from livedigit import protocol
-from livedigit.preprocess import Limits
-from livedigit.protocol import ProtocolError, Request
+from livedigit.labels.store import InvalidLabel, Label, StorageError, StorageUnavailable
+from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, ink_from_png
+from livedigit.protocol import Correction, ProtocolError, Request
 from livedigit.ratelimit import TokenBucket
-from livedigit.wire import DropReason, Failed, Failure, MessageId, Outcome, Work
+from livedigit.wire import DropReason, ErrorCode, Failed, Failure, MessageId, Outcome, Work
 
 if TYPE_CHECKING:
-    import asyncio
-
     from livedigit.service import Service
+
+UNAVAILABLE_RETRY_AFTER = 2.0
+"""Seconds an ``unavailable`` label asks its client to wait: about the pace at which the store tries a
+database that failed again (``livedigit.labels.store.MAX_BACKOFF``)."""
+
+DRAWING_FIELDS = ("strokes", "pixels", "surface", "drawing")
+"""Fields of a refused label that make it ``bad_image`` rather than ``bad_message``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,26 +60,33 @@ class Caller:
     snapshots: TokenBucket | None = None
     transport: str = "ws"
     """``ws`` or ``http``: HTTP messages are counted under their transport, WebSocket ones by type."""
+    labels: TokenBucket | None = None
+    """The connection's own label bucket; every label also draws from its address's (``Service.label_clients``)."""
 
 
 @dataclass(slots=True)
 class Ticket:
-    """A reply owed to a client: known already (``reply``), or awaiting the batcher (``outcome``, or for
-    a batch one ``items`` entry per item: its request and outcome, or its reply when already known).
+    """A reply owed to a client: known already (``reply``), awaiting the batcher (``outcome``, or for a
+    batch one ``items`` entry per item: its request and outcome, or its reply when already known) or the
+    label store (``storing``, which resolves to the reply itself).
 
     It keeps only what the reply needs (id, final, preview); the drawing went to the batcher, which lets
-    go of it once used, so a ticket waiting behind slower ones pins no image.
+    go of it once used, so a ticket waiting behind slower ones pins no image. A label's drawing is held
+    by its store until committed, within the store's bounds.
     """
 
     request: Request | None
     received: float
     outcome: asyncio.Future[Outcome] | None = None
     reply: dict[str, Any] | None = None
+    storing: asyncio.Future[dict[str, Any]] | None = None
     items: list[tuple[Request, asyncio.Future[Outcome]] | dict[str, Any]] | None = None
 
     async def resolve(self) -> dict[str, Any]:
         if self.reply is not None:
             return self.reply
+        if self.storing is not None:
+            return await self.storing
         assert self.request is not None
         if self.items is not None:
             results = []
@@ -104,6 +125,13 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
         refusal = _over_rate(service, caller, request.id)
         if refusal is not None:
             return Ticket(request, received, reply=refusal)
+    if request.kind == "label":
+        for bucket in (caller.labels, service.label_clients.bucket(caller.client)):
+            if bucket is not None and not bucket.take():
+                reply = protocol.rate_limited(request.id, bucket.rate, bucket.retry_after(), "labels")
+                return Ticket(request, received, reply=reply)
+        assert image is not None and request.correction is not None
+        return Ticket(request, received, storing=service.spawn(_store(service, request.id, image, request.correction)))
     assert service.batcher is not None and image is not None
     kind: Work = "snapshot" if request.kind == "snapshot" else "submit"
     future = service.batcher.enqueue(kind, image, owner=caller.owner, client=caller.client)
@@ -156,3 +184,56 @@ def _over_rate(service: Service, caller: Caller, message_id: MessageId, images: 
 def sent(service: Service, reply: dict[str, Any], received: float) -> None:
     """Count a reply once it is on its way, with the time since its message arrived."""
     service.metrics.reply(reply, time.perf_counter() - received)
+
+
+async def _store(service: Service, message_id: MessageId, image: Image, correction: Correction) -> dict[str, Any]:
+    """Store one label and word the outcome: ``stored`` once its row is committed, else the error.
+
+    The model's name and version are the server's own; what the model answered is what the client says
+    it showed (see ``docs/protocol.md``).
+    """
+    try:
+        label = Label(
+            await _drawing(image, service.limits),
+            correction.digit,
+            correction.writer,
+            service.stored_model_name,
+            service.model_version,
+            correction.predicted,
+            correction.probabilities,
+            correction.verdict,
+            correction.submit_id,
+            correction.key,
+        )
+        store = service.labels
+        if store is None:
+            label.row()  # a bad label is told what is wrong with it even when nothing can be stored
+            raise StorageUnavailable("labels are not stored by this server")
+        label_id = await store.add(label)
+    except PreprocessError as exc:
+        return protocol.error(message_id, ErrorCode.BAD_IMAGE, str(exc))
+    except InvalidLabel as exc:
+        code = ErrorCode.BAD_IMAGE if str(exc).startswith(DRAWING_FIELDS) else ErrorCode.BAD_MESSAGE
+        return protocol.error(message_id, code, str(exc))
+    except StorageUnavailable:
+        return protocol.error(
+            message_id,
+            ErrorCode.UNAVAILABLE,
+            "labels cannot be stored right now; send it again later",
+            retry_after=UNAVAILABLE_RETRY_AFTER,
+        )
+    except StorageError:
+        return protocol.error(message_id, ErrorCode.INTERNAL, "this label could not be stored")
+    service.metrics.labelled(label.model_name, label.model_version, confirmed=label.predicted == label.digit)
+    return protocol.stored(message_id, label_id)
+
+
+async def _drawing(image: Image, limits: Limits) -> Strokes | Pixels:
+    """The drawing as a label keeps it: strokes as sent, a raster as uint8, a PNG decoded to its raster
+    (in a thread: decoding may take milliseconds, which the event loop owes to every connection)."""
+    if isinstance(image, Png):
+        ink = await asyncio.to_thread(ink_from_png, image.data, limits)
+        return Pixels(np.rint(ink * 255.0).astype(np.uint8))
+    if isinstance(image, Strokes):
+        return Strokes([np.asarray(stroke).tolist() for stroke in image.strokes], image.surface)
+    return image

@@ -22,6 +22,7 @@ from livedigit.client import LiveDigitClient, LiveDigitError, ServerError, load_
 from livedigit.config import DEFAULT_MODEL, Settings
 from livedigit.preprocess import Image, PreprocessError, preprocess
 from livedigit.runtime import RUNTIMES, ModelLoadError, load_runtime
+from livedigit.verdict import card_rule, ranked
 from livedigit.wire import Empty, Prediction, Result
 
 SUFFIXES = (".png", ".npy")
@@ -60,9 +61,10 @@ def main(args: argparse.Namespace) -> int:
     """Predict the digit in each PNG or .npy file (or in every one below a folder), locally with the
     shipped model or through --url.
 
-    Prints one line per file: the path, the digit and its confidence (or "empty" when there is no digit);
-    --json prints one JSON object per line instead. A file that cannot be read or is not a usable image
-    gets an error on stderr, the other files are still predicted, and the exit status is 1.
+    Prints one line per file: the path, the digit, its confidence and the verdict (digit, unsure or
+    not_a_digit), or "empty" when there is no digit; --json prints one JSON object per line instead. A
+    file that cannot be read or is not a usable image gets an error on stderr, the other files are still
+    predicted, and the exit status is 1.
     """
     paths = _expand(args.files)
     if not paths:
@@ -86,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         try:
             outcomes = _predict_local(paths, args.model, args.runtime)
-        except ModelLoadError as exc:
+        except (ModelLoadError, ValueError) as exc:
             print(f"livedigit predict: {exc}", file=sys.stderr)
             return 2
         for path, outcome in zip(paths, outcomes, strict=True):
@@ -118,19 +120,19 @@ def _print_outcome(path: str, outcome: Result | ServerError, as_json: bool) -> N
         print(json.dumps({"file": path, "type": "empty"}) if as_json else f"{path}\tempty")
         return
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "file": path,
-                    "type": "prediction",
-                    "digit": outcome.digit,
-                    "confidence": round(outcome.confidence, 6),
-                    "probabilities": [round(p, 6) for p in outcome.probabilities],
-                }
-            )
-        )
+        line = {
+            "file": path,
+            "type": "prediction",
+            "digit": outcome.digit,
+            "confidence": round(outcome.confidence, 6),
+            "probabilities": [round(p, 6) for p in outcome.probabilities],
+            "verdict": outcome.verdict,
+        }
+        if outcome.candidates is not None:
+            line["candidates"] = list(outcome.candidates)
+        print(json.dumps(line))
     else:
-        print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}")
+        print(f"{path}\t{outcome.digit}\t{outcome.confidence:.3f}\t{outcome.verdict}")
 
 
 def _read_file(path: str) -> Image | ServerError:
@@ -161,13 +163,16 @@ def _predict_local(paths: Sequence[str], model: str, runtime_kind: str) -> list[
         if tensor is not None:
             inputs.append((index, tensor))
     if inputs:
+        rule = card_rule(model)
         runtime = load_runtime(model, runtime_kind)
         for start in range(0, len(inputs), LOCAL_BATCH):
             batch = inputs[start : start + LOCAL_BATCH]
-            probabilities = runtime.predict(np.stack([tensor for _, tensor in batch]))
-            for (index, _), row in zip(batch, probabilities, strict=True):
-                digit = int(np.argmax(row))
-                outcomes[index] = Prediction(None, True, digit, float(row[digit]), tuple(float(p) for p in row))
+            probabilities, verdicts = rule.judge(runtime.predict(np.stack([tensor for _, tensor in batch])))
+            for (index, _), row, verdict in zip(batch, probabilities, verdicts, strict=True):
+                digit, candidates = ranked(row, verdict)
+                outcomes[index] = Prediction(
+                    None, True, digit, float(row[digit]), tuple(float(p) for p in row), None, None, verdict, candidates
+                )
     return outcomes
 
 

@@ -113,12 +113,16 @@ def preprocess(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray | No
 COST_UNIT = 4096
 """Pixels of a raster that cost about as much to preprocess as one drawn snapshot (64x64)."""
 
+COST_POINTS = 64
+"""Points of a drawing that cost about as much to render as one drawn snapshot (most have fewer)."""
+
 
 def cost(image: Image) -> int:
     """The work ``image`` will take to preprocess, in drawn snapshots (at least 1), known before any of it.
 
-    A drawing costs 1 (it is rasterised at a fixed resolution); a raster or a PNG costs its pixel count
-    (as its header declares it) over :data:`COST_UNIT`: a 1024x1024 PNG is 256 snapshots' work. The
+    A drawing costs its points over :data:`COST_POINTS` (a snapshot of a digit being drawn has fewer: 1;
+    1,024 points: 16); a raster or a PNG costs its pixel count (as its header declares it) over
+    :data:`COST_UNIT`: a 1024x1024 PNG is 256 snapshots' work. The
     batcher uses it to keep one expensive image from delaying many cheap ones.
     """
     if isinstance(image, Pixels):
@@ -126,6 +130,8 @@ def cost(image: Image) -> int:
     if isinstance(image, Png) and len(image.data) >= 24 and image.data[:8] == PNG_SIGNATURE:
         width, height = struct.unpack(">II", image.data[16:24])
         return max(1, math.ceil(int(width) * int(height) / COST_UNIT))
+    if isinstance(image, Strokes):
+        return max(1, math.ceil(sum(len(stroke) for stroke in image.strokes) / COST_POINTS))
     return 1
 
 
@@ -180,20 +186,17 @@ def pixels_uint8(array: object) -> np.ndarray:
 def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode a PNG into float32 ink in 0..1, whatever its colour mode, bit depth and polarity.
 
-    The declared dimensions are read from the IHDR header and checked before anything is decompressed,
-    so a small file that claims to be huge (a decompression bomb) is refused at no cost. Transparent
-    pixels are background. Otherwise the background colour is taken from the image border, and ink is the
-    distance from it: black-on-white canvas exports and white-on-black images both work.
+    The decoder is given only the chunks that make pixels (:func:`pixel_chunks`), and the size it will
+    decode is checked before it decompresses anything, so a small file that claims to be huge (a
+    decompression bomb), or whose header lies, is refused at no cost. Transparent pixels are background.
+    Otherwise the background colour is taken from the image border, and ink is the distance from it:
+    black-on-white canvas exports and white-on-black images both work.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise PreprocessError(f"png must be bytes, got {type(data).__name__}")
     if len(data) > limits.max_png_bytes:
         raise PreprocessError(f"png is {len(data)} bytes; the limit is {limits.max_png_bytes}")
-    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[8:16] != b"\x00\x00\x00\x0dIHDR":
-        raise PreprocessError("not a PNG file (bad signature or missing IHDR header); send a PNG image")
-    width, height = struct.unpack(">II", data[16:24])
-    _check_dimensions(width, height, limits)
-    luminance, alpha = _decode_png(bytes(data))
+    luminance, alpha = _decode_png(pixel_chunks(bytes(data), limits), limits)
     border_alpha = float(np.median(_border(alpha)))
     if border_alpha < 0.5:
         return np.clip((alpha - border_alpha) / (1.0 - border_alpha), 0.0, 1.0).astype(np.float32)
@@ -207,10 +210,53 @@ def ink_from_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     return clipped
 
 
-def _decode_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Return (luminance, alpha) in 0..1. 16-bit grayscale keeps its precision instead of being clipped."""
+PNG_CHUNK = struct.Struct(">I4s")
+"""A chunk's length and type; its data and a 4-byte CRC follow."""
+PNG_END = b"\x00\x00\x00\x00IEND\xae\x42\x60\x82"
+PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT"})
+"""The chunks that decide a PNG's pixels: header, palette, transparency, image data."""
+
+
+def pixel_chunks(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The PNG ``data`` reduced to its :data:`PIXEL_CHUNKS`, after checking the size its header declares.
+
+    Every other chunk is dropped unread: text and colour profiles (which Pillow would inflate, up to 64 MB
+    of text per file), animation frames (an APNG is read as its default image) and anything unknown. None
+    of them changes the pixels. A file with a second IHDR is refused: Pillow decodes the last one, so a
+    first IHDR of 1x1 followed by one of 6000x6000 would otherwise pass the size check and be decoded at
+    36 megapixels.
+    """
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise PreprocessError("not a PNG file (bad signature or missing IHDR header); send a PNG image")
+    width, height = struct.unpack(">II", data[16:24])
+    _check_dimensions(width, height, limits)
+    kept = [PNG_SIGNATURE]
+    position = 8
+    while position + PNG_CHUNK.size <= len(data):
+        length, kind = PNG_CHUNK.unpack_from(data, position)
+        end = position + PNG_CHUNK.size + length + 4
+        if end > len(data):
+            raise PreprocessError("could not decode PNG: a chunk runs past the end of the file")
+        if kind == b"IEND":
+            break
+        if kind == b"IHDR" and position != 8:
+            raise PreprocessError("the PNG has more than one IHDR header; a PNG has exactly one")
+        if kind in PIXEL_CHUNKS:
+            kept.append(data[position:end])
+        position = end
+    kept.append(PNG_END)
+    return b"".join(kept)
+
+
+def _decode_png(data: bytes, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    """Return (luminance, alpha) in 0..1. 16-bit grayscale keeps its precision instead of being clipped.
+
+    The size checked is the one Pillow will decode, read before :meth:`~PIL.Image.Image.load` allocates
+    and decompresses anything.
+    """
     try:
         with PILImage.open(io.BytesIO(data), formats=["PNG"]) as decoded:
+            _check_dimensions(*decoded.size, limits)
             decoded.load()
             if decoded.mode.startswith("I"):  # 16-bit grayscale; Pillow's convert() would clip it at 255.
                 values = np.asarray(decoded, dtype=np.float32)
@@ -218,6 +264,8 @@ def _decode_png(data: bytes) -> tuple[np.ndarray, np.ndarray]:
                 alpha = np.ones_like(values) if transparent is None else (values != transparent).astype(np.float32)
                 return np.clip(values / 65535.0, 0.0, 1.0), alpha
             rgba = np.asarray(decoded.convert("RGBA"), dtype=np.float32) / 255.0
+    except PreprocessError:
+        raise
     except Exception as exc:  # Pillow raises many types for corrupt files; all mean the same to a user.
         raise PreprocessError(f"could not decode PNG: {exc}") from None
     return rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32), rgba[..., 3]

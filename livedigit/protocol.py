@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 
 from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
+from livedigit.verdict import ranked
 from livedigit.wire import (
     BINARY_BATCH,
     BINARY_HEADER,
@@ -52,6 +53,8 @@ from livedigit.wire import (
     ReplyType,
     Scored,
     Shed,
+    Stored,
+    Verdict,
     Work,
 )
 
@@ -82,22 +85,38 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Correction:
+    """What a ``label`` message says besides its drawing: the true digit, the browser that sent it, and
+    what the model had answered as the client showed it. The ranges and formats of these fields are
+    checked where a label is stored (:meth:`livedigit.labels.store.Label.row`), their one home."""
+
+    digit: int
+    writer: str
+    key: str | None = None
+    submit_id: MessageId = None
+    predicted: int | None = None
+    probabilities: tuple[float, ...] | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """One client message, validated: what is asked, the id to echo and, unless a ping or a batch, the
-    drawing. A batch holds its items instead: each a submit (id ``None``), or the error that item gets.
-    """
+    drawing; a ``label`` also carries its :class:`Correction`. A batch holds its items instead: each a
+    submit (id ``None``), or the error that item gets."""
 
     kind: Kind
     id: MessageId = None
     image: Image | None = None
     preview: bool = False
+    correction: Correction | None = None
     items: tuple[Request | ProtocolError, ...] = ()
     whole: bool = False
     """For a batch: admit all of its items or none (a tensor of ``/v2`` infer cannot be half answered)."""
 
     @property
     def final(self) -> bool:
-        return self.kind != "snapshot"
+        return self.kind == "submit" or self.kind == "batch"
 
 
 # The JSON shapes, as msgspec decodes them. UNSET tells "absent" from "null", which is an error.
@@ -134,12 +153,37 @@ class _Message(_Body):
     id: int | str | None = None
 
 
+class _LabelBody(_Item, kw_only=True):
+    """``POST /api/labels``'s body: one image form and the correction's fields.
+
+    A separate shape, decoded only for labels, so that these field names stay unknown (and ignored) in a
+    snapshot or a submit, as they always were.
+    """
+
+    digit: int
+    writer: str
+    key: str | None = None
+    submit_id: int | str | None = None
+    predicted: int | None = None
+    probabilities: list[float] | None = None
+    verdict: str | None = None
+
+
+class _LabelMessage(_LabelBody, kw_only=True):
+    """A ``label`` text frame."""
+
+    type: str | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | None = None
+
+
 LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SIDE * LEGACY_SIDE - 1}}}", re.ASCII)
 """784 decimal integers of one to three ASCII digits, separated by commas, spaces allowed around each."""
 
 _MESSAGE = msgspec.json.Decoder(_Message)
 _BODY = msgspec.json.Decoder(_Body)
 _ITEM = msgspec.json.Decoder(_Item)
+_LABEL_MESSAGE = msgspec.json.Decoder(_LabelMessage)
+_LABEL_BODY = msgspec.json.Decoder(_LabelBody)
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
@@ -147,6 +191,8 @@ _ENCODER = msgspec.json.Encoder()
 
 def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
     """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images."""
+    if (ping := _check_arrays(text, limits, "frame", max_items)) is not None:
+        return ping
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -157,10 +203,12 @@ def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITE
     kind = message.type
     if kind == "ping":
         return Request("ping", message_id)
+    if kind == "label":
+        return _label(_LABEL_MESSAGE, text, limits, message_id)
     if kind != "snapshot" and kind != "submit" and kind != "batch":
         shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else "(missing)"
         raise ProtocolError(
-            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit, batch or ping", message_id
+            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit, batch, label or ping", message_id
         )
     try:
         if kind == "batch":
@@ -175,6 +223,7 @@ def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITE
 def parse_body(body: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
     """Parse the JSON body of ``POST /api/predict``: one image form (a submit, no id), or ``items`` (a
     batch of at most ``max_items``)."""
+    _check_arrays(body, limits, "body", max_items)
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
@@ -209,6 +258,46 @@ def _item(raw: msgspec.Raw, limits: Limits) -> Request | ProtocolError:
         return ProtocolError(ErrorCode.BAD_MESSAGE, "a batch item is nested too deeply")
     except ProtocolError as error:
         return error
+
+
+def parse_label_body(body: bytes, limits: Limits) -> Request:
+    """Parse the JSON body of ``POST /api/labels``: one image form and a correction, no id."""
+    _check_arrays(body, limits, "body")
+    return _label(_LABEL_BODY, body, limits, None)
+
+
+def _label(decoder: msgspec.json.Decoder[Any], text: str | bytes, limits: Limits, message_id: MessageId) -> Request:
+    """A ``label``: its drawing checked like a submit's (same limits, same codes), its fields typed.
+
+    ``text`` is read a second time here (a frame was first decoded as a :class:`_Message` to find its
+    type); labels are rare next to snapshots, and this keeps their fields out of the other messages.
+    """
+    try:
+        message = decoder.decode(text)
+    except msgspec.ValidationError as exc:
+        if message_id is None:
+            _misshapen(text, exc, "body")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, _field_error(exc), message_id) from None
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "the body is not valid JSON") from None
+    try:
+        image = _image(message, limits)
+        if isinstance(image, Strokes) and not image.strokes:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, "a label's strokes must hold at least one point")
+        submit_id = _message_id(message.submit_id, "submit_id")
+    except ProtocolError as error:
+        error.id = message_id
+        raise
+    correction = Correction(
+        digit=message.digit,
+        writer=message.writer,
+        key=message.key,
+        submit_id=submit_id,
+        predicted=message.predicted,
+        probabilities=None if message.probabilities is None else tuple(message.probabilities),
+        verdict=message.verdict,
+    )
+    return Request("label", message_id, image, correction=correction)
 
 
 def parse_binary(frame: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
@@ -254,6 +343,48 @@ def parse_binary(frame: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS)
     return Request(kind, message_id, Pixels(array), preview)
 
 
+def _check_arrays(text: str | bytes, limits: Limits, what: str, max_items: int = 1) -> Request | None:
+    """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
+
+    Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
+    points, and decoding them all would cost a millisecond of the event loop before the count is seen.
+    Counting brackets costs microseconds. The allowance covers every array of a valid message (the
+    strokes, their points, ``surface``) and brackets inside a string id, and for a batch (``items``) as
+    many times that as it may hold images. Such a frame is then read as an object of undecoded values, to
+    answer it as a full decoding would: its id echoed, a ``ping`` answered (its other fields do not
+    matter), a wrong type or form named.
+    """
+    brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
+    drawing = limits.max_points + limits.max_strokes + 4
+    if brackets <= drawing + MAX_ID_LENGTH:
+        return None
+    try:
+        fields = _FIELDS.decode(text)
+    except (msgspec.MsgspecError, RecursionError):
+        return None  # not an object: the full decoding says what is wrong, at once
+    if "items" in fields and brackets <= drawing * max_items + MAX_ID_LENGTH + 1:
+        return None  # a batch: each item is checked against the limits as it is decoded
+    message_id = _message_id(_raw_value(fields.get("id"))) if what == "frame" else None
+    if what == "frame":
+        kind = _raw_value(fields.get("type"))
+        if kind == "ping":
+            return Request("ping", message_id)
+        if kind not in ("snapshot", "submit", "label", "batch"):
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, "unknown type; use snapshot, submit, batch, label or ping", message_id
+            )
+    if "items" in fields:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"more arrays than {max_items} drawings within the limits can hold", message_id
+        )
+    forms = [name for name in IMAGE_FIELDS if name in fields]
+    if len(forms) != 1:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"send exactly one of {', '.join(IMAGE_FIELDS)}", message_id)
+    raise ProtocolError(
+        ErrorCode.BAD_IMAGE, f"more than {limits.max_points} points in all; send fewer (downsample)", message_id
+    )
+
+
 def _misshapen(text: str | bytes, exc: msgspec.ValidationError, what: str) -> Request:
     """A frame that is JSON but not shaped like a message: a ``ping`` (whose other fields do not matter),
     or the error to raise, with the frame's id when it has a valid one.
@@ -291,20 +422,21 @@ def _field_error(exc: msgspec.ValidationError) -> str:
     return f"{path.rstrip('`').lstrip('.')}: {detail[0].lower()}{detail[1:]}".replace("`", "")
 
 
-def _message_id(message_id: object) -> MessageId:
+def _message_id(message_id: object, name: str = "id") -> MessageId:
+    """``message_id`` when it is a valid id (or ``None``); ``name`` is the field it came from."""
     if message_id is None:
         return None
     if isinstance(message_id, str):
         if len(message_id) > MAX_ID_LENGTH:
             raise ProtocolError(
-                ErrorCode.BAD_MESSAGE, f"id is {len(message_id)} characters; the limit is {MAX_ID_LENGTH}"
+                ErrorCode.BAD_MESSAGE, f"{name} is {len(message_id)} characters; the limit is {MAX_ID_LENGTH}"
             )
         return message_id
     if isinstance(message_id, int) and not isinstance(message_id, bool):
         if abs(message_id) >= MAX_ID_MAGNITUDE:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "an integer id must fit in a signed 64-bit integer")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"an integer {name} must fit in a signed 64-bit integer")
         return message_id
-    raise ProtocolError(ErrorCode.BAD_MESSAGE, "id must be a string or an integer")
+    raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name} must be a string or an integer")
 
 
 def _image(message: _Item, limits: Limits) -> Image:
@@ -401,7 +533,7 @@ def reply(request: Request, outcome: Outcome, latency_ms: float) -> dict[str, An
     """The reply to ``request`` for the batcher's ``outcome``."""
     if isinstance(outcome, Scored):
         return prediction(request.id, request.final, outcome.probabilities, latency_ms,
-                          outcome.model_input if request.preview else None)  # fmt: skip
+                          outcome.model_input if request.preview else None, outcome.verdict)  # fmt: skip
     if isinstance(outcome, NoDigit):
         return Empty(request.id, request.final).to_wire()
     if isinstance(outcome, Shed):
@@ -415,12 +547,16 @@ def prediction(
     probabilities: np.ndarray,
     latency_ms: float,
     model_input: np.ndarray | None = None,
+    verdict: Verdict = Verdict.DIGIT,
 ) -> dict[str, Any]:
-    """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``."""
-    digit = int(np.argmax(probabilities))
+    """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``, an
+    ``unsure`` verdict adds the two ``candidates``."""
+    digit, candidates = ranked(probabilities, verdict)
     rounded = [round(p, 6) for p in probabilities.tolist()]
     preview = None if model_input is None else np.clip(np.rint(model_input * 255.0), 0, 255).astype(np.uint8)
-    return Prediction(message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview).to_wire()
+    return Prediction(
+        message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview, verdict, candidates
+    ).to_wire()
 
 
 def empty(message_id: MessageId, final: bool) -> dict[str, Any]:
@@ -455,14 +591,14 @@ def error(message_id: MessageId, code: ErrorCode, message: str, retry_after: flo
     return reply
 
 
-def rate_limited(message_id: MessageId, rate: float, retry_after: float) -> dict[str, Any]:
-    """The ``rate_limited`` error of a submit (WebSocket) or a request (HTTP) over its rate."""
-    return error(
-        message_id,
-        ErrorCode.RATE_LIMITED,
-        f"the server is busy and this is over {rate:g} submits a second",
-        retry_after,
-    )
+def rate_limited(message_id: MessageId, rate: float, retry_after: float, what: str = "submits") -> dict[str, Any]:
+    """The ``rate_limited`` error of a submit or a label (WebSocket) or a request (HTTP) over its rate."""
+    return error(message_id, ErrorCode.RATE_LIMITED, f"more than {rate:g} {what} per second; slow down", retry_after)
+
+
+def stored(message_id: MessageId, label_id: int) -> dict[str, Any]:
+    """The reply to a ``label`` whose row is committed."""
+    return Stored(message_id, label_id).to_wire()
 
 
 def pong(message_id: MessageId) -> dict[str, Any]:

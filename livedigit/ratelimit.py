@@ -41,6 +41,13 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, amount: float) -> None:
+        """Take ``amount`` tokens after the fact (the size of what was just read); the balance may go
+        below zero, and :meth:`retry_after` then says how long until it is positive again."""
+        if self.enabled:
+            self._refill()
+            self._tokens -= amount
+
     def retry_after(self, count: int = 1) -> float:
         """Seconds until :meth:`take` of ``count`` would succeed: when a refused caller may try again."""
         if not self.enabled:

@@ -2,7 +2,11 @@
 
 * **Origin check** on the WebSocket handshake: a page on another site must not be able to use a
   visitor's browser to talk to this server (cross-site WebSocket hijacking). Browsers always send
-  ``Origin``; scripts usually do not, and are accepted unless ``allow_no_origin`` is off.
+  ``Origin``; scripts usually do not, and are accepted unless ``allow_no_origin`` is off. Only an exact
+  ``scheme://host[:port]`` can match.
+* **Host check** (Starlette's ``TrustedHostMiddleware`` with ``--allowed-hosts``, added in
+  :mod:`livedigit.app`): a page on another domain that resolves to this server (DNS rebinding) sends
+  its own domain as both ``Host`` and ``Origin``, which the origin check alone would take as same-site.
 * **Connection caps** per process and per client address, so one client cannot take every slot.
 * **Client address** behind Heroku's router: the address the router appended, not one the client wrote.
 * **Security headers** on every HTTP response: a Content-Security-Policy without inline scripts,
@@ -13,45 +17,67 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
-HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+HOST_PATTERN = re.compile(r"(?P<name>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
 """A Host header safe to repeat inside the Content-Security-Policy (no spaces, quotes or semicolons)."""
+
+
+ORIGIN_PATTERN = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
+"""An origin as browsers send it (RFC 6454, section 6.2): ``scheme://host[:port]`` and nothing else, so no
+userinfo (``http://user@host``), path, query, fragment or trailing slash."""
+
+Origin = tuple[str, str, int]
+"""Scheme, host and port (the scheme's default when the origin names none), lowercased."""
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str], allow_no_origin: bool) -> bool:
     """Whether a WebSocket handshake with this ``Origin`` and ``Host`` may proceed.
 
-    Allowed: no ``Origin`` when ``allow_no_origin``; an origin whose host and port are the request's
-    ``Host`` (the page this server served); an origin listed in ``allowed`` (exact match, ``*`` for any).
+    Allowed: no ``Origin`` when ``allow_no_origin``; any ``Origin`` when ``allowed`` holds ``*``; otherwise
+    only a well-formed origin (:data:`ORIGIN_PATTERN`) that is listed in ``allowed`` or names the request's
+    ``Host`` (the page this server served).
     """
     if origin is None:
         return allow_no_origin
-    origin = origin.strip().rstrip("/")
-    listed = {item.strip().rstrip("/").lower() for item in allowed}
-    if "*" in listed or origin.lower() in listed:
+    listed = [item.strip().rstrip("/") for item in allowed]
+    if "*" in listed:
         return True
-    return host is not None and same_host(origin, host)
+    parsed = parse_origin(origin)
+    if parsed is None:
+        return False
+    if parsed in {parse_origin(item) for item in listed}:
+        return True
+    return host is not None and same_host(parsed, host)
 
 
-def same_host(origin: str, host: str) -> bool:
-    """Whether ``origin`` (``scheme://host[:port]``) names the same host and port as a Host header."""
-    try:
-        parsed = urlsplit(origin)
-        target = urlsplit("//" + host.strip())
-        origin_port, host_port = parsed.port, target.port
-    except ValueError:
+def parse_origin(origin: str) -> Origin | None:
+    """``origin`` as (scheme, host, port), or ``None`` unless it is exactly ``scheme://host[:port]``."""
+    match = ORIGIN_PATTERN.fullmatch(origin)
+    if match is None:
+        return None
+    scheme = match["scheme"].lower()
+    if scheme not in DEFAULT_PORTS:
+        return None
+    port = int(match["port"]) if match["port"] else DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        return None
+    return scheme, match["host"].lower(), port
+
+
+def same_host(origin: Origin, host: str) -> bool:
+    """Whether ``origin`` names the same host and port as a ``Host`` header (its port defaulting to the
+    origin scheme's: behind a TLS-terminating router, ``https://app`` arrives with ``Host: app``)."""
+    match = HOST_PATTERN.fullmatch(host.strip())
+    if match is None:
         return False
-    default = DEFAULT_PORTS.get(parsed.scheme.lower())
-    if default is None or not parsed.hostname or not target.hostname:
-        return False
-    if parsed.hostname.lower() != target.hostname.lower():
-        return False
-    return (origin_port or default) == (host_port or default)
+    scheme, name, port = origin
+    return match["name"].lower() == name and (int(match["port"]) if match["port"] else DEFAULT_PORTS[scheme]) == port
 
 
 class ConnectionLimits:

@@ -11,8 +11,10 @@ then drop them with 1012, so :class:`Server` does the closing before uvicorn's o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import ctypes
 import logging
 import signal
 import socket
@@ -26,8 +28,14 @@ from uvicorn.config import LOGGING_CONFIG
 
 from livedigit.app import LiveDigitApp, create_app
 from livedigit.config import Settings
+from livedigit.httpprotocol import RequestLimits, bounded_protocol
+from livedigit.labels.database import ephemeral_storage_warning
 
 logger = logging.getLogger("livedigit")
+
+FORCED_EXIT_SECONDS = 2.0
+"""After a second Ctrl+C, how long requests get to end once their connections are closed and the
+batcher has answered what it held."""
 
 WS_IMPLEMENTATION = "websockets-sansio"
 """uvicorn's WebSocket protocol built on the ``websockets`` library's sans-I/O core: it enforces
@@ -42,6 +50,9 @@ def config(settings: Settings, app: LiveDigitApp | None = None) -> uvicorn.Confi
         host=settings.host,
         port=settings.port,
         workers=1,
+        http=bounded_protocol(
+            RequestLimits(max_header_bytes=settings.max_header_bytes, timeout=settings.request_timeout)
+        ),
         ws=WS_IMPLEMENTATION,
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval if settings.ping_interval > 0 else None,
@@ -67,30 +78,63 @@ def log_config(level: str) -> dict[str, Any]:
 
 
 class ClientErrorFilter(logging.Filter):
-    """Log a client's invalid UTF-8 frame as one line: uvicorn adds a traceback, which any client could
-    make the server print at will (the connection is closed with 1007 either way)."""
+    """Keep what any client can make uvicorn log to one line, and not an error.
+
+    * A client's invalid UTF-8 frame: uvicorn adds a traceback (the connection is closed with 1007).
+    * A refused WebSocket handshake (403 origin, 400 host): uvicorn's ``websockets-sansio`` protocol logs
+      "ASGI callable returned without completing handshake." at ERROR after every denial response, on top
+      of the INFO line with the status, because it does not mark the handshake as done. The app answers
+      every handshake with an accept or a denial, so the line says nothing.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == "Invalid UTF-8 sequence received from client.":
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        return record.msg != "ASGI callable returned without completing handshake."
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, closing the app's WebSockets itself (1001) before uvicorn shuts down."""
+    """uvicorn's server, closing the app's WebSockets itself (1001) before uvicorn shuts down.
+
+    A second Ctrl+C during the shutdown (uvicorn's "force quit") stops the waiting: every connection
+    still open is closed at once. uvicorn would also skip the app's shutdown and leave the requests and
+    the lifespan to be cancelled as the event loop ends, each cancellation logged with a traceback; here
+    the batcher is still stopped, and the requests end on their own (their clients are gone).
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then the address to open in a browser: the last line a user sees at start."""
+        await super().startup(sockets)
+        if self.started:
+            port = self.config.port or self.servers[0].sockets[0].getsockname()[1]
+            logger.info("open %s in a browser", page_address(self.config.host, port))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         started = time.monotonic()
         budget = float(self.config.timeout_graceful_shutdown or 0)
         for server in getattr(self, "servers", []):
             server.close()
-        app = self.config.app
-        if isinstance(app, LiveDigitApp):
-            await app.service.drain(budget)
-        self.config.timeout_graceful_shutdown = max(1, round(budget - (time.monotonic() - started)))
-        await super().shutdown(sockets)
+        forcing = asyncio.create_task(self._close_connections_when_forced())
+        try:
+            app = self.config.app
+            if isinstance(app, LiveDigitApp):
+                await app.service.drain(budget)
+            self.config.timeout_graceful_shutdown = max(1, round(budget - (time.monotonic() - started)))
+            await super().shutdown(sockets)
+            if self.force_exit:
+                await self.lifespan.shutdown()
+                if self.server_state.tasks:
+                    await asyncio.wait(set(self.server_state.tasks), timeout=FORCED_EXIT_SECONDS)
+        finally:
+            forcing.cancel()
+
+    async def _close_connections_when_forced(self) -> None:
+        while not self.force_exit:
+            await asyncio.sleep(0.05)
+        for connection in list(self.server_state.connections):
+            connection.transport.close()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -111,8 +155,42 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+MMAP_THRESHOLD = 32 * 1024
+"""Allocations from this size up (frames, decoded images) get pages of their own, returned when freed."""
+
+
+def return_large_buffers_to_the_system() -> None:
+    """Have glibc give each allocation of :data:`MMAP_THRESHOLD` bytes or more pages of its own.
+
+    By default glibc serves blocks of up to 32 MB from heaps it keeps after they are freed, so a burst
+    of large frames from hundreds of connections leaves the process tens of megabytes bigger for good;
+    with this, memory comes back within a second after the burst. Elsewhere (musl, macOS) it does
+    nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        return
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number for the threshold (``malloc.h``)."""
+
+
+def page_address(host: str, port: int) -> str:
+    """The page's URL on this machine: a server bound to every interface is reached through loopback."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def run(settings: Settings) -> int:
     """Serve until SIGTERM or Ctrl+C; a non-zero exit when the model cannot be loaded."""
+    return_large_buffers_to_the_system()
     server = Server(config(settings))
+    warning = ephemeral_storage_warning(settings)
+    if warning:
+        logger.warning(warning)
     server.run()
     return 0 if server.started else 1

@@ -1,28 +1,40 @@
 """The state one server process shares between all its connections, and its start and stop.
 
-One :class:`Service` per app holds the settings, the model, the batcher, the metrics, the connection
-counts and the open WebSocket sessions. The WebSocket sessions and the HTTP endpoints both go through
-it, so both paths answer the same image with the same reply object.
+One :class:`Service` per app holds the settings, the model, the batcher, the label store, the metrics,
+the connection counts and the open WebSocket sessions. The WebSocket sessions and the HTTP endpoints both
+go through it, so both paths answer the same image with the same reply object.
+
+The label store is opened at start but never waited for: a database that is down, slow or misconfigured
+makes labels ``unavailable`` while predictions and ``/readyz`` go on. It is closed last, after every
+connection has been answered, so that the labels still waiting are committed before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import math
+import re
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from livedigit import protocol, wire
 from livedigit.batcher import Batcher
 from livedigit.config import Settings
+from livedigit.labels import database
+from livedigit.labels.store import COMMIT_GRACE, LabelStore
 from livedigit.metrics import Metrics
 from livedigit.ratelimit import KeyedBuckets
 from livedigit.runtime import ModelLoadError, Runtime, load_runtime
 from livedigit.security import ConnectionLimits
+from livedigit.verdict import VerdictRule
+
+T = TypeVar("T")
 
 
 class Connection(Protocol):
@@ -47,9 +59,15 @@ class Service:
         self.batcher: Batcher | None = None
         self.connections = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
         self.http_submits = KeyedBuckets(settings.submit_rate, settings.submit_burst)
+        self.address_bytes = KeyedBuckets(settings.address_byte_rate, 2 * settings.max_message_bytes)
+        self.label_clients = KeyedBuckets(settings.label_rate_per_client, settings.label_burst_per_client)
         self.sessions: set[Connection] = set()
         self.draining = False
         self.model_base = _model_base(settings.model)
+        self.model_version = "unknown"
+        self.labels: LabelStore | None = None
+        self._labels_starting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._card: dict[str, Any] = {}
         self.metrics.client_addresses.set_function(lambda: self.connections.clients)
 
@@ -62,6 +80,11 @@ class Service:
         return str(self._card.get("name") or self.model_base.name)
 
     @property
+    def stored_model_name(self) -> str:
+        """:attr:`model_name` as a label row can hold it (printable ASCII, no spaces, 128 characters)."""
+        return re.sub(r"[^\x21-\x7e]", "_", self.model_name)[:128] or "model"
+
+    @property
     def runtime_name(self) -> str:
         return getattr(self.runtime, "name", self.settings.runtime)
 
@@ -69,10 +92,12 @@ class Service:
         """Load the model (unless one was given), start the batcher. Raises :class:`ModelLoadError`."""
         loop = asyncio.get_running_loop()
         self.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        self._open_labels()
         if self.runtime is None:
             settings = self.settings
             self.runtime = await asyncio.to_thread(load_runtime, settings.model, settings.runtime, settings.threads)
         self._card = _read_card(self.model_base.with_suffix(".json"))
+        self.model_version = await asyncio.to_thread(model_version, self.model_base)
         batcher = Batcher(
             self.runtime,
             self.metrics,
@@ -83,6 +108,7 @@ class Service:
             max_pending_per_client=self.settings.max_pending_submits_per_client,
             submit_share=self.settings.submit_share,
             live_batch_ms=self.settings.live_batch_ms,
+            verdict=_verdict_rule(self._card),
         )
         try:
             await batcher.start()
@@ -97,8 +123,45 @@ class Service:
         logger.info("model %s loaded with %s; serving", self.model_name, self.runtime_name)
 
     async def stop(self) -> None:
+        """Stop the batcher, then commit the labels still waiting and close the store."""
         if self.batcher is not None:
             await self.batcher.stop()
+        await self._close_labels()
+
+    def spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` (a label being stored) as a task that outlives its connection: a label sent just
+        before the client left is still committed, and :meth:`stop` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _open_labels(self) -> None:
+        """Open the label store and start it in the background (its first connection may take seconds)."""
+        settings = self.settings
+        target = database.locate(settings.database_url, settings.data_dir)
+        try:
+            store = LabelStore.open(target, timeout=settings.label_timeout)
+        except Exception as exc:  # a bad URL or an unwritable folder: predictions go on, labels are refused
+            logger.error("labels cannot be stored (every label is answered 'unavailable'): %s", exc)
+            return
+        self.labels = store
+        self.metrics.watch_labels(store)
+        self._labels_starting = asyncio.create_task(store.start())
+        logger.info("labels are stored in %s", store.description)
+
+    async def _close_labels(self) -> None:
+        store = self.labels
+        if store is None:
+            return
+        starting = self._labels_starting
+        if starting is not None and not starting.done():
+            starting.cancel()
+        if starting is not None:
+            await asyncio.gather(starting, return_exceptions=True)
+        await store.close()
+        if self._tasks:  # resolved by the close, or by their own timeout if the database never answered
+            await asyncio.wait(set(self._tasks), timeout=store.timeout + COMMIT_GRACE)
 
     async def drain(self, timeout: float) -> None:
         """Stop reading from every WebSocket, answer what they already sent, close them with 1001.
@@ -136,7 +199,12 @@ class Service:
             "max_pending_submits_per_client": settings.max_pending_submits_per_client,
             "max_bad_messages": settings.max_bad_messages,
             "message_rate": settings.message_rate,
+            "address_byte_rate": settings.address_byte_rate,
             "max_connections_per_client": settings.max_connections_per_client,
+            "label_rate": settings.label_rate,
+            "label_burst": settings.label_burst,
+            "label_rate_per_client": settings.label_rate_per_client,
+            "label_burst_per_client": settings.label_burst_per_client,
         }
 
     def hello(self) -> dict[str, Any]:
@@ -148,6 +216,7 @@ class Service:
         accuracy = card.get("accuracy") if isinstance(card.get("accuracy"), dict) else None
         return {
             "name": self.model_name,
+            "version": self.model_version,
             "runtime": self.runtime_name,
             "protocol": wire.VERSION,
             "input_forms": list(wire.INPUT_FORMS),
@@ -172,6 +241,31 @@ def _read_card(path: Path) -> dict[str, Any]:
         logger.warning("no usable model card at %s; /api/model will show no accuracies", path)
         return {}
     return card if isinstance(card, dict) else {}
+
+
+def _verdict_rule(card: dict[str, Any]) -> VerdictRule:
+    """The card's verdict rule; the default (every prediction a ``digit``) when it has none or a bad one."""
+    try:
+        return VerdictRule.from_card(card)
+    except ValueError as exc:
+        logger.warning("%s; every prediction's verdict will be 'digit'", exc)
+        return VerdictRule()
+
+
+def model_version(base: Path) -> str:
+    """The model's version as labels record it: the first 12 hex digits of the SHA-256 of ``<base>.tflite``.
+
+    A hash of the served file names exactly the weights that answered, where the card's ``git_commit``
+    names only the training code (two runs of one commit differ). The ``.tflite`` is hashed whichever
+    runtime serves, since training exports it with the ``.keras`` from the same weights, so both runtimes
+    record one model under one version; the ``.keras`` is hashed when there is no ``.tflite``.
+    """
+    for suffix in (".tflite", ".keras"):
+        try:
+            return hashlib.sha256(base.with_suffix(suffix).read_bytes()).hexdigest()[:12]
+        except OSError:
+            continue
+    return "unknown"
 
 
 def _model_base(model: str) -> Path:

@@ -4,7 +4,9 @@ A connection is two tasks. The **reader** takes frames as fast as they come, par
 snapshots and submits to the batcher without waiting for the model, so a newer snapshot can replace a
 queued one (latest wins). For every frame it appends one pending reply to a bounded queue. The
 **writer** sends those replies strictly in the order the frames arrived, each as soon as it is known:
-replies never go back in time, and a client can match them to its frames one by one.
+replies never go back in time, and a client can match them to its frames one by one. A ``label``'s reply
+is known once its row is committed, so a slow database holds back the later replies of the connection
+that sent it (at most ``--label-timeout``), never those of another connection.
 
 When a client has more than :data:`MAX_OUTSTANDING` replies not yet sent, the reader stops reading, so a
 client that floods (or stops reading its replies) is slowed by TCP instead of growing server memory.
@@ -34,7 +36,7 @@ logger = logging.getLogger("livedigit.session")
 MAX_OUTSTANDING = 256
 """Replies a connection may have pending before the server stops reading from it."""
 
-RESETTING_REPLIES = frozenset({ReplyType.PREDICTION, ReplyType.EMPTY, ReplyType.PONG})
+RESETTING_REPLIES = frozenset({ReplyType.PREDICTION, ReplyType.EMPTY, ReplyType.PONG, ReplyType.STORED})
 """Replies that end a run of invalid messages (a batch does when one of its results is one of them; a
 batch whose every item was invalid counts as one invalid message)."""
 
@@ -100,8 +102,10 @@ class Session:
             client=client,
             submits=TokenBucket(settings.submit_rate, settings.submit_burst),
             snapshots=TokenBucket(settings.snapshot_rate, settings.snapshot_burst),
+            labels=TokenBucket(settings.label_rate, settings.label_burst),
         )
         self.frame_bucket = TokenBucket(settings.message_rate, max(1, round(settings.message_rate)))
+        self.address_bytes = service.address_bytes.bucket(client)
         self.pending: asyncio.Queue[Ticket | object] = asyncio.Queue(MAX_OUTSTANDING)
         self.bad_in_a_row = 0
         self.closed = asyncio.Event()
@@ -163,11 +167,16 @@ class Session:
                 # connection) at most message_rate frames a second; the rest waits in TCP buffers.
                 while not self.frame_bucket.take():
                     await asyncio.sleep(1.0 / self.frame_bucket.rate)
+                # And all connections of one address together cost it at most address_byte_rate bytes
+                # of frames a second to parse, however many connections they open.
+                while (wait := self.address_bytes.retry_after()) > 0:
+                    await asyncio.sleep(wait)
                 message = await receive()
             finally:
                 self._receiving = False
             if message["type"] == "websocket.disconnect":
                 return
+            self.address_bytes.spend(len(message.get("text") or message.get("bytes") or b""))
             await self.pending.put(self._handle(message))
 
     def _handle(self, message: Mapping[str, Any]) -> Ticket:

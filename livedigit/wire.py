@@ -10,7 +10,8 @@ Two families of types live here:
 * **Outcomes** (:data:`Outcome`) are what the batcher decided for one image: scored by the model, no
   digit in it, shed, or failed (with a :class:`Failure` saying why). They carry no user-facing text.
 * **Results** (:class:`Prediction`, :class:`Empty`, :class:`Dropped`) are the replies a client receives
-  for a snapshot or a submit. The server builds them from outcomes, the client parses them back.
+  for a snapshot or a submit. The server builds them from outcomes, the client parses them back;
+  :class:`Stored` answers a ``label``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 VERSION = 1
 """The protocol version; the ``hello`` announces it and a binary frame's first byte carries it."""
 
-Kind = Literal["snapshot", "submit", "ping", "batch"]
+Kind = Literal["snapshot", "submit", "ping", "label", "batch"]
 """What a client message asks for."""
 
 Work = Literal["snapshot", "submit"]
@@ -80,6 +81,16 @@ class ReplyType(StrEnum):
     DROPPED = "dropped"
     ERROR = "error"
     PONG = "pong"
+    STORED = "stored"
+
+
+class Verdict(StrEnum):
+    """Every ``prediction`` reply's ``verdict``: what the drawing is, as far as the model can tell."""
+
+    DIGIT = "digit"
+    UNSURE = "unsure"
+    """Two digits fit; the reply's ``candidates`` names them, the more probable first."""
+    NOT_A_DIGIT = "not_a_digit"
 
 
 class ErrorCode(StrEnum):
@@ -91,6 +102,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -100,6 +112,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAVAILABLE: 503,
 }
 """The HTTP status each error code is answered with."""
 
@@ -138,10 +151,11 @@ NON_RETRYABLE_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010}
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """The model ran: ten probabilities, and the 28x28 input it saw (for ``preview``)."""
+    """The model ran: ten (calibrated) probabilities, the verdict, and the 28x28 input it saw (for ``preview``)."""
 
     probabilities: np.ndarray
     model_input: np.ndarray
+    verdict: Verdict = Verdict.DIGIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +205,8 @@ Outcome = Scored | NoDigit | Shed | Failed
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer: the most probable ``digit``, its ``confidence`` and all ten probabilities."""
+    """The model's answer: the most probable ``digit``, its ``confidence``, all ten probabilities, and the
+    ``verdict`` (``digit``, ``unsure`` between the two ``candidates``, or ``not_a_digit``)."""
 
     id: MessageId
     final: bool
@@ -201,6 +216,10 @@ class Prediction:
     latency_ms: float | None = None
     preview: np.ndarray | None = field(default=None, compare=False, repr=False)
     """The 28x28 uint8 image the model saw (ink high), when the request asked for it."""
+    verdict: str = Verdict.DIGIT
+    """A :class:`Verdict` value; kept as the server's text, so a verdict added later still parses."""
+    candidates: tuple[int, int] | None = None
+    """With ``unsure``: the two digits that fit, the more probable first."""
 
     def to_wire(self) -> dict[str, Any]:
         reply: dict[str, Any] = {
@@ -211,7 +230,10 @@ class Prediction:
             "confidence": self.confidence,
             "probabilities": list(self.probabilities),
             "latency_ms": self.latency_ms,
+            "verdict": str(self.verdict),
         }
+        if self.candidates is not None:
+            reply["candidates"] = list(self.candidates)
         if self.preview is not None:
             reply["preview"] = base64.b64encode(np.ascontiguousarray(self.preview, np.uint8).tobytes()).decode()
         return reply
@@ -219,6 +241,7 @@ class Prediction:
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> Prediction:
         preview = reply.get("preview")
+        candidates = reply.get("candidates")
         return cls(
             id=reply.get("id"),
             final=bool(reply.get("final")),
@@ -229,6 +252,9 @@ class Prediction:
             preview=None
             if preview is None
             else np.frombuffer(base64.b64decode(preview), np.uint8).reshape(PREVIEW_SIDE, PREVIEW_SIDE),
+            # A server from before verdicts existed answers without one: its answers were all "digit".
+            verdict=str(reply.get("verdict", Verdict.DIGIT)),
+            candidates=None if candidates is None else (int(candidates[0]), int(candidates[1])),
         )
 
 
@@ -260,6 +286,21 @@ class Dropped:
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> Dropped:
         return cls(id=reply.get("id"), reason=str(reply.get("reason")))
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A ``label`` the server has committed to its database: ``label_id`` names the stored row."""
+
+    id: MessageId
+    label_id: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": ReplyType.STORED.value, "id": self.id, "label_id": self.label_id}
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> Stored:
+        return cls(id=reply.get("id"), label_id=int(reply["label_id"]))
 
 
 Result = Prediction | Empty

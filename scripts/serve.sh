@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install the runtime into .venv and serve the shipped model: ./scripts/serve.sh [livedigit serve flags]
-# The port comes from PORT (default 8000); open the address printed below.
+# Serve the shipped model: ./scripts/serve.sh [livedigit serve flags]
+# The first start installs the runtime into .venv; later starts install again only when pyproject.toml,
+# requirements.txt or constraints.txt changed. The port comes from PORT (default 8000); the last line
+# printed at start is the address to open.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt
-.venv/bin/python -m pip install --quiet --no-deps -e .
+source scripts/venv.sh
+venv_install serve-requirements -r requirements.txt
+venv_install serve-package --no-deps -e .
 exec .venv/bin/livedigit serve "$@"

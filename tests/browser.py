@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, CDPSession, Page, Playwright, WebSocket
+from playwright.sync_api import Browser, CDPSession, ConsoleMessage, FloatRect, Page, Playwright, WebSocket
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -34,7 +34,7 @@ def launch(playwright: Playwright) -> Browser:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
 
 
-def fit(strokes: Sequence[Sequence[Sequence[float]]], box: dict[str, float], fill: float = 0.7) -> list[list[Point]]:
+def fit(strokes: Sequence[Sequence[Sequence[float]]], box: FloatRect, fill: float = 0.7) -> list[list[Point]]:
     """Scale and centre strokes so their longer side is ``fill`` of the canvas ``box`` (page pixels)."""
     xs = [x for stroke in strokes for x, _ in stroke]
     ys = [y for stroke in strokes for _, y in stroke]
@@ -90,9 +90,13 @@ class Watch:
 
     def __post_init__(self) -> None:
         self.page.add_init_script(RECORD_CSP_VIOLATIONS)
-        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         self.page.on("websocket", self._socket)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
 
     def _socket(self, socket: WebSocket) -> None:
         self.sockets.append(socket)
@@ -137,7 +141,7 @@ class DigitPage:
     def wait_for_status(self, state: str, timeout: float = 15_000) -> None:
         self.page.wait_for_selector(f"#status[data-state='{state}']", timeout=timeout)
 
-    def canvas_box(self) -> dict[str, float]:
+    def canvas_box(self) -> FloatRect:
         box = self.page.locator("#pad").bounding_box()
         assert box is not None, "the canvas is not visible"
         return box
@@ -156,6 +160,18 @@ class DigitPage:
     def digit(self) -> int | None:
         value = self.page.get_attribute("#results", "data-digit")
         return None if value is None else int(value)
+
+    @property
+    def verdict(self) -> str | None:
+        """The verdict the panel shows (``digit``, ``unsure``, ``not_a_digit``), or ``None`` without an answer."""
+        return self.page.get_attribute("#results", "data-verdict")
+
+    def answer(self) -> tuple[str, str, str]:
+        """The panel's big answer, its label and its detail, as shown."""
+        digit, label, detail = (
+            self.page.locator(f"#answer-{part}").inner_text() for part in ("digit", "label", "detail")
+        )
+        return digit, label, detail
 
     def bars(self) -> list[float]:
         """The ten bar heights the page shows, 0..1."""

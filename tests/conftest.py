@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgutil import PostgresServer, binaries
 
 from livedigit import pendigits
 from livedigit.bench.served import ServerProcess, free_port
@@ -46,6 +47,28 @@ def pen_path() -> Path:
 def pen_test(pen_path: Path) -> list[pendigits.PenDigit]:
     """The pen-digits test split: 3,498 digits by 14 writers the model never saw."""
     return pendigits.load(pen_path, "test")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of Debian's ``postgresql`` package, in a temporary folder on a free port."""
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start."""
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    server = PostgresServer(bindir)
+    yield server
+    server.destroy()
 
 
 @pytest.fixture
@@ -157,15 +180,17 @@ def model_runtime() -> Any:
 
 
 @pytest.fixture
-def app_server(model_runtime: Any) -> Iterator:
+def app_server(model_runtime: Any, tmp_path: Path) -> Iterator:
     """Factory: ``app_server(max_batch=8, ...)`` runs an in-process server with those settings on a free
-    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``); all are stopped after the test."""
+    port, its model wrapped in a :class:`PausableRuntime` (``.runtime``), its labels in a SQLite file of the
+    test's temporary folder; all are stopped after the test."""
     from livedigit.config import Settings
 
     servers: list[AppServer] = []
 
     def start(**overrides: Any) -> AppServer:
-        settings = Settings(**{"port": free_port(), "log_level": "warning", **overrides})
+        defaults = {"port": free_port(), "log_level": "warning", "data_dir": str(tmp_path / "data")}
+        settings = Settings(**{**defaults, **overrides})
         server = AppServer(settings, PausableRuntime(model_runtime))
         servers.append(server)
         return server.start()

@@ -1,6 +1,7 @@
-"""Helpers for the hardening tests: the documented vocabulary, reply checks, metrics, logs, hostile PNGs.
+"""Helpers for the hardening tests: the documented vocabulary, reply checks, metrics, logs, hostile PNGs, and
+a watch on a served process under attack (:class:`Siege`).
 
-The sets of reply types, error codes, drop reasons and close codes are read from ``docs/protocol.md``
+The sets of reply types, error codes, drop reasons, verdicts and close codes are read from ``docs/protocol.md``
 itself, so a reply the contract does not name fails the tests, and a code added to the server without
 documenting it does too.
 """
@@ -8,19 +9,29 @@ documenting it does too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import logging
+import os
 import re
 import struct
+import threading
 import time
 import urllib.request
 import zlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
+import psutil
 from conftest import REPO
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
 from wsutil import SEVEN, ask, open_ws
+
+T = TypeVar("T")
 
 PROTOCOL = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
 
@@ -33,7 +44,7 @@ def documented(heading: str) -> frozenset[str]:
         if values and not line.startswith("|"):
             break
         match = re.match(r"\|\s*`?([\w-]+)`?\s*\|", line)
-        if match and match.group(1) not in ("code", "reason") and not set(match.group(1)) <= {"-"}:
+        if match and match.group(1) not in ("code", "reason", "verdict") and not set(match.group(1)) <= {"-"}:
             values.append(match.group(1))
     assert values, f"no table under {heading!r} in docs/protocol.md"
     return frozenset(values)
@@ -42,20 +53,25 @@ def documented(heading: str) -> frozenset[str]:
 ERROR_CODES = documented("### Error codes")
 DROP_REASONS = documented("### `dropped` reasons")
 CLOSE_CODES = frozenset(int(code) for code in documented("### Close codes"))
-REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong", "batch"})
+VERDICTS = documented("### Verdict")
+REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong", "stored", "batch"})
 INVALID_INPUT = frozenset({"bad_json", "bad_message", "bad_image"})
 """Error codes that count towards ``max_bad_messages`` (the client's fault)."""
 RETRYABLE = frozenset({"rate_limited", "overloaded"})
 """Error codes of a passing refusal, which carry ``retry_after_ms``."""
 
 REPLY_KEYS = {
-    "prediction": {"type", "id", "final", "digit", "confidence", "probabilities", "latency_ms"},
+    "prediction": {"type", "id", "final", "digit", "confidence", "probabilities", "latency_ms", "verdict"},
     "empty": {"type", "id", "final"},
     "dropped": {"type", "id", "reason"},
     "error": {"type", "id", "code", "message"},
     "pong": {"type", "id"},
+    "stored": {"type", "id", "label_id"},
     "batch": {"type", "id", "results", "latency_ms"},
 }
+OPTIONAL_KEYS = {"prediction": {"preview", "candidates"}, "error": {"retry_after_ms"}}
+"""Keys a reply of that type carries only sometimes: a preview when asked, the two candidates when unsure,
+a wait when retrying helps."""
 
 LOG_PROBLEMS = ("Traceback", "Exception", "ERROR", "preprocessing raised", "Task exception", "never retrieved")
 """What must never appear in a server's log: unhandled exceptions, and defects the batcher absorbed."""
@@ -68,8 +84,7 @@ def check_reply(reply: Any) -> None:
     assert kind in REPLY_TYPES, reply
     keys = set(reply)
     expected = REPLY_KEYS[kind]
-    optional = {"retry_after_ms"} if kind == "error" and reply.get("code") in RETRYABLE else {"preview"}
-    assert expected <= keys <= expected | optional, reply
+    assert expected <= keys <= expected | OPTIONAL_KEYS.get(kind, set()), reply
     message_id = reply["id"]
     assert (
         message_id is None
@@ -87,6 +102,13 @@ def check_reply(reply: Any) -> None:
         assert abs(sum(probabilities) - 1.0) < 1e-3, reply
         assert reply["digit"] == int(np.argmax(probabilities)) and reply["confidence"] == max(probabilities)
         assert isinstance(reply["final"], bool) and reply["latency_ms"] >= 0
+        assert reply["verdict"] in VERDICTS, reply
+        if reply["verdict"] == "unsure":
+            first, second = reply["candidates"]
+            assert first == reply["digit"] and second != first, reply
+            assert probabilities[second] == max(p for d, p in enumerate(probabilities) if d != first), reply
+        else:
+            assert "candidates" not in reply, reply
     elif kind == "empty":
         assert isinstance(reply["final"], bool)
     elif kind == "dropped":
@@ -94,8 +116,11 @@ def check_reply(reply: Any) -> None:
     elif kind == "error":
         assert reply["code"] in ERROR_CODES, reply
         assert isinstance(reply["message"], str) and reply["message"].strip(), reply
+        assert "retry_after_ms" not in reply or reply["retry_after_ms"] >= 1, reply
         if reply["code"] in RETRYABLE:
-            assert isinstance(reply["retry_after_ms"], int) and reply["retry_after_ms"] >= 1, reply
+            assert isinstance(reply["retry_after_ms"], int), reply
+    elif kind == "stored":
+        assert isinstance(reply["label_id"], int) and not isinstance(reply["label_id"], bool), reply
 
 
 def scrape(http_url: str) -> dict[str, float]:
@@ -166,6 +191,19 @@ def zlib_bomb(side: int, bit_depth: int = 8, colour: int = 0) -> bytes:
         bar[start : start + channels * sample] = b"\xff" * (channels * sample)
     rows = blank * (side // 3) + bytes(bar) * (side // 3) + blank * (side - 2 * (side // 3))
     return raw_png(side, side, bit_depth, colour, rows=rows)
+
+
+def lying_png(side: int = 6000) -> bytes:
+    """A PNG whose first IHDR says 1x1 and whose second says ``side`` x ``side`` at 1 bit a pixel, followed by
+    the data for the second (a bar of ink across the middle): about 15 KB that Pillow, which keeps the last
+    header, would decode at ``side`` squared pixels."""
+    row = side // 8
+    blank = b"\x00" + b"\xff" * row
+    bar = b"\x00" + b"\xff" * (row // 3) + b"\x00" * (row - 2 * (row // 3)) + b"\xff" * (row // 3)
+    rows = blank * (side // 3) + bar * (side // 3) + blank * (side - 2 * (side // 3))
+    first = chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    second = chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+    return PNG_SIGNATURE + first + second + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
 
 
 def text_chunk_bomb(compressed_text: bool = True) -> bytes:
@@ -252,3 +290,188 @@ class LogWatch(logging.Handler):
         """Every record except those whose message contains one of ``expected``."""
         lines = [f"{record.name} {record.levelname}: {record.getMessage()}" for record in self.records]
         return [line for line in lines if not any(text in line for text in expected)]
+
+
+# A served process under attack: a bystander's experience, the server's memory, its log.
+
+BYSTANDER_PERIOD = 0.25
+"""Seconds between the bystander's submits."""
+BYSTANDER_P99_MS = 250.0
+BYSTANDER_LATEST_MS = 1000.0
+"""The bystander's 99th-percentile and worst round trip during an attack."""
+PEAK_ABOVE_IDLE_MB = 100.0
+AFTER_ABOVE_IDLE_MB = 50.0
+"""Server RSS during an attack, and once it is over, above its idle value."""
+SETTLE_SECONDS = 15.0
+"""How long memory may take to come back after an attack."""
+BYSTANDER_ADDRESS = "127.0.0.2"
+"""The bystander's own loopback address, so limits per client address do not count it with the attacker."""
+FIGURES_ENV = "LIVEDIGIT_ATTACK_FIGURES"
+"""When set, every :class:`Siege` appends its figures to this file, one line each."""
+
+
+ATTACK_SECONDS = 4.0
+"""How long an attack that is over in an instant is kept up, so the bystander sees it (16 submits)."""
+
+
+async def repeat(attack: Callable[[], Awaitable[T]], seconds: float = ATTACK_SECONDS) -> list[T]:
+    """Run ``attack`` again and again until ``seconds`` have passed (at least once); every result, in order."""
+    results = []
+    deadline = time.monotonic() + seconds
+    while not results or time.monotonic() < deadline:
+        results.append(await attack())
+    return results
+
+
+@dataclass
+class SiegeFigures:
+    """What one attack did to the server and to a bystander."""
+
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    unanswered: int = 0
+    wrong: list[dict[str, Any]] = field(default_factory=list)
+    idle_mb: float = 0.0
+    peak_mb: float = 0.0
+    after_mb: float = 0.0
+    seconds: float = 0.0
+    log_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    @property
+    def late(self) -> int:
+        return sum(latency > BYSTANDER_LATEST_MS for latency in self.latencies_ms) + self.unanswered
+
+    def line(self) -> str:
+        return (
+            f"{self.name}: {self.seconds:.1f} s; bystander {len(self.latencies_ms)} replies, "
+            f"p50 {self.percentile(50):.1f} ms, p99 {self.percentile(99):.1f} ms, "
+            f"max {max(self.latencies_ms, default=float('nan')):.1f} ms, {self.late} late or missing, "
+            f"{len(self.wrong)} wrong; RSS idle {self.idle_mb:.0f} MB, peak {self.peak_mb:.0f} MB "
+            f"(+{self.peak_mb - self.idle_mb:.0f}), after {self.after_mb:.0f} MB "
+            f"(+{self.after_mb - self.idle_mb:.0f}); log +{self.log_bytes} bytes, "
+            f"{len(self.problems)} problem lines" + "".join(f"; {note}" for note in self.notes)
+        )
+
+
+class Siege:
+    """Watches a served process (``tests/conftest.py`` ``ServerProcess``) while a test attacks it.
+
+    ``async with Siege(server, "name") as siege: await attack()``. Inside, a bystander on its own
+    connection (from :data:`BYSTANDER_ADDRESS`) submits a digit every :data:`BYSTANDER_PERIOD` seconds on a
+    fixed schedule, whatever the replies do, and a thread samples the server's RSS every 20 ms. On leaving
+    the block the bystander stops, memory is given :data:`SETTLE_SECONDS` to come back, and the documented
+    bounds are asserted: every bystander reply a correct prediction, p99 under :data:`BYSTANDER_P99_MS`,
+    none later than :data:`BYSTANDER_LATEST_MS`, RSS at most :data:`PEAK_ABOVE_IDLE_MB` above idle during
+    the attack and within :data:`AFTER_ABOVE_IDLE_MB` after it, nothing in the log that
+    :func:`log_problems` flags. The attack must not block the event loop (run blocking sockets in threads),
+    or it delays the bystander it is measured by.
+    """
+
+    def __init__(self, server: Any, name: str) -> None:
+        self.server = server
+        self.figures = SiegeFigures(name)
+        self._process = psutil.Process(server.process.pid)
+        self._stop = threading.Event()
+        self._rss: list[float] = []
+        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._bystanding = asyncio.Event()
+        self._bystander: asyncio.Task[None] | None = None
+        self._log_start = 0
+        self._started = 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self._rss.append(self._process.memory_info().rss / 2**20)
+            except psutil.Error:
+                return
+
+    def rss_mb(self) -> float:
+        return float(self._process.memory_info().rss / 2**20)
+
+    def note(self, text: str) -> None:
+        """Add what the attacker saw to the figures line."""
+        self.figures.notes.append(text)
+
+    async def __aenter__(self) -> Siege:
+        ws, _ = await open_ws(self.server.ws_url, local_addr=(BYSTANDER_ADDRESS, 0))
+        self.reference = await ask(ws, {"type": "submit", "id": 0, "strokes": SEVEN})
+        assert self.reference["type"] == "prediction", self.reference
+        idle = []
+        for _ in range(10):
+            idle.append(self.rss_mb())
+            await asyncio.sleep(0.05)
+        self.figures.idle_mb = float(np.median(idle))
+        self._log_start = len(self.server.log())
+        self._sampler.start()
+        self._bystander = asyncio.create_task(self._bystand(ws))
+        self._started = time.monotonic()
+        return self
+
+    async def _bystand(self, ws: Any) -> None:
+        sent: dict[int, float] = {}
+
+        async def read() -> None:
+            async for message in ws:
+                arrived = time.perf_counter()
+                answer = json.loads(message)
+                self.figures.latencies_ms.append((arrived - sent.pop(answer["id"])) * 1000.0)
+                if answer["type"] != "prediction" or answer["digit"] != self.reference["digit"]:
+                    self.figures.wrong.append(answer)
+                if self._bystanding.is_set() and not sent:
+                    return
+
+        reader = asyncio.create_task(read())
+        index = 0
+        next_at = time.monotonic()
+        while not self._bystanding.is_set() and not reader.done():
+            index += 1
+            sent[index] = time.perf_counter()
+            try:
+                await ws.send(json.dumps({"type": "submit", "id": index, "strokes": SEVEN}))
+            except ConnectionClosed:
+                break
+            next_at += BYSTANDER_PERIOD
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bystanding.wait(), max(0.0, next_at - time.monotonic()))
+        if sent:
+            await asyncio.wait({reader}, timeout=5.0)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        self.figures.unanswered = len(sent)
+        await ws.close()
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.figures.seconds = time.monotonic() - self._started
+        self._bystanding.set()
+        assert self._bystander is not None
+        await self._bystander
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while self.rss_mb() > self.figures.idle_mb + AFTER_ABOVE_IDLE_MB / 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        self._stop.set()
+        self._sampler.join()
+        figures = self.figures
+        figures.after_mb = self.rss_mb()
+        figures.peak_mb = max(self._rss, default=figures.idle_mb)
+        log = self.server.log()[self._log_start :]
+        figures.log_bytes = len(log)
+        figures.problems = log_problems(log)
+        print(figures.line())
+        if os.environ.get(FIGURES_ENV):
+            with open(os.environ[FIGURES_ENV], "a", encoding="utf-8") as out:
+                out.write(figures.line() + "\n")
+        if kind is not None:
+            return
+        assert not figures.wrong, figures.wrong[:5]
+        assert figures.unanswered == 0 and figures.latencies_ms, figures.line()
+        assert figures.percentile(99) < BYSTANDER_P99_MS, figures.line()
+        assert max(figures.latencies_ms) <= BYSTANDER_LATEST_MS, figures.line()
+        assert figures.peak_mb - figures.idle_mb <= PEAK_ABOVE_IDLE_MB, figures.line()
+        assert figures.after_mb - figures.idle_mb <= AFTER_ABOVE_IDLE_MB, figures.line()
+        assert not figures.problems, "\n".join(figures.problems[:20])

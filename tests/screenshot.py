@@ -34,10 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     digit = [d for d in pendigits.load(SHARED_DATA / "pen_digits.jsonl", "test") if d.label == args.label][args.index]
-    server = None
-    if args.url is None:
-        server = ServerProcess().start(Path(tempfile.mkdtemp()))
-    url = args.url or server.http_url
+    server = None if args.url else ServerProcess().start(Path(tempfile.mkdtemp()))
+    url = args.url if server is None else server.http_url
     try:
         with sync_playwright() as playwright:
             browser = launch(playwright)

@@ -43,7 +43,16 @@ async def test_overload_sheds_snapshots_and_answers_every_submit(start_server) -
     shed (in the replies and in /metrics), each flooder's newest snapshot is still answered, memory stays
     flat. Rate limits and pacing are off, so that a few clients can offer that much."""
     server = start_server(
-        "--snapshot-rate", "0", "--submit-rate", "0", "--message-rate", "0", "--max-connections-per-client", "1000"
+        "--snapshot-rate",
+        "0",
+        "--submit-rate",
+        "0",
+        "--message-rate",
+        "0",
+        "--address-byte-rate",
+        "0",
+        "--max-connections-per-client",
+        "1000",
     )
     before = await asyncio.to_thread(scrape, server.http_url)
     raster = drawing(240)
@@ -352,7 +361,7 @@ async def test_behind_a_router_a_client_cannot_pick_its_own_address(app_server) 
     the first X-Forwarded-For header): writing other entries, or a second header, does not get a client
     past the per-address cap or the HTTP rate limit (applied at once: the server counts as busy)."""
     live = app_server(
-        forwarded_allow_ips="*", max_connections_per_client=1, submit_rate=0.01, submit_burst=1, busy_submits=0
+        forwarded_allow_ips="*", max_connections_per_client=1, submit_rate=0.01, submit_burst=1, busy_queue_share=0
     )
     router = {"X-Forwarded-For": "203.0.113.9"}
     first, _ = await open_ws(live.ws_url, additional_headers=router)

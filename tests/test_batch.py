@@ -98,9 +98,9 @@ async def test_batch_limits_and_replies_in_order_with_other_messages(app_server)
 
 
 async def test_batch_items_count_one_by_one_towards_the_rate_limit(app_server) -> None:  # type: ignore[no-untyped-def]
-    """On a busy server (busy_submits 0) a batch of five with a bucket of three: the first three items
+    """On a busy server (busy_queue_share 0) a batch of five with a bucket of three: the first three items
     are served, the last two are refused with the hint, and a single submit right after is refused."""
-    live = app_server(submit_rate=1.0, submit_burst=3, busy_submits=0)
+    live = app_server(submit_rate=1.0, submit_burst=3, busy_queue_share=0)
     ws, _ = await open_ws(live.ws_url)
     async with ws:
         answer = await ask(ws, {"type": "batch", "id": 1, "items": [{"strokes": SEVEN}] * 5})
@@ -115,7 +115,7 @@ async def test_batch_items_count_one_by_one_towards_the_rate_limit(app_server) -
 async def test_batch_items_count_towards_the_per_address_queue(app_server) -> None:  # type: ignore[no-untyped-def]
     """With the model held, one address's batch of six against a share of four: four queued, two
     refused as overloaded with a hint; another address's submit still finds room."""
-    live = app_server(max_pending_submits_per_client=4, max_batch=1)
+    live = app_server(max_pending_submits=8, client_queue_share=0.5, max_batch=1)  # four per address
     crowd, _ = await open_ws(live.ws_url, additional_headers={"X-Forwarded-For": "203.0.113.1"})
     other, _ = await open_ws(live.ws_url, additional_headers={"X-Forwarded-For": "203.0.113.2"})
     async with crowd, other:
@@ -154,7 +154,7 @@ async def test_a_batch_of_only_invalid_items_counts_as_one_invalid_message(app_s
 def test_http_batch_results_and_statuses(app_server) -> None:  # type: ignore[no-untyped-def]
     """Over HTTP the batch is ``{"items": [...]}`` with the same reply; a batch whose every item was
     refused by the rate limit is 429 with Retry-After; malformed batches are 400."""
-    live = app_server(submit_rate=0.5, submit_burst=2, busy_submits=0, max_batch_items=4)
+    live = app_server(submit_rate=0.5, submit_burst=2, busy_queue_share=0, max_batch_items=4)
     url = live.http_url + "/api/predict"
     status, _, body = http_json(url, {"items": [{"strokes": SEVEN}, {"png": "@@"}]})
     assert status == 200 and body["type"] == "batch" and body["id"] is None

@@ -11,6 +11,7 @@ import pytest
 from livedigit.batcher import Batcher
 from livedigit.metrics import Metrics
 from livedigit.preprocess import Limits, Pixels, Strokes
+from livedigit.verdict import VerdictRule
 from livedigit.wire import DropReason, Failed, Failure, NoDigit, Scored, Shed
 
 ONE = Strokes([[[50, 10], [52, 60], [51, 110]]])
@@ -100,6 +101,27 @@ async def test_submits_are_never_dropped_or_merged(make_batcher, pausable_runtim
     # Each submit got the prediction for its own image, not a neighbour's.
     direct = pausable_runtime.runtime.predict(np.stack([r.model_input for r in results]))
     np.testing.assert_allclose([r.probabilities for r in results], direct, atol=1e-5)
+
+
+async def test_every_batch_is_calibrated_and_judged_by_the_rule_it_was_given(make_batcher, pausable_runtime) -> None:
+    """A batch of drawings: each gets its own calibrated probabilities and verdict, as the rule says."""
+    rule = VerdictRule(temperature=2.0, reject_temperature=3.0, reject_below=0.3, unsure_margin=0.6)
+    batcher = await make_batcher(max_batch=16, verdict=rule)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    images = [ONE, SEVEN, *(ink(seed) for seed in range(1, 9))]
+    futures = [batcher.enqueue("submit", image) for image in images]
+    pausable_runtime.resume()
+    await blocker
+    outcomes = await asyncio.gather(*futures)
+    assert all(isinstance(outcome, Scored) for outcome in outcomes)
+    assert max(pausable_runtime.batch_sizes) == len(images)
+    raw = pausable_runtime.runtime.predict(np.stack([outcome.model_input for outcome in outcomes]))
+    served, verdicts = rule.judge(raw)
+    np.testing.assert_allclose([outcome.probabilities for outcome in outcomes], served, atol=1e-6)
+    assert [outcome.verdict for outcome in outcomes] == verdicts
+    assert len(set(verdicts)) > 1, "these drawings should not all get the same verdict"
 
 
 def finishing_order(futures: dict[str, list[asyncio.Future]]) -> list[str]:  # type: ignore[type-arg]
@@ -206,14 +228,18 @@ async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_b
 
 
 async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausable_runtime) -> None:
-    batcher = await make_batcher(max_batch=1, max_pending_submits=2)
+    batcher = await make_batcher(max_batch=1, max_pending_submits=8)
     pausable_runtime.pause()
     accepted = [batcher.enqueue("submit", ink(0))]
     await model_blocked(pausable_runtime)
     accepted.append(batcher.enqueue("submit", ink(1)))
     await until(lambda: batcher.queued == (0, 0))
-    accepted += [batcher.enqueue("submit", ink(seed)) for seed in (2, 3)]
-    refused = batcher.enqueue("submit", ink(4))
+    # One address holds at most three quarters of the queue; the rest stays open to the others.
+    accepted += [batcher.enqueue("submit", ink(seed), client="busy") for seed in range(6)]
+    greedy = batcher.enqueue("submit", ink(4), client="busy")
+    assert greedy.done() and isinstance(greedy.result(), Failed) and greedy.result().failure == Failure.BUSY
+    accepted += [batcher.enqueue("submit", ink(seed), client=f"other-{seed}") for seed in range(2)]
+    refused = batcher.enqueue("submit", ink(4), client="late")
     assert refused.done() and isinstance(refused.result(), Failed)
     assert refused.result().failure == Failure.BUSY
     pausable_runtime.resume()

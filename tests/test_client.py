@@ -30,6 +30,7 @@ from livedigit.client import (
 from livedigit.config import DEFAULT_MODEL
 from livedigit.preprocess import Pixels, Strokes, preprocess
 from livedigit.runtime import load_runtime
+from livedigit.verdict import card_rule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,8 +63,9 @@ def model():
 
 
 def expected(model, image) -> np.ndarray:
-    """The probabilities the shipped model gives ``image`` in this process, through the same preprocessing."""
-    return model.predict(preprocess(image)[None])[0]
+    """The probabilities the shipped model gives ``image`` in this process, through the same preprocessing
+    and the same calibration as the server."""
+    return card_rule(DEFAULT_MODEL).calibrate(model.predict(preprocess(image)[None]))[0]
 
 
 async def test_predict_numpy_png_and_strokes_match_the_model(server, model, pen_test):
@@ -223,8 +225,9 @@ def test_predict_command_locally(files, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == files["good"]
     for line in lines:
-        _, digit, confidence = line.split("\t")
+        _, digit, confidence, verdict = line.split("\t")
         assert 0 <= int(digit) <= 9 and 0.0 < float(confidence) <= 1.0
+        assert verdict in ("digit", "unsure", "not_a_digit")
 
 
 def test_predict_command_json_local_and_through_the_server_agree(server, files, capsys):
@@ -235,7 +238,7 @@ def test_predict_command_json_local_and_through_the_server_agree(server, files, 
     assert [item["file"] for item in local] == [item["file"] for item in remote] == files["good"]
     for here, there in zip(local, remote, strict=True):
         assert here["type"] == there["type"] == "prediction"
-        assert here["digit"] == there["digit"]
+        assert here["digit"] == there["digit"] and here["verdict"] == there["verdict"]
         np.testing.assert_allclose(here["probabilities"], there["probabilities"], atol=1e-3)
 
 
@@ -303,11 +306,11 @@ async def test_predict_many_answers_in_order_with_each_images_own_error(server, 
 
 async def test_predict_many_stays_within_the_announced_limits_and_waits_when_refused(start_server):
     """A server that lets one client queue only 5 images and counts every submit beyond 2 a second as
-    over its rate (busy_submits 0): the client packs 3-image messages (never more than 5 unanswered),
+    over its rate (busy_queue_share 0): the client packs 3-image messages (never more than 5 unanswered),
     sends the refused ones again after the hinted wait, and every image gets its prediction in order."""
     server = start_server(
-        "--max-pending-submits-per-client", "5", "--max-batch-items", "3",
-        "--busy-submits", "0", "--submit-rate", "20", "--submit-burst", "2",
+        "--max-pending-submits", "10", "--client-queue-share", "0.5", "--max-batch-items", "3",
+        "--busy-queue-share", "0", "--submit-rate", "20", "--submit-burst", "2",
     )  # fmt: skip
     digits = [np.rot90(raster(SEVEN), k % 2).copy() for k in range(12)]
     async with LiveDigitClient(server.ws_url) as client:

@@ -173,12 +173,13 @@ class FaultyRuntime(PausableRuntime):
 
 
 @pytest.fixture
-def faulty_server(model_runtime):  # type: ignore[no-untyped-def]
+def faulty_server(model_runtime, tmp_path):  # type: ignore[no-untyped-def]
     """Factory like ``app_server``, with the model wrapped in a :class:`FaultyRuntime`."""
     servers: list[AppServer] = []
 
     def start(**overrides: Any) -> AppServer:
-        settings = Settings(**{"port": free_port(), "log_level": "warning", **overrides})
+        defaults = {"port": free_port(), "log_level": "warning", "data_dir": str(tmp_path / "data")}
+        settings = Settings(**{**defaults, **overrides})
         server = AppServer(settings, FaultyRuntime(model_runtime))  # type: ignore[arg-type]
         servers.append(server)
         return server.start()

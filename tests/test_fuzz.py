@@ -8,6 +8,8 @@ inconsistent headers. Frames are pipelined a few at a time on one connection. Fo
 knows what the contract promises:
 
 * exactly one reply, in order, carrying the frame's ``id`` when it had a valid one;
+* a ``label`` (the drawing forms above, with its own fields each valid or broken) is ``stored`` exactly
+  when all of it is valid, and otherwise gets the error code its fault calls for;
 * a documented reply type, error code or drop reason (read from ``docs/protocol.md``);
 * the error codes that are certain (not JSON: ``bad_json``; a wrong ``id``: ``bad_message``; a valid
   image: never an error; a broken one: an invalid-input error);
@@ -24,6 +26,7 @@ import base64
 import contextlib
 import json
 import math
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from hardutil import (
     check_reply,
     ihdr_bomb,
     log_problems,
+    lying_png,
     png_file,
     raw_png,
     scrape,
@@ -80,8 +84,14 @@ FUZZ_FLAGS = [
     "0",
     "--message-rate",
     "0",
+    "--address-byte-rate",
+    "0",
     "--max-connections-per-client",
     "1000",
+    "--label-rate",
+    "0",
+    "--label-rate-per-client",
+    "0",
 ]
 """Rate limits and pacing off so that every frame reaches parsing and preprocessing at full speed; small
 caps so that frames crossing them are cheap to generate."""
@@ -227,16 +237,18 @@ VALID_PNGS = {
     "bar-bomb-8": zlib_bomb(MAX_SIDE),
     "bar-bomb-16-rgba": zlib_bomb(MAX_SIDE, 16, 6),
     "bar-bomb-16-grey-alpha": zlib_bomb(MAX_SIDE, 16, 4),
+    "text-chunk-bomb": text_chunk_bomb(True),
+    "iccp-bomb": text_chunk_bomb(False),
 }
-"""Real decompression bombs within the caps: a few KB that inflate to MAX_SIDE x MAX_SIDE pixels."""
+"""Real decompression bombs within the caps: a few KB that inflate to MAX_SIDE x MAX_SIDE pixels, or carry
+metadata that would inflate to 8 MB (never read)."""
 
 INVALID_PNGS = {
     "ihdr-huge": ihdr_bomb(),
     "ihdr-over-side": ihdr_bomb(MAX_SIDE + 1, 1),
     "ihdr-2^31": ihdr_bomb(2**31 - 1, 2**31 - 1),
     "ihdr-zero": ihdr_bomb(0, 7),
-    "text-chunk-bomb": text_chunk_bomb(True),
-    "iccp-bomb": text_chunk_bomb(False),
+    "lying-ihdr": lying_png(),
     "over-size-cap": raw_png(8, 8, rows=b"\x00" * 72, extra=b"\x00\x00\x40\x00tEXt" + b"x" * MAX_PNG_BYTES),
     "no-idat": raw_png(8, 8),
     "signature-only": b"\x89PNG\r\n\x1a\n",
@@ -415,8 +427,11 @@ ANSWERS = frozenset({"prediction", "empty"})
 INVALID = frozenset(f"error:{code}" for code in INVALID_INPUT)
 EVERYTHING = (
     ANSWERS
-    | {"dropped", "pong"}
-    | {f"error:{code}" for code in ("bad_json", "bad_message", "bad_image", "rate_limited", "overloaded", "internal")}
+    | {"dropped", "pong", "stored"}
+    | {
+        f"error:{code}"
+        for code in ("bad_json", "bad_message", "bad_image", "rate_limited", "overloaded", "internal", "unavailable")
+    }
 )
 
 
@@ -465,7 +480,7 @@ def expectation_for_text(text: str, image_verdict: str = ANY) -> tuple[Any, froz
     kind = message.get("type")
     if kind == "ping":
         return message_id, frozenset({"pong"})
-    if kind not in ("snapshot", "submit"):
+    if kind not in ("snapshot", "submit", "label"):
         return message_id, frozenset({"error:bad_message"})
     forms = [name for name in ("pixels", "strokes", "png", "image") if name in message]
     if len(forms) != 1:
@@ -473,6 +488,8 @@ def expectation_for_text(text: str, image_verdict: str = ANY) -> tuple[Any, froz
     preview = message.get("preview", False)
     if not isinstance(preview, bool):
         image_verdict = BAD if image_verdict == OK else image_verdict
+    if kind == "label":
+        return message_id, label_expectation(message, image_verdict)
     # A snapshot may be overtaken (``stale``) before preprocessing finds a fault in its image.
     dropped = {"dropped"} if kind == "snapshot" else set()
     if image_verdict == OK:
@@ -488,17 +505,106 @@ def text_frame(message: Any, verdict: str = ANY) -> Frame:
     return Frame(text, expected_id, allowed)
 
 
-KNOWN_FIELDS = frozenset({"type", "id", "pixels", "strokes", "png", "image", "surface", "preview", "items"})
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+WORD = re.compile(r"[A-Za-z0-9_-]{8,64}")
+VERDICT = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def label_fields_valid(message: dict[str, Any]) -> bool:
+    """Whether a label's own fields are all valid, as docs/protocol.md defines them."""
+    digit, writer = message.get("digit"), message.get("writer")
+    key, submit_id = message.get("key"), message.get("submit_id")
+    predicted, probabilities, verdict = message.get("predicted"), message.get("probabilities"), message.get("verdict")
+    return (
+        _is_int(digit)
+        and 0 <= digit <= 9
+        and isinstance(writer, str)
+        and bool(WORD.fullmatch(writer))
+        and (key is None or (isinstance(key, str) and bool(WORD.fullmatch(key))))
+        and (
+            submit_id is None
+            or (isinstance(submit_id, str) and len(submit_id) <= 64)
+            or (_is_int(submit_id) and abs(submit_id) < 2**63)
+        )
+        and (predicted is None or (_is_int(predicted) and 0 <= predicted <= 9))
+        and (
+            probabilities is None
+            or (
+                isinstance(probabilities, list)
+                and len(probabilities) == 10
+                and all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1 for p in probabilities)
+            )
+        )
+        and (verdict is None or (isinstance(verdict, str) and bool(VERDICT.fullmatch(verdict))))
+    )
+
+
+def label_expectation(message: dict[str, Any], image_verdict: str) -> frozenset[str]:
+    """A label is stored exactly when its drawing and its fields are valid; a drawing without a single
+    point, fine for a submit (``empty``), is no label (``bad_image``)."""
+    strokes = message.get("strokes")
+    if isinstance(strokes, list) and all(isinstance(stroke, list) and not stroke for stroke in strokes):
+        image_verdict = BAD
+    invalid = INVALID - {"error:bad_json"}
+    if not label_fields_valid(message):
+        return frozenset({"error:bad_message"}) if image_verdict == OK else invalid
+    if image_verdict == OK:
+        return frozenset({"stored"})
+    return invalid if image_verdict == BAD else invalid | {"stored"}
+
+
+KNOWN_FIELDS = frozenset(
+    {"type", "id", "pixels", "strokes", "png", "image", "surface", "preview", "digit", "writer", "key", "submit_id"}
+    | {"predicted", "probabilities", "verdict", "items"}
+)
+
+writer_ids = st.from_regex(WORD, fullmatch=True)
+label_values = {
+    "digit": (st.integers(0, 9), st.integers().filter(lambda v: not 0 <= v <= 9) | awkward_numbers),
+    "writer": (writer_ids, st.text(max_size=70).filter(lambda v: not WORD.fullmatch(v)) | json_scalars),
+    "key": (writer_ids | st.none(), st.text(max_size=70).filter(lambda v: not WORD.fullmatch(v)) | huge_numbers),
+    "submit_id": (st.integers(-(2**63) + 1, 2**63 - 1) | st.text(max_size=64) | st.none(), message_ids),
+    "predicted": (st.integers(0, 9) | st.none(), awkward_numbers),
+    "probabilities": (
+        st.lists(st.floats(0, 1) | st.integers(0, 1), min_size=10, max_size=10) | st.none(),
+        st.lists(st.floats(0, 2) | awkward_numbers, max_size=12) | json_scalars,
+    ),
+    "verdict": (st.from_regex(VERDICT, fullmatch=True) | st.none(), st.text(max_size=40) | huge_numbers),
+}
+"""For each field of a label: values that are valid, and values that are mostly not (the expectation is
+decided from the value itself, not from which of the two it was drawn from)."""
+
+
+@st.composite
+def label_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """A label's own fields: usually all valid, sometimes one of them broken or left out."""
+    fields = {"digit": draw(label_values["digit"][0]), "writer": draw(label_values["writer"][0])}
+    for name in ("key", "submit_id", "predicted", "probabilities", "verdict"):
+        if draw(st.booleans()):
+            fields[name] = draw(label_values[name][0])
+    broken = draw(st.sampled_from([None, None, None, *label_values, "missing-digit", "missing-writer"]))
+    if broken == "missing-digit":
+        del fields["digit"]
+    elif broken == "missing-writer":
+        del fields["writer"]
+    elif broken is not None:
+        fields[broken] = draw(label_values[broken][1])
+    return fields
 
 
 @st.composite
 def messages(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     """A message shaped like the protocol's, each field valid or broken, and its image's verdict."""
     if draw(st.integers(0, 9)) < 8:
-        kind = draw(st.sampled_from(["snapshot", "submit", "snapshot", "submit", "ping"]))
+        kind = draw(st.sampled_from(["snapshot", "submit", "snapshot", "submit", "ping", "label", "label"]))
     else:
-        kind = draw(st.sampled_from(["Submit", "", "hello", "prediction"]) | json_scalars)
+        kind = draw(st.sampled_from(["Submit", "", "hello", "prediction", "stored", "Label"]) | json_scalars)
     message: dict[str, Any] = {"type": kind}
+    if kind == "label":
+        message.update(draw(label_fields()))
     id_choice = draw(st.integers(0, 3))
     if id_choice == 1:
         message["id"] = draw(st.integers(-(2**63) + 1, 2**63 - 1) | st.text(max_size=64))
@@ -628,6 +734,13 @@ frames = st.one_of(
 # The connections.
 
 
+NO_KEEPALIVE = None
+"""The test's clients send no keepalive pings: the client's ping thread draws its payload from the global
+``random`` module, and when that lands while hypothesis generates a case, hypothesis reports it as
+randomness inside a strategy (a warning that prints the whole strategy). The server's pings keep the
+connections checked."""
+
+
 class Fuzzer:
     """The hostile connection: sends pipelined frames, checks every reply, reconnects after a 1008."""
 
@@ -642,7 +755,9 @@ class Fuzzer:
 
     def connection(self) -> ClientConnection:
         if self.ws is None:
-            self.ws = self.connections.enter_context(connect(self.url, open_timeout=TIMEOUT, max_size=None))
+            self.ws = self.connections.enter_context(
+                connect(self.url, open_timeout=TIMEOUT, ping_interval=NO_KEEPALIVE, max_size=None)
+            )
             assert json.loads(self.ws.recv(timeout=TIMEOUT))["type"] == "hello"
             self.bad_in_a_row = 0
         return self.ws
@@ -693,6 +808,8 @@ class Fuzzer:
                     frame.payload[8] << 8 | frame.payload[9]
                 ) // (frame.payload[10] << 8 | frame.payload[11]), reply
                 assert {result["type"] for result in reply["results"]} <= ANSWERS, reply
+            if reply["type"] == "stored":
+                assert json.loads(frame.payload)["type"] == "label"
             if reply["type"] in ("prediction", "empty"):
                 assert reply["final"] is (
                     json.loads(frame.payload)["type"] == "submit"
@@ -701,7 +818,7 @@ class Fuzzer:
                 )
             if tag in INVALID:
                 self.bad_in_a_row += 1
-            elif reply["type"] in ("prediction", "empty", "pong", "batch"):
+            elif reply["type"] in ("prediction", "empty", "pong", "stored", "batch"):
                 self.bad_in_a_row = 0
         if self.bad_in_a_row >= MAX_BAD:
             self._expect_policy_close(ws)
@@ -722,7 +839,7 @@ class Bystander:
     """A well-behaved client on its own connection: its answers must not change while the fuzzer runs."""
 
     def __init__(self, url: str, connections: contextlib.ExitStack) -> None:
-        self.ws = connections.enter_context(connect(url, open_timeout=TIMEOUT))
+        self.ws = connections.enter_context(connect(url, open_timeout=TIMEOUT, ping_interval=NO_KEEPALIVE))
         assert json.loads(self.ws.recv(timeout=TIMEOUT))["type"] == "hello"
         self.count = 0
         raster = drawing()
@@ -791,6 +908,49 @@ HTTP_STATUS = {"bad_json": 400, "bad_message": 400, "bad_image": 400}
 
 
 @st.composite
+def http_label_bodies(draw: st.DrawFn) -> tuple[bytes, frozenset[str]]:
+    """Bodies for ``POST /api/labels``: a label message's fields without ``type`` and ``id``, arbitrary
+    JSON, or bytes; with the replies the contract allows for each."""
+    choice = draw(st.integers(0, 4))
+    if choice == 0:
+        body = draw(st.binary(max_size=64))
+    elif choice == 1:
+        body = json.dumps(draw(json_values), allow_nan=True).encode()
+    else:
+        message, verdict = draw(messages().filter(lambda pair: pair[0]["type"] == "label"))
+        fields = {key: value for key, value in message.items() if key not in ("type", "id")}
+        _, allowed = expectation_for_text(json.dumps({"type": "label", **fields}, allow_nan=True), verdict)
+        return json.dumps(fields, allow_nan=True).encode(), allowed
+    try:
+        parsed = json.loads(body, parse_constant=_not_json, parse_int=_integer)
+    except (ValueError, RecursionError):
+        return body, frozenset({"error:bad_json"})
+    if not isinstance(parsed, dict) or not _valid_unicode(parsed):
+        return body, frozenset({"error:bad_json"})
+    return body, frozenset(INVALID - {"error:bad_json"} | {"stored"})
+
+
+@settings(FUZZ_SETTINGS, max_examples=120)
+@given(case=http_label_bodies())
+def test_rest_answers_every_label_body_with_a_documented_reply(
+    fuzzing: Fuzzing, case: tuple[bytes, frozenset[str]]
+) -> None:
+    body, allowed = case
+    response = httpx.post(
+        fuzzing.server.http_url + "/api/labels",
+        content=body,
+        timeout=TIMEOUT,
+        headers={"content-type": "application/json"},
+    )
+    reply = response.json()
+    check_reply(reply)
+    assert reply["id"] is None and reply["type"] in ("stored", "error"), reply
+    tag = reply["type"] if reply["type"] != "error" else f"error:{reply['code']}"
+    assert response.status_code == (200 if tag == "stored" else HTTP_STATUS[reply["code"]]), (response, reply)
+    assert tag in allowed, (tag, reply, body[:300])
+
+
+@st.composite
 def http_bodies(draw: st.DrawFn) -> tuple[bytes, frozenset[str]]:
     """Bodies for ``POST /api/predict`` (always a submit, no ``id``): a message's image fields, arbitrary
     JSON, or bytes; with the replies the contract allows for each."""
@@ -839,7 +999,7 @@ def test_the_fuzzed_server_stayed_healthy(fuzzing: Fuzzing) -> None:
     fuzzing.bystander.check()
     fuzzer = fuzzing.fuzzer
     assert fuzzer.frames >= 2000, fuzzer.frames
-    served = sum(fuzzer.seen.get(kind, 0) for kind in ("prediction", "empty", "dropped"))
+    served = sum(fuzzer.seen.get(kind, 0) for kind in ("prediction", "empty", "dropped", "stored"))
     # The valid paths were well exercised. How many valid frames are answered before a connection is
     # closed for 32 invalid ones in a row depends on timing (a snapshot dropped as stale does not reset
     # the count, a prediction does): 149 to 241 have been seen.

@@ -1,14 +1,18 @@
-"""The shipped model, measured the way the server runs it: preprocess, then LiteRT.
+"""The shipped model, measured the way the server runs it: preprocess, LiteRT, then the card's verdict rule.
 
 MNIST test digits go in as raw pixels and pen-digits test drawings (14 writers training never saw) as
-strokes, each through ``livedigit.preprocess`` exactly as a request would. A drawing the preprocessing
-calls empty counts as a miss, since the server would answer ``empty`` instead of a digit. The model card
-shipped next to the model must report the same figures.
+strokes with the tablet's surface, each through ``livedigit.preprocess`` exactly as a request would, and
+the model's probabilities through the rule in its card (``livedigit.verdict``), as the batcher applies
+it. A drawing the preprocessing calls empty counts as a miss, since the server would answer ``empty``
+instead of a digit. Every figure the card records (written by ``python -m train.evaluate --card``) is
+measured again here with code of its own, and the verdict's promise is checked on the test splits.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +22,17 @@ from livedigit import pendigits
 from livedigit.config import DEFAULT_MODEL
 from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
 from livedigit.runtime import Runtime, load_runtime
+from livedigit.verdict import VerdictRule
+from livedigit.wire import Verdict
+from train import negatives
 
 MNIST_TARGET = 0.995
 PEN_TARGET = 0.97
+MAX_DIGITS_REJECTED = 0.01
+"""The verdict's promise: at most this share of real digits is answered ``not_a_digit``."""
 CARD_TOLERANCE = 0.001
+SHARE_TOLERANCE = 0.002
+"""For shares measured on a few thousand drawings: one or two drawings either way."""
 
 pytestmark = pytest.mark.slow
 
@@ -36,49 +47,143 @@ def card() -> dict:
     return json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
 
 
-def accuracy(runtime: Runtime, inputs: list[np.ndarray | None], labels: np.ndarray) -> tuple[float, str]:
-    """Accuracy (an empty result is a miss) and a per-class breakdown for the failure message."""
-    batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if image is None else image for image in inputs])
-    predicted = runtime.predict(batch).argmax(axis=1)
-    empty = np.array([image is None for image in inputs])
-    correct = (predicted == labels) & ~empty
-    per_class = ", ".join(f"{digit}: {correct[labels == digit].mean():.4f}" for digit in range(10))
-    return float(correct.mean()), f"per class {per_class}; {int(empty.sum())} empty"
+@pytest.fixture(scope="module")
+def rule(card: dict) -> VerdictRule:
+    return VerdictRule.from_card(card)
+
+
+class Served:
+    """What the server answers for each image: ``None`` for empty, else the served probabilities and verdict."""
+
+    def __init__(self, runtime: Runtime, rule: VerdictRule, images: list) -> None:
+        inputs = [preprocess(image) for image in images]
+        self.empty = np.array([model_input is None for model_input in inputs])
+        batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if i is None else i for i in inputs])
+        self.probabilities, verdicts = rule.judge(runtime.predict(batch))
+        self.verdicts = [None if empty else verdict for empty, verdict in zip(self.empty, verdicts, strict=True)]
+
+    def digits(self) -> np.ndarray:
+        return np.where(self.empty, -1, self.probabilities.argmax(axis=1))
+
+    def share(self, verdict: Verdict) -> float:
+        return sum(v == verdict for v in self.verdicts) / len(self.verdicts)
+
+
+def cut(digit: pendigits.PenDigit, fraction: float) -> Strokes:
+    """The drawing after the first ceil(fraction * points) points, as the page sends it mid-stroke."""
+    total = sum(len(stroke) for stroke in digit.strokes)
+    kept, left = [], math.ceil(fraction * total)
+    for stroke in digit.strokes:
+        if left > 0:
+            kept.append(stroke[:left])
+        left -= len(stroke)
+    return Strokes(kept, pendigits.SURFACE)
 
 
 @pytest.fixture(scope="module")
-def mnist_accuracy(runtime: Runtime, mnist_path: Path) -> tuple[float, str]:
+def mnist(runtime: Runtime, rule: VerdictRule, mnist_path: Path) -> tuple[Served, np.ndarray]:
     with np.load(mnist_path) as data:
         images, labels = data["x_test"], data["y_test"].astype(np.int64)
-    return accuracy(runtime, [preprocess(Pixels(image)) for image in images], labels)
+    return Served(runtime, rule, [Pixels(image) for image in images]), labels
 
 
 @pytest.fixture(scope="module")
-def pen_accuracy(runtime: Runtime, pen_test: list[pendigits.PenDigit]) -> tuple[float, str]:
-    labels = np.array([digit.label for digit in pen_test])
-    return accuracy(runtime, [preprocess(Strokes(digit.strokes)) for digit in pen_test], labels)
+def pen(runtime: Runtime, rule: VerdictRule, pen_test: list[pendigits.PenDigit]) -> dict[float, Served]:
+    """The pen-digits test split as served, whole (1.0) and cut short."""
+    return {fraction: Served(runtime, rule, [cut(d, fraction) for d in pen_test]) for fraction in (0.5, 0.75, 0.9, 1.0)}
 
 
-def test_mnist_test_accuracy(mnist_accuracy: tuple[float, str]) -> None:
-    measured, detail = mnist_accuracy
-    assert measured >= MNIST_TARGET, f"MNIST test accuracy {measured:.4f} < {MNIST_TARGET}: {detail}"
+@pytest.fixture(scope="module")
+def pen_labels(pen_test: list[pendigits.PenDigit]) -> np.ndarray:
+    return np.array([digit.label for digit in pen_test])
 
 
-def test_pen_digits_test_accuracy(pen_accuracy: tuple[float, str]) -> None:
-    measured, detail = pen_accuracy
+def per_class(digits: np.ndarray, labels: np.ndarray) -> str:
+    correct = digits == labels
+    return ", ".join(f"{digit}: {correct[labels == digit].mean():.4f}" for digit in range(10))
+
+
+def test_mnist_test_accuracy(mnist: tuple[Served, np.ndarray], card: dict) -> None:
+    served, labels = mnist
+    measured = float(np.mean(served.digits() == labels))
+    assert measured >= MNIST_TARGET, (
+        f"MNIST test accuracy {measured:.4f} < {MNIST_TARGET}: {per_class(served.digits(), labels)}"
+    )
+    assert card["accuracy"]["mnist_test"] == pytest.approx(measured, abs=CARD_TOLERANCE)
+
+
+def test_pen_digits_test_accuracy(pen: dict[float, Served], pen_labels: np.ndarray, card: dict) -> None:
+    digits = pen[1.0].digits()
+    measured = float(np.mean(digits == pen_labels))
+    detail = f"{per_class(digits, pen_labels)}; {int(pen[1.0].empty.sum())} empty"
     assert measured >= PEN_TARGET, f"pen-digits test accuracy {measured:.4f} < {PEN_TARGET}: {detail}"
+    assert card["accuracy"]["pen_digits_test"] == pytest.approx(measured, abs=CARD_TOLERANCE)
+    confusion = np.zeros((10, 10), int)
+    found = digits >= 0
+    np.add.at(confusion, (pen_labels[found], digits[found]), 1)
+    assert card["accuracy"]["pen_digits_test_confusion"] == confusion.tolist()
 
 
-def test_card_reports_the_measured_accuracies(
-    card: dict, mnist_accuracy: tuple[float, str], pen_accuracy: tuple[float, str]
+def test_card_reports_the_early_answers(pen: dict[float, Served], pen_labels: np.ndarray, card: dict) -> None:
+    """Top-1 against the final label with 50, 75 and 90% of each digit's points drawn, and settled early."""
+    early = card["evaluation"]["early"]
+    right = {fraction: served.digits() == pen_labels for fraction, served in pen.items()}
+    for fraction, correct in right.items():
+        assert early["pen_digits_test_top1"][f"{fraction:g}"] == pytest.approx(correct.mean(), abs=CARD_TOLERANCE)
+    settled = right[0.75] & right[0.9] & right[1.0]
+    assert early["pen_digits_test_settled_early"] == pytest.approx(settled.mean(), abs=CARD_TOLERANCE)
+    for fraction in (0.5, 0.75, 0.9):
+        recorded = early["pen_digits_test_verdicts"][f"{fraction:g}"]
+        assert recorded["not_a_digit"] == pytest.approx(pen[fraction].share(Verdict.NOT_A_DIGIT), abs=SHARE_TOLERANCE)
+
+
+def test_card_reports_the_calibration_error(pen: dict[float, Served], pen_labels: np.ndarray, card: dict) -> None:
+    """Expected calibration error of the served confidence: 15 equal-width bins, on the pen-digits test split."""
+    served = pen[1.0]
+    confidence = served.probabilities.max(axis=1)[~served.empty]
+    correct = (served.digits() == pen_labels)[~served.empty]
+    edges = np.linspace(0.0, 1.0, 16)
+    error = 0.0
+    for low, high in itertools.pairwise(edges):
+        members = (confidence >= low) & ((confidence < high) | (high == 1.0))
+        if members.any():
+            error += abs(correct[members].mean() - confidence[members].mean()) * members.mean()
+    assert card["evaluation"]["calibration"]["pen_digits_test_ece"] == pytest.approx(error, abs=CARD_TOLERANCE)
+
+
+def test_at_most_one_real_digit_in_a_hundred_is_not_a_digit(
+    pen: dict[float, Served], mnist: tuple[Served, np.ndarray], card: dict
 ) -> None:
-    recorded = card["accuracy"]
-    assert recorded["mnist_test"] == pytest.approx(mnist_accuracy[0], abs=CARD_TOLERANCE)
-    assert recorded["pen_digits_test"] == pytest.approx(pen_accuracy[0], abs=CARD_TOLERANCE)
+    measured = {"pen_digits_test": pen[1.0], "mnist_test": mnist[0]}
+    for name, served in measured.items():
+        rejected = served.share(Verdict.NOT_A_DIGIT)
+        assert rejected <= MAX_DIGITS_REJECTED, f"{name}: {rejected:.2%} of real digits answered not_a_digit"
+        recorded = card["evaluation"]["verdict"][name]
+        assert recorded["not_a_digit"] == pytest.approx(rejected, abs=SHARE_TOLERANCE)
+        assert recorded["unsure"] == pytest.approx(served.share(Verdict.UNSURE), abs=SHARE_TOLERANCE)
 
 
-def test_card_is_of_a_full_training_run_without_test_data(card: dict) -> None:
-    """The shipped model is not a --quick pipeline check, and no test split went into its training."""
+def test_card_reports_how_many_held_out_negatives_are_not_a_digit(
+    runtime: Runtime, rule: VerdictRule, card: dict
+) -> None:
+    missing = negatives.missing_fonts()
+    if missing:
+        pytest.skip(f"fonts not installed: {', '.join(missing)} (apt-get install {negatives.PACKAGES})")
+    held_out = negatives.negatives("held_out")
+    served = Served(runtime, rule, [negative.image for negative in held_out])
+    recorded = card["evaluation"]["verdict"]["held_out_negatives"]
+    assert len(held_out) == card["evaluation"]["data"]["held_out_negatives"]
+    assert recorded["not_a_digit"] == pytest.approx(served.share(Verdict.NOT_A_DIGIT), abs=SHARE_TOLERANCE)
+    assert recorded["unsure"] == pytest.approx(served.share(Verdict.UNSURE), abs=SHARE_TOLERANCE)
+
+
+def test_card_is_of_a_full_training_run_without_test_data(card: dict, rule: VerdictRule) -> None:
+    """The shipped model is not a --quick pipeline check, no test split went into its training, and its
+    verdict rule was fitted on validation data only."""
     assert card["training"]["quick"] is False
     assert all("test" not in item.lower() for item in card["training"]["data"])
     assert card["tflite_vs_keras_max_abs_difference"] < 1e-4
+    assert rule != VerdictRule() and VerdictRule.from_card({"verdict": rule.to_card()}) == rule
+    assert set(card["verdict"]["fitted"]["validation_digits"]) == {"mnist_validation", "pen_digits_validation"}
+    assert card["evaluation"]["measured"]["rule"] == rule.to_card()
+    assert card["evaluation"]["measured"]["limit"] is None

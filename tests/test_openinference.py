@@ -138,13 +138,13 @@ def test_v2_refusals_carry_retry_after(app_server) -> None:  # type: ignore[no-u
     """A busy server's rate limit is 429, a full queue 503, both with Retry-After; a request is admitted
     whole or not at all, so a refused one leaves nothing queued."""
     image = {"name": "images", "shape": [2, 28, 28], "datatype": "UINT8", "data": rasters()[:2].ravel().tolist()}
-    limited = app_server(submit_rate=0.5, submit_burst=3, busy_submits=0)
+    limited = app_server(submit_rate=0.5, submit_burst=3, busy_queue_share=0)
     url = f"{limited.http_url}/v2/models/{MODEL}/infer"
     assert httpx.post(url, json={"inputs": [image]}).status_code == 200
     refused = httpx.post(url, json={"inputs": [image]})
-    assert refused.status_code == 429 and "submits a second" in refused.json()["error"]
+    assert refused.status_code == 429 and "submits per second" in refused.json()["error"]
     assert refused.headers["retry-after"] in ("1", "2", "3")
-    full = app_server(max_pending_submits_per_client=1)
+    full = app_server(max_pending_submits=4, client_queue_share=0.25)  # one per address
     response = httpx.post(f"{full.http_url}/v2/models/{MODEL}/infer", json={"inputs": [image]})
     assert response.status_code == 503 and "busy" in response.json()["error"]
     assert int(response.headers["retry-after"]) >= 1

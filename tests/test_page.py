@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 from browser import CHROMIUM, DigitPage, draw_with_mouse, draw_with_touch, launch, stroke_with_mouse
+from labelutil import exported
 from playwright.sync_api import Browser, Page, WebSocketRoute, sync_playwright
 
+from livedigit.labels import database
 from livedigit.pendigits import PenDigit
 from livedigit.preprocess import Strokes, preprocess
 
@@ -238,6 +240,43 @@ def test_submit_recognises_most_pen_digits(server, open_page, samples) -> None:
     assert right >= 17, f"only {right}/20 right: {answers}"
 
 
+HANDWRITTEN_H = [[[-5, -12], [-5, 9]], [[-5, -1], [-2, -4], [0, -5], [3, -5], [5, -4], [6, -1], [6, 9]]]
+"""A lowercase h as the Hershey simplex font draws it: a letter unlike any digit, and one the shipped
+model answers not_a_digit for however large it is drawn (rejection score 0.28-0.30, threshold 0.43)."""
+
+TWO_OR_SEVEN = 2285
+"""A pen-digits test 7 with a curved stroke: the shipped model's top two are a 2 and a 7, 0.18-0.21 apart
+(under the 0.5 margin) at any size, and its rejection score (0.52) is above the threshold: unsure."""
+
+
+def test_the_answer_says_when_the_model_is_unsure_or_sees_no_digit(server, open_page, samples, pen_test) -> None:
+    """A clear digit is named; two digits too close to call are both named; a letter is not called a digit.
+    The ten bars show the probabilities in every case."""
+    page = open_page(server.http_url)
+    shown = []
+    for strokes in (samples[6].strokes, HANDWRITTEN_H, pen_test[TWO_OR_SEVEN].strokes):
+        page.draw(strokes)
+        page.submit()
+        final = page.watch.replies("prediction")[-1]
+        assert final["final"] is True and page.verdict == final["verdict"]
+        page.wait_for_bars(final["probabilities"])
+        assert abs(sum(page.bars()) - 1.0) < 0.01
+        shown.append((final, page.answer()))
+        page.clear()
+        page.wait_for_state("idle")
+        assert page.verdict is None
+    (digit, digit_shown), (letter, letter_shown), (close, close_shown) = shown
+    assert digit["verdict"] == "digit" and digit_shown[:2] == ("3", "It's a 3")
+    assert letter["verdict"] == "not_a_digit"
+    assert letter_shown[:2] == ("?", "That doesn't look like a digit")
+    assert f"Closest is {letter['digit']}" in letter_shown[2]
+    assert close["verdict"] == "unsure" and close["candidates"] == [2, 7]
+    assert close_shown[:2] == ("2", "Not sure: a 2 or a 7?")
+    page.page.wait_for_function(
+        "() => document.querySelector('#announcer').textContent.startsWith('Not sure: a 2 or a 7?')"
+    )  # the final answer is announced with its doubt
+
+
 def test_touch_draws_without_scrolling_the_page(server, open_page, samples) -> None:
     page = open_page(
         server.http_url, viewport={"width": 390, "height": 700}, device_scale_factor=2, is_mobile=True, has_touch=True
@@ -259,6 +298,8 @@ def test_touch_draws_without_scrolling_the_page(server, open_page, samples) -> N
     page.page.tap("#submit")  # at once: a tap right after a stroke must not be swallowed as a gesture
     page.wait_for_state("final")
     assert page.digit == page.watch.replies("prediction")[-1]["digit"]
+    page.page.tap("#feedback [data-label='7']")  # the label control takes a finger too
+    assert page.page.get_attribute("#feedback", "data-state") == "chosen"
 
 
 def test_clear_resets_and_ignores_late_replies(server, open_page, samples) -> None:
@@ -369,6 +410,77 @@ def test_a_late_reply_never_replaces_a_newer_one(server, open_page, samples) -> 
     page.page.wait_for_timeout(300)
     assert page.bars() == pytest.approx([round(p, 4) for p in newest["probabilities"]], abs=1e-3)
     assert page.digit == newest["digit"]
+
+
+def test_a_correction_tapped_on_the_page_is_stored_with_its_label(start_server, open_page, samples, tmp_path) -> None:
+    """Draw a 1, submit, tap "Wrong? It was: 7": when the drawing is cleared the label goes to the server,
+    is answered ``stored`` and is in the export with label 7, the strokes the submit carried and this
+    browser's id. Mistaken choices before it (a tap undone with Undo, a key undone with Ctrl+Z) send
+    nothing, and nothing on the page moves while the control changes."""
+    target = tmp_path / "labels" / database.SQLITE_FILE
+    server = start_server("--data-dir", str(target.parent))
+    page = open_page(server.http_url)
+    raw = page.page
+    feedback = raw.locator("#feedback")
+
+    def state() -> str | None:
+        return feedback.get_attribute("data-state")
+
+    def bars_top() -> float:
+        box = raw.locator("#bars").bounding_box()
+        assert box is not None
+        return box["y"]
+
+    top = bars_top()
+    assert state() == "off" and not feedback.is_visible()
+    page.draw(samples[2].strokes)  # a 1
+    shown = page.submit()
+    submit = [message for message in page.watch.sent if message["type"] == "submit"][-1]
+    assert state() == "ask" and raw.get_by_role("button", name="Right").is_enabled()
+    assert "keys 0 to 9" in raw.locator("#feedback-status").inner_text()
+    assert raw.locator("#feedback-status").get_attribute("aria-live") == "polite"
+    assert bars_top() == top
+
+    raw.get_by_role("button", name="It was 3").click()  # a slip of the finger...
+    assert state() == "chosen" and raw.get_attribute("[data-label='3']", "aria-pressed") == "true"
+    assert "it was a 3" in raw.locator("#feedback-status").inner_text() and bars_top() == top
+    raw.get_by_role("button", name="Undo choice").click()  # ...undone
+    assert state() == "ask" and raw.get_attribute("[data-label='3']", "aria-pressed") == "false"
+    raw.locator("#pad").focus()
+    raw.keyboard.press("5")
+    assert state() == "chosen" and raw.get_attribute("[data-label='5']", "aria-pressed") == "true"
+    raw.keyboard.press("Control+z")  # undoes the choice, not a stroke
+    assert state() == "ask" and page.state == "final"
+
+    raw.get_by_role("button", name="It was 7").click()
+    assert state() == "chosen" and bars_top() == top
+    raw.wait_for_timeout(200)
+    assert [message for message in page.watch.sent if message["type"] == "label"] == []  # held while on screen
+    raw.keyboard.press("Escape")
+    raw.wait_for_selector("#feedback[data-state='saved']")
+    assert "Saved: it was a 7" in raw.locator("#feedback-status").inner_text() and bars_top() == top
+
+    labels = [message for message in page.watch.sent if message["type"] == "label"]
+    assert len(labels) == 1
+    sent = labels[0]
+    writer = raw.evaluate("localStorage.getItem('livedigit-writer')")
+    assert (sent["digit"], sent["predicted"], sent["submit_id"], sent["writer"]) == (7, shown, submit["id"], writer)
+    assert sent["strokes"] == submit["strokes"] and sent["surface"] == submit["surface"]
+    stored = page.watch.replies("stored")
+    assert [reply["id"] for reply in stored] == [sent["id"]]
+    rows = exported(str(target), tmp_path / "labels.jsonl")
+    assert len(rows) == 1 and rows[0]["id"] == f"label#{stored[0]['label_id']}"
+    row = rows[0]
+    assert (row["label"], row["writer"], row["submit_id"]) == (7, writer, str(submit["id"]))
+    assert row["strokes"] == submit["strokes"] and row["surface"] == submit["surface"]
+    assert (
+        row["model"]["digit"] == shown
+        and row["model"]["probabilities"] == page.watch.replies("prediction")[-1]["probabilities"]
+    )
+    assert raw.context.cookies() == []
+    raw.reload()
+    page.wait_for_status("connected")
+    assert raw.evaluate("localStorage.getItem('livedigit-writer')") == writer  # one id per browser
 
 
 def test_a_silent_connection_is_detected_and_replaced(server, open_page) -> None:

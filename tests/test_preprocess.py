@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hardutil import lying_png
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -24,6 +25,7 @@ from scipy import ndimage
 from livedigit import pendigits
 from livedigit.bench.workload import drawing
 from livedigit.preprocess import (
+    PNG_SIGNATURE,
     SIZE,
     STROKE_WIDTH,
     Limits,
@@ -33,6 +35,7 @@ from livedigit.preprocess import (
     Strokes,
     draw_strokes,
     normalize,
+    pixel_chunks,
     preprocess,
     render_strokes,
 )
@@ -254,6 +257,59 @@ def test_coloured_ink_on_white_is_ink() -> None:
     assert image.max() > 0.8
 
 
+def split_chunks(data: bytes) -> list[bytes]:
+    """A PNG file's chunks, each whole (length, type, data, CRC), after the signature."""
+    chunks, position = [], 8
+    while position < len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        chunks.append(data[position : position + 12 + length])
+        position += 12 + length
+    return chunks
+
+
+def test_only_the_chunks_that_make_pixels_reach_the_decoder() -> None:
+    """Text, colour profiles, animation frames and unknown chunks change nothing and are never inflated:
+    40 zTXt chunks that would inflate to 1 MB each (under Pillow's own 64 MB budget), an iCCP profile of
+    8 MB, APNG frame chunks (the file is read as its default image) give the same bytes to the decoder,
+    and the same digit, as the plain file."""
+    plain = encode(PILImage.fromarray((255 - np.round(ring() * 255)).astype(np.uint8)), transparency=255)
+    header, *pixels, end = split_chunks(plain)
+    assert {part[4:8] for part in pixels} == {b"tRNS", b"IDAT"}
+    width, height = struct.unpack(">II", header[8:16])
+    frame = struct.pack(">IIIIIHHBB", 0, width, height, 0, 0, 1, 10, 0, 0)
+    before = {
+        "text": b"".join(chunk(b"zTXt", b"note\x00\x00" + zlib.compress(bytes(1 << 20), 9)) for _ in range(40)),
+        "profile": chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(8 << 20), 9)),
+        "animation": chunk(b"acTL", struct.pack(">II", 2, 0)) + chunk(b"fcTL", frame),
+        "private": chunk(b"prVt", bytes(1000)),
+    }
+    after = {
+        "animation": chunk(b"fcTL", struct.pack(">I", 1) + frame[4:])
+        + chunk(b"fdAT", struct.pack(">I", 2) + zlib.compress(bytes(height * (width + 1)))),
+        "text": chunk(b"tEXt", b"Comment\x00" + b"x" * 5000),
+    }
+    expected = preprocess(Png(plain))
+    for name in sorted(before.keys() | after.keys()):
+        data = PNG_SIGNATURE + header + before.get(name, b"") + b"".join(pixels) + after.get(name, b"") + end
+        assert len(data) < Limits().max_png_bytes, name
+        assert pixel_chunks(data) == plain, name
+        np.testing.assert_array_equal(preprocess(Png(data)), expected, err_msg=name)
+
+
+def test_a_png_with_a_second_header_is_refused() -> None:
+    """Pillow decodes a PNG's last IHDR: a first one of 1x1, then one of 6000x6000 and its data (15 KB)
+    would be decoded at 36 megapixels. Any second IHDR, before or after the image data, is refused."""
+    plain = valid_png()
+    header, *rest = split_chunks(plain)
+    for data in (
+        lying_png(),
+        PNG_SIGNATURE + header + header + b"".join(rest),
+        PNG_SIGNATURE + header + b"".join(rest[:-1]) + png_header(6000, 6000)[8:] + rest[-1],
+    ):
+        with pytest.raises(PreprocessError, match="more than one IHDR"):
+            preprocess(Png(data))
+
+
 # --- strokes ---------------------------------------------------------------------------------------------
 
 SEVEN = [[[10.0, 10.0], [60.0, 12.0], [35.0, 90.0]], [[25.0, 50.0], [50.0, 50.0]]]
@@ -313,6 +369,7 @@ def assert_same_image(got: np.ndarray | None, expected: np.ndarray | None) -> No
         assert np.array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_strokes_take_the_ink_box_shortcut_without_changing_a_pixel(pen_test: list[pendigits.PenDigit]) -> None:
     """render_strokes crops the canvas to Pillow's box of non-zero pixels instead of thresholding it all;
     on every growing prefix of real pen digits that must give exactly what normalize() gives."""

@@ -12,7 +12,7 @@ import pytest
 from livedigit import protocol
 from livedigit.preprocess import Limits, Pixels, Png, Strokes
 from livedigit.protocol import ProtocolError
-from livedigit.wire import HTTP_STATUS, DropReason, ErrorCode
+from livedigit.wire import HTTP_STATUS, DropReason, ErrorCode, Prediction, Stored, Verdict
 
 LIMITS = Limits(max_side=64, max_png_bytes=1000, max_strokes=4, max_points=100)
 ONE = [[[50, 10], [52, 60], [51, 110]]]
@@ -217,6 +217,75 @@ def test_http_body_is_a_submit_without_id() -> None:
     assert request.kind == "submit" and request.id is None and request.preview
 
 
+def test_a_label_carries_its_drawing_and_what_it_corrects() -> None:
+    request = parse(
+        {
+            "type": "label",
+            "id": "l-1",
+            "strokes": ONE,
+            "surface": [280, 280],
+            "digit": 7,
+            "writer": "browser-0001",
+            "key": "key-00000001",
+            "submit_id": 12,
+            "predicted": 1,
+            "probabilities": [0.1] * 10,
+            "verdict": "unsure",
+        }
+    )
+    assert (request.kind, request.id, request.final) == ("label", "l-1", False)
+    assert isinstance(request.image, Strokes) and request.image.surface == (280.0, 280.0)
+    assert request.correction == protocol.Correction(
+        digit=7,
+        writer="browser-0001",
+        key="key-00000001",
+        submit_id=12,
+        predicted=1,
+        probabilities=(0.1,) * 10,
+        verdict="unsure",
+    )
+    body = protocol.parse_label_body(json.dumps({"png": "AAAA", "digit": 3, "writer": "browser-0001"}).encode(), LIMITS)
+    assert body.kind == "label" and body.id is None and isinstance(body.image, Png)
+    assert body.correction == protocol.Correction(digit=3, writer="browser-0001")
+
+
+def test_label_fields_stay_unknown_to_snapshots_and_submits() -> None:
+    request = parse({"type": "submit", "strokes": ONE, "digit": "seven", "writer": 5, "submit_id": [1]})
+    assert request.kind == "submit" and request.correction is None
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "words"),
+    [
+        ({"strokes": ONE, "writer": "browser-0001"}, ErrorCode.BAD_MESSAGE, "digit"),
+        ({"strokes": ONE, "digit": 7}, ErrorCode.BAD_MESSAGE, "writer"),
+        ({"strokes": ONE, "digit": 7.0, "writer": "browser-0001"}, ErrorCode.BAD_MESSAGE, "digit: expected int"),
+        ({"strokes": ONE, "digit": 7, "writer": "browser-0001", "submit_id": 2**63}, ErrorCode.BAD_MESSAGE,
+         "submit_id"),
+        ({"strokes": ONE, "digit": 7, "writer": "browser-0001", "probabilities": "all"}, ErrorCode.BAD_MESSAGE,
+         "probabilities"),
+        ({"strokes": [[], []], "digit": 7, "writer": "browser-0001"}, ErrorCode.BAD_IMAGE, "at least one point"),
+        ({"digit": 7, "writer": "browser-0001"}, ErrorCode.BAD_MESSAGE, "exactly one of"),
+        ({"strokes": ONE * 5, "digit": 7, "writer": "browser-0001"}, ErrorCode.BAD_IMAGE, "strokes"),
+    ],
+)  # fmt: skip
+def test_bad_labels_get_the_documented_code_over_both_transports(
+    message: dict[str, object], code: ErrorCode, words: str
+) -> None:
+    error = error_of({"type": "label", "id": 9, **message})
+    assert (error.code, error.id, words in error.message) == (code, 9, True), error.message
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_label_body(json.dumps(message).encode(), LIMITS)
+    assert (caught.value.code, caught.value.id, words in caught.value.message) == (code, None, True)
+
+
+def test_a_label_body_that_is_not_an_object_is_bad_json() -> None:
+    for body in (b"[1, 2]", b"{", b"null"):
+        with pytest.raises(ProtocolError) as caught:
+            protocol.parse_label_body(body, LIMITS)
+        assert caught.value.code == ErrorCode.BAD_JSON
+
+
 def test_prediction_reply() -> None:
     probabilities = np.array([0.1, 0.0, 0.0, 0.7, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
     model_input = np.zeros((28, 28), np.float32)
@@ -228,7 +297,28 @@ def test_prediction_reply() -> None:
     preview = np.frombuffer(base64.b64decode(reply["preview"]), np.uint8).reshape(28, 28)
     assert preview[3, 4] == 255 and preview.sum() == 255
     assert "preview" not in protocol.prediction(5, True, probabilities, 1.0)
+    assert reply["verdict"] == "digit" and "candidates" not in reply
     json.loads(protocol.dumps(reply))
+
+
+@pytest.mark.parametrize("verdict", list(Verdict))
+def test_prediction_reply_carries_the_verdict_and_the_client_reads_it(verdict: Verdict) -> None:
+    probabilities = np.array([0.0, 0.0, 0.0, 0.0, 0.46, 0.0, 0.0, 0.0, 0.0, 0.54])
+    reply = json.loads(protocol.dumps(protocol.prediction(7, False, probabilities, 1.0, verdict=verdict)))
+    assert reply["verdict"] == verdict.value and reply["digit"] == 9
+    assert abs(sum(reply["probabilities"]) - 1) < 1e-6
+    parsed = Prediction.from_wire(reply)
+    assert parsed.verdict == verdict and parsed.digit == 9
+    if verdict == Verdict.UNSURE:
+        assert reply["candidates"] == [9, 4] and parsed.candidates == (9, 4)
+    else:
+        assert "candidates" not in reply and parsed.candidates is None
+
+
+def test_a_prediction_without_a_verdict_reads_as_a_digit() -> None:
+    """What a server from before verdicts sends."""
+    reply = {"type": "prediction", "id": 1, "final": True, "digit": 3, "confidence": 0.9, "probabilities": [0.1] * 10}
+    assert Prediction.from_wire(reply).verdict == Verdict.DIGIT
 
 
 def test_other_replies() -> None:
@@ -241,6 +331,8 @@ def test_other_replies() -> None:
         "message": "no",
     }
     assert protocol.pong(None) == {"type": "pong", "id": None}
+    assert protocol.stored("l-1", 42) == {"type": "stored", "id": "l-1", "label_id": 42}
+    assert Stored.from_wire(protocol.stored("l-1", 42)) == Stored("l-1", 42)
 
 
 def test_every_error_code_has_an_http_status() -> None:

@@ -29,6 +29,9 @@ from livedigit.runtime import (
 
 BATCH_SIZES = (1, 3, 64, 65, 200)
 
+KINDS = [pytest.param(kind, marks=pytest.mark.slow) if kind == "tensorflow" else kind for kind in RUNTIMES]
+"""Both runtimes; the cases that run TensorFlow are slow, as importing it alone takes seconds."""
+
 
 @pytest.fixture(scope="module")
 def images(request: pytest.FixtureRequest) -> np.ndarray:
@@ -53,7 +56,7 @@ def tensorflow() -> Runtime:
     return load_runtime(DEFAULT_MODEL, "tensorflow")
 
 
-@pytest.fixture(params=RUNTIMES)
+@pytest.fixture(params=KINDS)
 def runtime(request: pytest.FixtureRequest) -> Runtime:
     return request.getfixturevalue("litert" if request.param == "litert" else "tensorflow")
 
@@ -62,6 +65,7 @@ def one_by_one(runtime: Runtime, images: np.ndarray) -> np.ndarray:
     return np.concatenate([runtime.predict(images[index : index + 1]) for index in range(len(images))])
 
 
+@pytest.mark.slow
 def test_litert_and_tensorflow_agree(litert: Runtime, tensorflow: Runtime, images: np.ndarray) -> None:
     from_litert, from_tensorflow = litert.predict(images), tensorflow.predict(images)
     assert from_litert.shape == from_tensorflow.shape == (len(images), 10)
@@ -199,7 +203,7 @@ def test_load_runtime_takes_a_base_name_or_either_file() -> None:
 # --- model files that cannot be loaded -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", RUNTIMES)
+@pytest.mark.parametrize("kind", KINDS)
 def test_missing_model_names_the_file(tmp_path: Path, kind: str) -> None:
     base = tmp_path / "nowhere" / "model"
     with pytest.raises(ModelLoadError) as raised:
@@ -207,7 +211,7 @@ def test_missing_model_names_the_file(tmp_path: Path, kind: str) -> None:
     assert str(base.with_suffix(".tflite" if kind == "litert" else ".keras")) in str(raised.value)
 
 
-@pytest.mark.parametrize("kind", RUNTIMES)
+@pytest.mark.parametrize("kind", KINDS)
 def test_directory_instead_of_a_model_names_it(tmp_path: Path, kind: str) -> None:
     folder = tmp_path / ("model.tflite" if kind == "litert" else "model.keras")
     folder.mkdir()
@@ -239,6 +243,7 @@ def test_corrupt_tflite_names_the_file(tmp_path: Path, name: str) -> None:
     assert str(path) in str(raised.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["empty", "text", "random", "truncated"])
 def test_corrupt_keras_names_the_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / "model.keras"
@@ -248,6 +253,7 @@ def test_corrupt_keras_names_the_file(tmp_path: Path, name: str) -> None:
     assert str(path) in str(raised.value)
 
 
+@pytest.mark.slow
 def test_keras_archive_without_weights_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     with zipfile.ZipFile(DEFAULT_MODEL.with_suffix(".keras")) as source, zipfile.ZipFile(path, "w") as target:
@@ -258,6 +264,7 @@ def test_keras_archive_without_weights_names_the_file(tmp_path: Path) -> None:
         load_runtime(path, "tensorflow")
 
 
+@pytest.mark.slow
 def test_model_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     """A valid model that is not a 28x28 -> 10 classifier is refused at load, not at the first request."""
     import keras

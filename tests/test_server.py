@@ -41,13 +41,18 @@ async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # ty
             "snapshot_burst": 30,
             "submit_rate": 5.0,
             "submit_burst": 10,
-            "busy_submits": 192,
+            "busy_submits": 224,
             "max_batch_items": 64,
             "max_pending_submits": 256,
-            "max_pending_submits_per_client": 128,
+            "max_pending_submits_per_client": 192,
             "max_bad_messages": 32,
             "message_rate": 100.0,
+            "address_byte_rate": 4000000.0,
             "max_connections_per_client": 50,
+            "label_rate": 1.0,
+            "label_burst": 10,
+            "label_rate_per_client": 5.0,
+            "label_burst_per_client": 30,
         }
         answer = await ask(ws, {"type": "submit", "id": 1, "strokes": ONE})
     assert answer["type"] == "prediction" and answer["id"] == 1 and answer["final"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import urllib.request
 
@@ -10,6 +11,7 @@ import pytest
 from wsutil import ONE, SEVEN, ask, drawing, http_json, legacy_field, open_ws, pixels_field, png_field
 
 from livedigit.config import DEFAULT_MODEL
+from livedigit.preprocess import Strokes, preprocess
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -74,6 +76,23 @@ def test_model_info_without_a_card(app_server, tmp_path) -> None:  # type: ignor
     live = app_server(model=str(tmp_path / "bare"))
     status, _, info = http_json(live.http_url + "/api/model")
     assert status == 200 and info["name"] == "bare" and info["card"] is False and info["accuracy"] is None
+
+
+@pytest.mark.parametrize("verdict", [None, {"temperature": "warm"}])
+def test_without_a_usable_verdict_rule_probabilities_are_served_as_the_model_gives_them(
+    app_server, model_runtime, tmp_path, capfd, verdict
+) -> None:  # type: ignore[no-untyped-def]
+    """A card without a verdict rule, or with a malformed one: the model's own probabilities, every verdict digit."""
+    shutil.copy(DEFAULT_MODEL.with_suffix(".tflite"), tmp_path / "plain.tflite")
+    card = {"name": "plain"} if verdict is None else {"name": "plain", "verdict": verdict}
+    (tmp_path / "plain.json").write_text(json.dumps(card))
+    live = app_server(model=str(tmp_path / "plain"))
+    scribble = [[[0, 0], [90, 10], [10, 40], [80, 60], [0, 100], [100, 100]]]
+    status, _, answer = http_json(live.http_url + "/api/predict", {"strokes": scribble})
+    assert status == 200 and answer["verdict"] == "digit" and "candidates" not in answer
+    raw = model_runtime.predict(preprocess(Strokes(scribble))[None])[0]
+    np.testing.assert_allclose(answer["probabilities"], raw, atol=1e-6)
+    assert (verdict is not None) == ("verdict is malformed" in capfd.readouterr().err)  # the server's log
 
 
 @pytest.mark.parametrize("form", ["strokes", "pixels", "png", "image"])

@@ -39,6 +39,15 @@ def test_a_model_that_cannot_load_stops_start_up_with_one_clear_line(tmp_path: P
     assert reason in lines[0] and lines[0].startswith("ERROR")
 
 
+@pytest.mark.parametrize("entry", ["digits.example.com:8000", "digits*.example.com", "https://digits.example.com"])
+def test_an_allowed_host_that_can_never_match_stops_start_up_with_one_clear_line(entry: str) -> None:
+    """A port, a misplaced wildcard or a URL in ``--allowed-hosts`` would refuse every request with 400."""
+    result = serve("--allowed-hosts", f"localhost,{entry}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert output.strip() == f"livedigit: allowed host {entry!r} is not a host name without a port, '*.domain' or '*'"
+
+
 async def test_shutdown_answers_pending_submits_then_closes_with_1001(  # type: ignore[no-untyped-def]
     app_server,
 ) -> None:
@@ -84,7 +93,8 @@ def test_the_app_factory_runs_under_plain_uvicorn(tmp_path: Path) -> None:
     log = tmp_path / "uvicorn.log"
     command = [sys.executable, "-m", "uvicorn", "--factory", "livedigit.app:create_app", "--port", str(port)]
     command += ["--ws", "websockets-sansio"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    environment = {**os.environ, "LIVEDIGIT_DATA_DIR": str(tmp_path / "data")}  # labels: not in the checkout
+    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, env=environment)
     try:
         deadline = time.monotonic() + 60
         while not (_listening(port) and http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200):
@@ -100,3 +110,13 @@ def test_the_app_factory_runs_under_plain_uvicorn(tmp_path: Path) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_start_up_ends_with_the_address_to_open(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The README tells a user to open the address printed at start: it comes after uvicorn's own start-up
+    lines, before anything the server logs while serving (here the readiness checks)."""
+    server = start_server()
+    lines = server.log().splitlines()
+    running = next(i for i, line in enumerate(lines) if "Uvicorn running on" in line)
+    assert lines[running + 1].endswith(f"open http://127.0.0.1:{server.port}/ in a browser"), lines
+    assert all("GET /readyz" in line for line in lines[running + 2 :]), lines

@@ -25,7 +25,7 @@ async def test_snapshots_over_the_rate_are_dropped_rate_limited(app_server) -> N
 
 
 async def test_submits_over_the_rate_of_a_busy_server_get_an_error_with_a_retry_hint(app_server) -> None:  # type: ignore[no-untyped-def]
-    live = app_server(submit_rate=0.5, submit_burst=2, busy_submits=0)
+    live = app_server(submit_rate=0.5, submit_burst=2, busy_queue_share=0)
     ws, hello = await open_ws(live.ws_url)
     async with ws:
         assert hello["limits"]["busy_submits"] == 0
@@ -174,7 +174,7 @@ def test_http_body_over_the_limit_is_413(app_server) -> None:  # type: ignore[no
 
 
 def test_http_predictions_over_the_rate_of_a_busy_server_are_429(app_server) -> None:  # type: ignore[no-untyped-def]
-    live = app_server(submit_rate=0.5, submit_burst=2, busy_submits=0)
+    live = app_server(submit_rate=0.5, submit_burst=2, busy_queue_share=0)
     statuses = [http_json(live.http_url + "/api/predict", {"strokes": ONE})[0] for _ in range(3)]
     status, headers, body = http_json(live.http_url + "/api/predict", {"strokes": ONE})
     assert statuses == [200, 200, 429]

@@ -1,12 +1,14 @@
 """The training script end to end, on a tiny subset: it must export exactly what the server loads.
 
-``python -m train --quick`` trains one epoch on 2,000 MNIST digits and 300 pen-digits drawings; the point
-is not accuracy but that the exported ``.tflite``, ``.keras`` and model card are consistent with each
-other and with the serving code (the card's accuracies are re-measured here through the serving path).
+``python -m train --quick`` trains one epoch on 2,000 MNIST digits and 300 pen-digits drawings, plus a
+small export of labels made by the real label store and ``livedigit labels export``; the point is not
+accuracy but that the exported ``.tflite``, ``.keras`` and model card are consistent with each other and
+with the serving code (the card's accuracies are re-measured here through the serving path).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -17,8 +19,13 @@ import numpy as np
 import pytest
 
 from livedigit import pendigits
+from livedigit.labels import database
+from livedigit.labels.store import Label, LabelStore
 from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
 from livedigit.runtime import load_runtime
+from livedigit.verdict import VerdictRule
+from train.data import as_served, subset
+from train.train import QUICK_LIMIT as QUICK
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,8 +33,37 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def exported(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Base path of a model trained by ``python -m train --quick`` with seed 3."""
+def labels_export(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export of 120 labels from 30 browsers: pen-digits test drawings as if drawn on the page, and
+    MNIST test digits sent as pixels, stored by the label store and written by ``livedigit labels export``."""
+    folder = tmp_path_factory.mktemp("labels")
+    drawings: list[tuple[Strokes | Pixels, int]] = [
+        (Strokes(digit.strokes), digit.label) for digit in pendigits.load(pen_path, "test")[1000:1090]
+    ]
+    with np.load(mnist_path) as data:
+        drawings += [
+            (Pixels(image), int(label))
+            for image, label in zip(data["x_test"][600:630], data["y_test"][600:630], strict=True)
+        ]
+
+    async def store_all() -> None:
+        store = LabelStore.open(folder / database.SQLITE_FILE)
+        await store.start()
+        for index, (drawing, digit) in enumerate(drawings):
+            writer = f"browser-{index % 30:04d}"
+            await store.add(Label(drawing, digit, writer, "livedigit-cnn", "test", predicted=None, probabilities=None))
+        await store.close()
+
+    asyncio.run(store_all())
+    out = folder / "labels.jsonl"
+    command = [sys.executable, "-m", "livedigit", "labels", "export", "--data-dir", str(folder), "--out", str(out)]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=120)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(mnist_path: Path, pen_path: Path, labels_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Base path of a model trained by ``python -m train --quick`` with seed 3, with ``labels_export``."""
     out = tmp_path_factory.mktemp("trained")
     done = subprocess.run(
         [
@@ -41,6 +77,8 @@ def exported(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPath
             str(mnist_path),
             "--pen-digits",
             str(pen_path),
+            "--extra-pen",
+            str(labels_export),
             "--out",
             str(out),
             "--name",
@@ -98,18 +136,45 @@ def test_card_records_the_commit(card: dict) -> None:
 def test_card_accuracies_are_what_the_serving_path_measures(
     exported: Path, card: dict, mnist_path: Path, pen_path: Path
 ) -> None:
-    """The quick run measures the first 500 MNIST and 300 pen-digits test digits; so do we, as served."""
+    """The quick run measures 300 MNIST and 300 pen-digits test digits spread over each set; so do we, as served."""
     runtime = load_runtime(exported, "litert")
     with np.load(mnist_path) as data:
-        images, labels = data["x_test"][:500], data["y_test"][:500]
+        keep = subset(data["x_test"], QUICK)
+        images, labels = data["x_test"][keep], data["y_test"][keep]
     mnist = runtime.predict(as_inputs([preprocess(Pixels(image)) for image in images])).argmax(axis=1)
     assert card["accuracy"]["mnist_test"] == pytest.approx(float((mnist == labels).mean()), abs=1e-4)
-    pen = pendigits.load(pen_path, "test")[:300]
-    guesses = runtime.predict(as_inputs([preprocess(Strokes(digit.strokes)) for digit in pen])).argmax(axis=1)
+    test = pendigits.load(pen_path, "test")
+    pen = [test[index] for index in subset(test, QUICK)]
+    guesses = runtime.predict(as_inputs([preprocess(as_served(digit)) for digit in pen])).argmax(axis=1)
     measured = float(np.mean(guesses == [digit.label for digit in pen]))
     assert card["accuracy"]["pen_digits_test"] == pytest.approx(measured, abs=1e-4)
     confusion = np.array(card["accuracy"]["pen_digits_test_confusion"])
-    assert confusion.shape == (10, 10) and confusion.sum() == 300
+    assert confusion.shape == (10, 10) and confusion.sum() == QUICK
+
+
+def test_card_holds_a_verdict_rule_fitted_without_test_data(card: dict) -> None:
+    rule = VerdictRule.from_card(card)
+    assert rule.temperature > 0 and 0 < rule.reject_below <= 1 and rule.unsure_margin > 0
+    fitted = card["verdict"]["fitted"]
+    assert set(fitted["validation_digits"]) == {"mnist_validation", "pen_digits_validation"}
+    assert fitted["fitting_negatives"] > 0
+
+
+def test_card_records_every_evaluation_figure(card: dict) -> None:
+    evaluation = card["evaluation"]
+    assert set(evaluation["early"]["pen_digits_test_top1"]) == {"0.5", "0.75", "0.9", "1"}
+    assert 0 <= evaluation["early"]["pen_digits_test_settled_early"] <= 1
+    assert 0 <= evaluation["calibration"]["pen_digits_test_ece"] <= 1
+    for shares in (evaluation["verdict"]["held_out_negatives"], evaluation["verdict"]["pen_digits_test"]):
+        assert set(shares) == {"digit", "unsure", "not_a_digit", "empty"}
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert set(card["training"]["step_seconds"]) == {"data", "training", "verdict_rule", "evaluation"}
+
+
+def test_training_never_reads_the_validation_writers(card: dict) -> None:
+    """Six pen-digits train writers and the last MNIST training digits are held out for validation."""
+    assert any("validation" in item for item in card["training"]["data"])
+    assert len(card["evaluation"]["data"]["pen_digits_validation_writers"]) == pendigits.VALIDATION_WRITERS
 
 
 def test_exported_tflite_agrees_with_the_keras_model(exported: Path, card: dict, mnist_path: Path) -> None:
@@ -119,3 +184,18 @@ def test_exported_tflite_agrees_with_the_keras_model(exported: Path, card: dict,
     from_keras = load_runtime(exported, "tensorflow").predict(images)
     assert np.abs(from_litert - from_keras).max() < 1e-4
     assert card["tflite_vs_keras_max_abs_difference"] < 1e-4
+
+
+def test_exported_labels_join_training_and_testing_by_writer(exported: Path, card: dict, labels_export: Path) -> None:
+    """Train rows are rendered like pen digits (two renderings each in a quick run, pixel rows too); test
+    rows are measured through the serving path, and no writer is on both sides."""
+    extra_train, extra_test = pendigits.load(labels_export, "train"), pendigits.load(labels_export, "test")
+    assert extra_train and extra_test and len(extra_train) + len(extra_test) == 120
+    assert not {digit.writer for digit in extra_train} & {digit.writer for digit in extra_test}
+    assert any(digit.pixels is not None for digit in extra_train)
+    assert card["training"]["samples"] == 2000 + 2 * (300 + len(extra_train))
+    assert any(item.startswith(f"extra pen digits ({len(extra_train)} digits") for item in card["training"]["data"])
+    runtime = load_runtime(exported, "litert")
+    guesses = runtime.predict(as_inputs([preprocess(digit.image()) for digit in extra_test])).argmax(axis=1)
+    measured = float(np.mean(guesses == [digit.label for digit in extra_test]))
+    assert card["accuracy"]["extra_pen_test"] == pytest.approx(measured, abs=1e-4)

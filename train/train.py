@@ -1,21 +1,30 @@
 """Train the livedigit CNN on MNIST plus real pen trajectories, and export what the server loads.
 
-    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl
+    python -m train --data ../shared/data/mnist.npz --pen-digits ../shared/data/pen_digits.jsonl \
+        [--extra-pen labels.jsonl]
 
 Every input goes through ``livedigit.preprocess``, the same code the server runs, so the model sees
-training digits exactly as it will see a person's drawing. The pen-digits *train* split (30 writers) is
-rendered from its strokes several times with random slant, shear, aspect and pen width; its *test* split
-(14 other writers) is only used to measure accuracy. On-the-fly augmentation adds small rotations,
-shears, zooms, shifts and thicker or thinner ink.
+training digits exactly as it will see a person's drawing. The pen-digits *train* split, minus six
+validation writers, is rendered from its strokes several times with random slant, shear, aspect and pen
+width; MNIST's training digits, minus the last 5,000, are used as they are (see ``train/data.py``).
+``--extra-pen`` adds files in the same layout, such as the corrections people made on the page
+(``livedigit labels export``), split by writer in the same way: their train rows join the training set
+(drawings sent as pixels are used as rasters, as often as a stroke drawing is rendered), their test rows
+are measured as ``extra_pen_test``. On-the-fly augmentation adds small rotations, shears, zooms, shifts
+and thicker or thinner ink.
+
+After training, the verdict rule is fitted on the validation digits and the fitting negatives
+(``train/calibrate.py``), and every figure of the card is measured through the serving path
+(``train/evaluate.py``); the test splits (MNIST test, the 14 pen-digits test writers) only measure.
 
 Writes ``<out>/<name>.keras`` (Keras model), ``<out>/<name>.tflite`` (float32, served by LiteRT) and
-``<out>/<name>.json`` (model card: architecture, parameters, FLOPs, data, seed, commit, accuracies).
+``<out>/<name>.json`` (model card: architecture, parameters, FLOPs, data, seed, commit, accuracies, the
+verdict rule and the evaluation figures).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -29,14 +38,25 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.preprocess import SIZE, STROKE_WIDTH, Pixels, preprocess, render_strokes
 from livedigit.runtime import load_runtime
+from train import calibrate, evaluate
+from train.data import MNIST_VALIDATION, load_mnist, run
 
 REPO = Path(__file__).resolve().parent.parent
+QUICK_LIMIT = 300
+"""With ``--quick``: images per measured set (spread over each set)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
-    parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl; '' to skip")
+    parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl")
+    parser.add_argument(
+        "--extra-pen",
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="more digits in the pen-digits layout, e.g. from 'livedigit labels export' (repeatable)",
+    )
     parser.add_argument("--pen-copies", type=int, default=4, help="augmented renderings per pen-digits train digit")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -46,16 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="livedigit-cnn", help="base name of the output files")
     parser.add_argument("--quick", action="store_true", help="tiny subset and one epoch: checks the pipeline")
     return parser.parse_args(argv)
-
-
-def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return (x_train, y_train, x_test, y_test) as uint8 images and labels."""
-    if path is None:
-        import keras
-
-        return tuple(a for pair in keras.datasets.mnist.load_data() for a in pair)  # type: ignore[return-value]
-    with np.load(path) as data:
-        return data["x_train"], data["y_train"], data["x_test"], data["y_test"]
 
 
 def normalize_all(images: np.ndarray) -> np.ndarray:
@@ -71,9 +81,19 @@ def normalize_all(images: np.ndarray) -> np.ndarray:
 def render_pen(
     digits: list[pendigits.PenDigit], copies: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width."""
+    """Render each digit once as drawn and ``copies`` more times with a random affine and pen width.
+
+    A digit drawn as pixels is normalized once and used ``copies + 1`` times, so it weighs as much as a
+    drawing with strokes; the on-the-fly augmentation varies its copies.
+    """
     images, labels = [], []
     for digit in digits:
+        if digit.pixels is not None:
+            raster = preprocess(digit.image())
+            if raster is not None:
+                images.extend([raster] * (copies + 1))
+                labels.extend([digit.label] * (copies + 1))
+            continue
         for copy in range(copies + 1):
             strokes = [np.asarray(s, dtype=np.float64) for s in digit.strokes]
             width = STROKE_WIDTH
@@ -166,27 +186,6 @@ def augment(images, rng_seed: int):  # type: ignore[no-untyped-def]
     return warped + tf.maximum(thickness, 0.0) * (dilated - warped) + tf.minimum(thickness, 0.0) * (warped - eroded)
 
 
-def pen_accuracy(runtime, digits: list[pendigits.PenDigit]) -> tuple[float, list[list[int]]]:  # type: ignore[no-untyped-def]
-    """Accuracy and confusion matrix of ``runtime`` on digits fed as strokes, as the server receives them."""
-    confusion = np.zeros((10, 10), dtype=np.int64)
-    images = [render_strokes(d.strokes) for d in digits]
-    batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if i is None else i for i in images])
-    predicted = runtime.predict(batch).argmax(axis=1)
-    for digit, guess in zip(digits, predicted, strict=True):
-        confusion[digit.label, guess] += 1
-    return float(np.trace(confusion) / confusion.sum()), confusion.tolist()
-
-
-def most_confused(confusion: list[list[int]], count: int = 5) -> list[dict[str, int]]:
-    pairs = [
-        {"true": t, "predicted": p, "count": confusion[t][p]}
-        for t in range(10)
-        for p in range(10)
-        if t != p and confusion[t][p]
-    ]
-    return sorted(pairs, key=lambda pair: -pair["count"])[:count]
-
-
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -207,27 +206,37 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     commit = git_commit()
 
-    print("loading MNIST ...", flush=True)
-    x_train, y_train, x_test, y_test = load_mnist(args.data)
-    pen_train: list[pendigits.PenDigit] = []
-    pen_test: list[pendigits.PenDigit] = []
-    if args.pen_digits:
-        pen_train = pendigits.load(args.pen_digits, "train")
-        pen_test = pendigits.load(args.pen_digits, "test")
+    print("loading MNIST and the pen digits ...", flush=True)
+    x_train, y_train, x_test, _ = load_mnist(args.data)
+    mnist_validation = (x_train[-MNIST_VALIDATION:], y_train[-MNIST_VALIDATION:])
+    x_train, y_train = x_train[:-MNIST_VALIDATION], y_train[:-MNIST_VALIDATION]
+    pen_train, pen_validation = pendigits.split_writers(pendigits.load(args.pen_digits, "train"))
+    limit = QUICK_LIMIT if args.quick else None
     if args.quick:
         x_train, y_train = x_train[:2000], y_train[:2000]
-        x_test, y_test = x_test[:500], y_test[:500]
-        pen_train, pen_test = pen_train[:300], pen_test[:300]
+        pen_train = pen_train[:300]
         args.epochs, args.pen_copies = 1, 1
+    extra_train: list[pendigits.PenDigit] = []
+    extra_test: list[pendigits.PenDigit] = []
+    for path in args.extra_pen:
+        train_part, test_part = pendigits.load(path, "train"), pendigits.load(path, "test")
+        rasters = sum(digit.pixels is not None for digit in train_part + test_part)
+        print(
+            f"{path}: {len(train_part)} digits for training, {len(test_part)} for testing "
+            f"({rasters} drawn as pixels, used as rasters)",
+            flush=True,
+        )
+        extra_train += train_part
+        extra_test += test_part
 
-    print(f"normalizing {len(x_train) + len(x_test)} MNIST images ...", flush=True)
-    train_images, test_images = normalize_all(x_train), normalize_all(x_test)
-    train_labels = y_train.astype(np.int64)
-    if pen_train:
-        print(f"rendering {len(pen_train)} pen-digits train strokes x{args.pen_copies + 1} ...", flush=True)
-        pen_images, pen_labels = render_pen(pen_train, args.pen_copies, rng)
-        train_images = np.concatenate([train_images, pen_images])
-        train_labels = np.concatenate([train_labels, pen_labels])
+    print(f"normalizing {len(x_train)} MNIST images ...", flush=True)
+    train_images, train_labels = normalize_all(x_train), y_train.astype(np.int64)
+    count = len(pen_train) + len(extra_train)
+    print(f"rendering {count} pen-digits train drawings x{args.pen_copies + 1} ...", flush=True)
+    pen_images, pen_labels = render_pen(pen_train + extra_train, args.pen_copies, rng)
+    train_images = np.concatenate([train_images, pen_images])
+    train_labels = np.concatenate([train_labels, pen_labels])
+    trained_at = time.time()
 
     steps = math.ceil(len(train_images) / args.batch_size)
     dataset = (
@@ -264,25 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as saved_model:
         model.export(saved_model, format="tf_saved_model", verbose=False)
         tflite_path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model).convert())
-
-    print("measuring the exported model ...", flush=True)
     runtime = load_runtime(tflite_path, "litert")
-    mnist_probabilities = runtime.predict(test_images)
-    mnist_accuracy = float((mnist_probabilities.argmax(axis=1) == y_test).mean())
-    keras_probabilities = model(test_images[:512, ..., None], training=False).numpy()
-    parity = float(np.abs(keras_probabilities - mnist_probabilities[:512]).max())
-    accuracies: dict[str, object] = {"mnist_test": round(mnist_accuracy, 5)}
-    if pen_test:
-        pen_test_accuracy, confusion = pen_accuracy(runtime, pen_test)
-        pen_train_accuracy, _ = pen_accuracy(runtime, pen_train)
-        accuracies.update(
-            {
-                "pen_digits_test": round(pen_test_accuracy, 5),
-                "pen_digits_train": round(pen_train_accuracy, 5),
-                "pen_digits_test_most_confused": most_confused(confusion),
-                "pen_digits_test_confusion": confusion,
-            }
-        )
+    parity_inputs = normalize_all(x_test[:512])
+    keras_probabilities = model(parity_inputs[..., None], training=False).numpy()
+    parity = float(np.abs(keras_probabilities - runtime.predict(parity_inputs)).max())
+
+    print("fitting the verdict rule on the validation digits and the fitting negatives ...", flush=True)
+    fitting_at = time.time()
+    sets = evaluate.load_sets(args.data, args.pen_digits, limit, seed=0, extra_test=extra_test)
+    validation = calibrate.validation_outputs(runtime, mnist_validation, pen_validation, limit)
+    fitting_negatives = run(runtime, [negative.image for negative in sets.negatives["fit"]], "fitting negatives")
+    rule, fitted = calibrate.fit(validation, fitting_negatives)
+    evaluating_at = time.time()
+    figures = evaluate.evaluate(runtime, rule, sets)
+    figures["measured"] = {"command": "python -m train", "limit": limit}
     card = {
         "name": args.name,
         "architecture": [f"{type(layer).__name__}{tuple(layer.output.shape[1:])}" for layer in model.layers[1:]],
@@ -290,10 +294,19 @@ def main(argv: list[str] | None = None) -> int:
         "flops_per_sample": flops_per_sample(model),
         "input": "28x28 float32, ink = 1.0, MNIST-normalized by livedigit.preprocess",
         "training": {
-            "data": ["MNIST train (60,000)"]
+            "data": [
+                f"MNIST train ({len(x_train):,}; the last {MNIST_VALIDATION:,} held out for validation)",
+                f"pen_digits train split minus its {pendigits.VALIDATION_WRITERS} validation writers "
+                f"({len(pen_train)} digits, {len({d.writer for d in pen_train})} writers) "
+                f"x{args.pen_copies + 1} renderings",
+            ]
             + (
-                [f"pen_digits train split ({len(pen_train)} digits, 30 writers) x{args.pen_copies + 1} renderings"]
-                if pen_train
+                [
+                    f"extra pen digits ({len(extra_train)} digits, "
+                    f"{len({d.writer for d in extra_train})} writers) x{args.pen_copies + 1}: "
+                    + ", ".join(Path(path).name for path in args.extra_pen)
+                ]
+                if extra_train
                 else []
             ),
             "samples": len(train_images),
@@ -303,13 +316,19 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "quick": args.quick,
             "seconds": round(time.time() - started, 1),
+            "step_seconds": {
+                "data": round(trained_at - started, 1),
+                "training": round(fitting_at - trained_at, 1),
+                "verdict_rule": round(evaluating_at - fitting_at, 1),
+                "evaluation": round(time.time() - evaluating_at, 1),
+            },
             "tensorflow": tf.__version__,
         },
         "git_commit": commit,
-        "accuracy": accuracies,
         "tflite_vs_keras_max_abs_difference": parity,
+        "verdict": {**rule.to_card(), "fitted": fitted},
     }
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    summary = {k: v for k, v in accuracies.items() if not k.endswith(("confusion", "confused"))}
-    print(f"wrote {keras_path}, {tflite_path}, {card_path}: {summary}", flush=True)
+    evaluate.store(card_path, card, figures)
+    print(evaluate.table({**figures, "cost": {k: card[k] for k in ("flops_per_sample", "parameters")}}))
+    print(f"wrote {keras_path}, {tflite_path}, {card_path}", flush=True)
     return 0

@@ -29,6 +29,9 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 """How long a stopped server may take to exit before it is killed."""
 
+DATABASE_VARIABLES = frozenset({"DATABASE_URL", "LIVEDIGIT_DATABASE_URL", "LIVEDIGIT_DATA_DIR"})
+"""Where the environment keeps labels: not passed on to a server started here, which keeps its own."""
+
 
 def free_port() -> int:
     """A TCP port on the loopback address that nothing listens on right now."""
@@ -61,6 +64,9 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "livedigit"])
+    """How ``livedigit`` is run: this interpreter's package, or another install's command (with ``cwd``)."""
+    cwd: Path | None = None
 
     @property
     def http_url(self) -> str:
@@ -76,12 +82,18 @@ class ServerProcess:
 
     def start(self, log_dir: Path, timeout: float = START_TIMEOUT_S) -> Self:
         """Start the server and return once it is ready; raise ``RuntimeError`` with the end of its log
-        when it exits or is not ready within ``timeout`` seconds (it is stopped then)."""
+        when it exits or is not ready within ``timeout`` seconds (it is stopped then).
+
+        Labels go to a SQLite file in ``log_dir`` unless ``env`` or ``args`` say otherwise: a server
+        started for a test or a benchmark never writes into a database of the environment's."""
         self.log_path = log_dir / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "livedigit", "serve", "--host", HOST, "--port", str(self.port), *self.args]
+        command = [*self.program, "serve", "--host", HOST, "--port", str(self.port), *self.args]
+        inherited = {name: value for name, value in os.environ.items() if name not in DATABASE_VARIABLES}
+        labels = {"LIVEDIGIT_DATA_DIR": str(log_dir / "data")}
+        environment = {**inherited, "PYTHONUNBUFFERED": "1", **labels, **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=environment
             )
         if wait_until_ready(self.process, self.http_url, timeout):
             return self

@@ -28,16 +28,7 @@ def drawing(digit: pendigits.PenDigit, points: int) -> Drawing:
     """The prefixes of ``digit`` every ``points`` points, the last one being the full trajectory."""
     total = sum(len(stroke) for stroke in digit.strokes)
     cuts = [*list(range(points, total, points)), total]
-    frames = []
-    for cut in cuts:
-        prefix, left = [], cut
-        for stroke in digit.strokes:
-            if left <= 0:
-                break
-            prefix.append(stroke[:left])
-            left -= len(stroke)
-        frames.append(prefix)
-    return Drawing(digit.label, tuple(frames), digit.strokes)
+    return Drawing(digit.label, tuple(pendigits.prefix(digit.strokes, cut) for cut in cuts), digit.strokes)
 
 
 def deal(digits: list[pendigits.PenDigit], clients: int, seed: int) -> list[list[pendigits.PenDigit]]:

@@ -8,6 +8,7 @@
 
 import { showModelFacts } from "./about.js";
 import { Connection } from "./connection.js";
+import { Feedback } from "./feedback.js";
 import { DrawingPad } from "./pad.js";
 import { Results } from "./results.js";
 import { Throttle } from "./throttle.js";
@@ -41,8 +42,11 @@ let shownId = 0;
 let finalId = null;
 /** Submit was pressed while offline: send it when the connection is back. */
 let submitWanted = false;
+/** The last submit sent: its answer is offered for a label with the strokes it carried. */
+let lastSubmit = null;
 
 const connection = new Connection(socketUrl(), { onReady, onMessage, onStatus });
+const feedback = new Feedback(document.getElementById("feedback"), (label) => connection.send(label));
 const pad = new DrawingPad(elements.canvas, { onDraw: drawingChanged, onStrokeEnd: strokeEnded });
 const snapshots = new Throttle(sendSnapshot, SNAPSHOT_INTERVAL_MS);
 
@@ -50,6 +54,8 @@ elements.submit.addEventListener("click", submit);
 elements.clear.addEventListener("click", clear);
 elements.undo.addEventListener("click", undo);
 document.addEventListener("keydown", shortcut);
+// A choice still held when the page goes away (tab closed, app switched) is sent rather than lost.
+document.addEventListener("visibilitychange", () => document.visibilityState === "hidden" && feedback.commit());
 
 connection.start();
 showModelFacts(document.getElementById("model-facts"));
@@ -60,6 +66,7 @@ function socketUrl() {
 }
 
 function drawingChanged() {
+  feedback.commit();
   finalId = null;
   submitWanted = false;
   updateControls();
@@ -98,8 +105,10 @@ function submit() {
     return;
   }
   snapshots.cancel();
+  feedback.commit();
   const request = message("submit");
   finalId = request.id;
+  lastSubmit = request;
   submitWanted = !connection.send(request);
   if (submitWanted) {
     results.say("Not connected: the answer comes as soon as the connection is back.", "info");
@@ -107,6 +116,7 @@ function submit() {
 }
 
 function clear() {
+  feedback.commit();
   pad.clear();
   forget();
   results.reset();
@@ -115,6 +125,10 @@ function clear() {
 }
 
 function undo() {
+  if (feedback.undo()) {
+    return;
+  }
+  feedback.commit();
   if (!pad.undo()) {
     return;
   }
@@ -156,7 +170,10 @@ function shortcut(event) {
     return;
   }
   const onControl = event.target instanceof Element && event.target.closest("button, a, input, textarea, select");
-  if (event.key === "Enter" && !onControl) {
+  if (/^[0-9]$/.test(event.key) && feedback.active) {
+    event.preventDefault();
+    feedback.choose(Number(event.key));
+  } else if (event.key === "Enter" && !onControl) {
     event.preventDefault();
     submit();
   } else if (event.key === "Escape" || event.key === "Delete") {
@@ -168,12 +185,14 @@ function shortcut(event) {
 function onReady(hello) {
   const rate = hello.limits && Number(hello.limits.snapshot_rate);
   snapshots.interval = rate > 0 ? Math.max(SNAPSHOT_INTERVAL_MS, 1000 / rate) : SNAPSHOT_INTERVAL_MS;
+  feedback.resend();
   if (pad.empty) {
     return;
   }
   if (submitWanted || finalId !== null) {
     const request = message("submit");
     finalId = request.id;
+    lastSubmit = request;
     submitWanted = !connection.send(request);
   } else {
     sendSnapshot();
@@ -181,6 +200,9 @@ function onReady(hello) {
 }
 
 function onMessage(reply) {
+  if (feedback.handle(reply)) {
+    return;
+  }
   if (reply.type === "dropped" || !Number.isInteger(reply.id) || reply.id <= shownId) {
     return;
   }
@@ -195,6 +217,7 @@ function onMessage(reply) {
       results.showEmpty(isFinal);
     } else if (isFinal) {
       results.showFinal(reply);
+      offerLabel(reply);
     } else {
       results.showLive(reply);
     }
@@ -205,6 +228,21 @@ function onMessage(reply) {
     const text = ERROR_TEXT[reply.code] || `The server could not use this drawing: ${reply.message || reply.code}`;
     results.say(text, "error");
   }
+}
+
+/** Ask whether the final answer was right, for the drawing its submit carried. */
+function offerLabel(reply) {
+  if (lastSubmit === null || lastSubmit.id !== reply.id) {
+    return;
+  }
+  feedback.offer({
+    submitId: reply.id,
+    strokes: lastSubmit.strokes,
+    surface: lastSubmit.surface,
+    predicted: reply.digit,
+    probabilities: reply.probabilities,
+    verdict: reply.verdict,
+  });
 }
 
 function onStatus(status) {

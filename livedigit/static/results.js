@@ -2,11 +2,49 @@
  * The prediction panel: the guessed digit, ten probability bars, the image the model saw, and messages.
  *
  * Live guesses update silently (a screen reader announcing every frame would be noise); the final answer
- * after Submit is announced once through the page's polite live region.
+ * after Submit is announced once through the page's polite live region. The wording follows the reply's
+ * verdict: "It's a 3", "Not sure: a 4 or a 9?" or "That doesn't look like a digit".
  */
 
-/** Below this confidence the final answer is worded as a guess. */
+/** Below this confidence a final "digit" answer is worded as a guess. */
 const SURE = 0.6;
+
+/** The verdicts the protocol defines; an unknown one is shown as a plain digit. */
+const VERDICTS = new Set(["digit", "unsure", "not_a_digit"]);
+
+/**
+ * What the panel says about a prediction, by its verdict: a digit, two digits too close to call (the
+ * reply's `candidates`), or a drawing unlike any digit. The bars always show all ten probabilities.
+ */
+function wording(prediction, final) {
+  const { digit, confidence, probabilities } = prediction;
+  if (prediction.verdict === "not_a_digit") {
+    return {
+      label: final ? "That doesn't look like a digit" : "Doesn't look like a digit yet",
+      detail: `Closest is ${digit}, at ${percent(confidence)}`,
+    };
+  }
+  if (prediction.verdict === "unsure") {
+    const [first, second] = Array.isArray(prediction.candidates)
+      ? prediction.candidates
+      : [digit, runnerUp(probabilities, digit)];
+    return {
+      label: `Not sure: ${a(first)} or ${a(second)}?`,
+      detail: `${first}: ${percent(probabilities[first])}, ${second}: ${percent(probabilities[second])}`,
+    };
+  }
+  if (!final) {
+    return { label: `Looks like ${digit}`, detail: `${percent(confidence)} confident so far` };
+  }
+  if (confidence >= SURE) {
+    return { label: `It's ${a(digit)}`, detail: `${percent(confidence)} confident` };
+  }
+  const second = runnerUp(probabilities, digit);
+  return {
+    label: `Maybe ${a(digit)}?`,
+    detail: `Only ${percent(confidence)} confident${second === null ? "" : `; ${second} is next`}`,
+  };
+}
 
 export class Results {
   constructor(root, announcer) {
@@ -25,6 +63,7 @@ export class Results {
   reset(label = "Waiting for a drawing", detail = "Start drawing and the model guesses live.") {
     this.root.dataset.state = "idle";
     delete this.root.dataset.digit;
+    delete this.root.dataset.verdict;
     this.digit.textContent = "–";
     this.label.textContent = label;
     this.detail.textContent = detail;
@@ -35,28 +74,32 @@ export class Results {
   /** A live prediction while drawing. */
   showLive(prediction) {
     this.root.dataset.state = "live";
-    this.root.dataset.digit = String(prediction.digit);
-    this.digit.textContent = String(prediction.digit);
-    this.label.textContent = `Looks like ${prediction.digit}`;
-    this.detail.textContent = `${percent(prediction.confidence)} confident so far`;
+    this.#showDigit(prediction);
+    const { label, detail } = wording(prediction, false);
+    this.label.textContent = label;
+    this.detail.textContent = detail;
     this.#paintBars(prediction.probabilities);
     this.#paintPreview(prediction.preview);
   }
 
   /** The answer to a submit, shown prominently and announced. */
   showFinal(prediction) {
-    const sure = prediction.confidence >= SURE;
     this.root.dataset.state = "final";
-    this.root.dataset.digit = String(prediction.digit);
-    this.digit.textContent = String(prediction.digit);
-    this.label.textContent = sure ? `It's a ${prediction.digit}` : `Maybe a ${prediction.digit}?`;
-    const second = runnerUp(prediction.probabilities, prediction.digit);
-    this.detail.textContent = sure
-      ? `${percent(prediction.confidence)} confident`
-      : `Only ${percent(prediction.confidence)} confident${second === null ? "" : `; ${second} is next`}`;
+    this.#showDigit(prediction);
+    const { label, detail } = wording(prediction, true);
+    this.label.textContent = label;
+    this.detail.textContent = detail;
     this.#paintBars(prediction.probabilities);
     this.#paintPreview(prediction.preview);
-    this.announce(`${this.label.textContent} ${this.detail.textContent}.`);
+    this.announce(`${label} ${detail}.`);
+  }
+
+  /** The big answer: the digit, or a question mark when the drawing does not look like one. */
+  #showDigit(prediction) {
+    const verdict = VERDICTS.has(prediction.verdict) ? prediction.verdict : "digit";
+    this.root.dataset.digit = String(prediction.digit);
+    this.root.dataset.verdict = verdict;
+    this.digit.textContent = verdict === "not_a_digit" ? "?" : String(prediction.digit);
   }
 
   /** The server found nothing to recognise (no ink, or a dot). */
@@ -120,6 +163,11 @@ export class Results {
     }
     context.putImageData(image, 0, 0);
   }
+}
+
+/** A digit with its article, as said aloud: "a 4", "an 8". */
+function a(digit) {
+  return `${digit === 8 ? "an" : "a"} ${digit}`;
 }
 
 function runnerUp(probabilities, digit) {

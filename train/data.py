@@ -1,0 +1,90 @@
+"""The data the training, calibration and evaluation steps read, split the same way by all three.
+
+* MNIST: the first 55,000 training digits train; the last :data:`MNIST_VALIDATION` are validation
+  digits (calibration and model choice); the 10,000 test digits only measure.
+* Pen digits: the ``train`` writers minus six validation writers (:func:`livedigit.pendigits.split_writers`)
+  train; the six validate; the 14 ``test`` writers only measure.
+
+Every image reaches a model as the server would receive it and through the server's preprocessing:
+MNIST digits as 8-bit rasters, pen digits as strokes with the tablet's ``surface``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass
+
+import numpy as np
+
+from livedigit import pendigits
+from livedigit.preprocess import SIZE, Image, Pixels, Strokes, preprocess
+from livedigit.runtime import Runtime
+
+MNIST_VALIDATION = 5000
+"""The last this many MNIST training digits are validation digits, never trained on."""
+
+
+def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (x_train, y_train, x_test, y_test) as uint8 images and labels."""
+    if path is None:
+        import keras
+
+        return tuple(a for pair in keras.datasets.mnist.load_data() for a in pair)  # type: ignore[return-value]
+    with np.load(path) as data:
+        return data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+
+
+def as_served(digit: pendigits.PenDigit, fraction: float = 1.0) -> Strokes:
+    """A UCI pen digit as the page sends it: strokes in screen coordinates with the tablet's surface; with
+    ``fraction`` below 1, only its first ``ceil(fraction * points)`` points (the drawing so far). (A digit
+    of a labels export is sent as :meth:`~livedigit.pendigits.PenDigit.image` says.)"""
+    strokes = digit.strokes
+    if fraction < 1.0:
+        total = sum(len(stroke) for stroke in strokes)
+        strokes = pendigits.prefix(strokes, math.ceil(fraction * total))
+    return Strokes(strokes, pendigits.SURFACE)
+
+
+def rasters(images: np.ndarray) -> list[Image]:
+    """MNIST images as the server receives them: 8-bit rasters, ink high."""
+    return [Pixels(image) for image in images]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A model's probabilities for a set of images, as the server computed them before the verdict rule;
+    ``empty`` marks the images preprocessing found no digit in (their row is zeros; the server answers
+    ``empty`` and never names a digit for them)."""
+
+    probabilities: np.ndarray
+    empty: np.ndarray
+
+    def predicted(self) -> np.ndarray:
+        """The digit the server names for each image; -1 for an empty one."""
+        return np.where(self.empty, -1, self.probabilities.argmax(axis=1))
+
+
+def run(runtime: Runtime, images: Sequence[Image], name: str = "", chunk: int = 1024) -> Outputs:
+    """Preprocess ``images`` with the server's code and run them through ``runtime``, with progress."""
+    started = time.perf_counter()
+    probabilities = np.zeros((len(images), 10), dtype=np.float64)
+    empty = np.zeros(len(images), dtype=bool)
+    for start in range(0, len(images), chunk):
+        inputs = [preprocess(image) for image in images[start : start + chunk]]
+        empty[start : start + len(inputs)] = np.array([model_input is None for model_input in inputs])
+        found = [(index, model_input) for index, model_input in enumerate(inputs) if model_input is not None]
+        if found:
+            batch = np.stack([model_input for _, model_input in found]).astype(np.float32).reshape(-1, SIZE, SIZE)
+            probabilities[[start + index for index, _ in found]] = runtime.predict(batch)
+    if name:
+        print(f"  {name}: {len(images)} images in {time.perf_counter() - started:.1f} s", flush=True)
+    return Outputs(probabilities, empty)
+
+
+def subset(items: Sized, limit: int | None) -> list[int]:
+    """Indices of at most ``limit`` items spread evenly over ``items`` (all of them without a limit)."""
+    if limit is None or limit >= len(items):
+        return list(range(len(items)))
+    return np.linspace(0, len(items) - 1, limit).round().astype(int).tolist()
