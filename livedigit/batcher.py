@@ -16,14 +16,23 @@ The queue is bounded by design:
   snapshot the same way: the final drawing makes an older live frame pointless, and its reply (sent in
   order) would otherwise hold the submit's reply back. Once taken into a batch, a snapshot
   is committed and gets its prediction, which guarantees every connection progress under load.
-* **Submits** are never replaced, at most ``max_pending_submits`` of them, three quarters of that from
-  any one client address; beyond that a submit is refused with ``overloaded``. They are served round robin
-  over client addresses, then over each address's connections, each connection's in order
+* **Submits** are never replaced, at most ``max_pending_submits`` of them in all and
+  ``max_pending_per_client`` (three quarters of that unless told otherwise) from one client address;
+  beyond that a submit is refused with ``overloaded`` (and a hint of when to retry). They are served
+  round robin over client addresses, then over each address's connections, each connection's in order
   (:mod:`livedigit.fairness`), and a batch holds at most :data:`BATCH_COST` of preprocessing work, so
   neither many connections nor expensive images from one address can hold another's submit back for
-  more than about one image. Batches take submits
-  first, so under overload snapshots wait; a connection whose snapshot has waited
-  :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
+  more than about one image.
+
+**Who goes first** (:meth:`Batcher._take`). Live snapshots of people drawing go before submits, but
+never take all of a batch: while submits wait they get at least ``submit_share`` of every batch (a
+quarter by default), so bulk work always progresses; whatever room the snapshots leave goes to submits
+too (work conserving: an otherwise idle server gives one script whole batches). While people are
+drawing (a snapshot arrived within :data:`LIVE_WINDOW`), submits fill a batch only up to what it serves in
+``live_batch_ms`` (at the pace it measures per image), so that the batches a drawer's next snapshot
+waits behind stay short on any machine: its latency is about three of them. Under overload
+snapshots wait; a connection whose snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered
+``dropped``/``overloaded``.
 
 Every job's future is resolved exactly once with an :data:`Outcome`, whatever happens (model failure,
 disconnect, shutdown), so a caller can always answer its client.
@@ -34,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,8 +71,9 @@ PROBE_INTERVAL = 5.0
 """Seconds between test batches while the model is failing and no traffic tells whether it recovered."""
 
 RESERVED_SHARE = 4
-"""A quarter of ``max_pending_submits`` is kept for other addresses than the one submitting: a lone
-script may queue three quarters of it, and however fast one address submits, the others find room."""
+"""Unless told otherwise (``max_pending_per_client``), a quarter of ``max_pending_submits`` is kept for
+other addresses than the one submitting: a lone script may queue three quarters of it, and however fast
+one address submits, the others find room."""
 
 BATCH_COST = 64
 """Most preprocessing work one batch takes, in drawn snapshots (:func:`livedigit.preprocess.cost`): its
@@ -71,6 +82,17 @@ costs more."""
 
 MAX_ARRIVAL_GAP = 0.1
 """Gaps are capped at this (seconds) so that one idle period does not disable waiting for long."""
+
+LIVE_WINDOW = 1.0
+"""Seconds after a snapshot arrived during which people count as drawing: submits then fill a batch only
+up to ``live_batch_ms`` of work, unless their share of the snapshots' batch needs more."""
+
+RETRY_AFTER_BOUNDS = (0.01, 5.0)
+"""The shortest and longest wait (seconds) an ``overloaded`` refusal suggests."""
+
+THROUGHPUT_SMOOTHING = 0.2
+"""Weight of the newest batch in the moving average of the seconds per image of the slower stage (the
+model or preprocessing): the pace at which the batcher serves images."""
 
 
 @dataclass(eq=False)
@@ -108,6 +130,9 @@ class Batcher:
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
         max_pending_submits: int = 256,
+        max_pending_per_client: int | None = None,
+        submit_share: float = 0.25,
+        live_batch_ms: float = 2.5,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         preprocess_threads: int = 1,
         verdict: VerdictRule | None = None,
@@ -120,7 +145,13 @@ class Batcher:
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_pending_submits = max(0, max_pending_submits)
-        self.max_pending_per_client = max(1, self.max_pending_submits - self.max_pending_submits // RESERVED_SHARE)
+        self.max_pending_per_client = (
+            max(1, self.max_pending_submits - self.max_pending_submits // RESERVED_SHARE)
+            if max_pending_per_client is None
+            else max(0, max_pending_per_client)
+        )
+        self.submit_share = min(1.0, max(0.0, submit_share))
+        self.live_batch_seconds = max(0.0, live_batch_ms) / 1000.0
         self.snapshot_deadline = snapshot_deadline
         self.preprocess_threads = max(1, preprocess_threads)
         self._submits: FairQueue[Job] = FairQueue()
@@ -135,6 +166,8 @@ class Batcher:
         self._healthy = False
         self._gap: float | None = None
         self._last_arrival: float | None = None
+        self._last_snapshot = -math.inf
+        self._image_seconds = 0.0
         metrics.queued_snapshots.set_function(lambda: self.queued[0])
         metrics.queued_submits.set_function(lambda: self.queued[1])
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -144,6 +177,22 @@ class Batcher:
     def queued(self) -> tuple[int, int]:
         """Snapshots and submits waiting to be taken into a batch."""
         return len(self._snapshots), len(self._submits)
+
+    @property
+    def live_images(self) -> int:
+        """How many images the batcher serves in ``live_batch_ms`` at the recent pace (at least one)."""
+        if self._image_seconds <= 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(self.live_batch_seconds / self._image_seconds)))
+
+    def room(self, client: Hashable) -> int:
+        """Submits ``client`` may still queue before it is refused with ``overloaded``."""
+        return max(
+            0,
+            min(
+                self.max_pending_submits - len(self._submits), self.max_pending_per_client - self._submits.count(client)
+            ),
+        )
 
     @property
     def in_flight(self) -> int:
@@ -164,7 +213,9 @@ class Batcher:
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="livedigit-model")
         self._preprocess_pool = ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="livedigit-preprocess")
         try:
+            started = time.perf_counter()
             await loop.run_in_executor(self._model_thread, self._predict, [np.zeros((SIZE, SIZE), np.float32)])
+            self._image_seconds = time.perf_counter() - started
         except BaseException:
             self._shutdown_threads()
             raise
@@ -205,11 +256,8 @@ class Batcher:
             future.set_result(Failed(Failure.NOT_READY))
             return future
         if kind == "submit":
-            if (
-                len(self._submits) >= self.max_pending_submits
-                or self._submits.count(client) >= self.max_pending_per_client
-            ):
-                future.set_result(Failed(Failure.BUSY))
+            if not self.room(client):
+                future.set_result(Failed(Failure.BUSY, retry_after=self.retry_after(client)))
                 return future
             overtaken = self._snapshots.pop(owner, None) if owner is not None else None
             if overtaken is not None:
@@ -224,6 +272,7 @@ class Batcher:
                 since = previous.since
                 self._resolve(previous, Shed(DropReason.STALE))
             self._snapshots[owner] = Job(kind, image, owner, client, cost(image), future, now, since)
+            self._last_snapshot = now
         self._note_arrival(now)
         self._work.set()
         return future
@@ -293,8 +342,12 @@ class Batcher:
                 self._fail(live, Failure.MODEL_FAILED)
                 continue
             self._healthy = True
-            self.metrics.inference.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.inference.observe(seconds)
             self.metrics.batch_size.observe(len(live))
+            # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
+            per_image = max(seconds, sum(job.preprocess_seconds for job in live)) / len(live)
+            self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
             for job, row, verdict in zip(live, probabilities, verdicts, strict=True):
                 self._resolve(job, Scored(row, job.model_input, verdict))  # type: ignore[arg-type]
 
@@ -345,18 +398,21 @@ class Batcher:
                 return
 
     def _take(self, now: float) -> list[Job]:
-        """Submits first, in fair order, then the snapshot slots in line order (one per client address
-        before a second), within ``max_batch`` items and :data:`BATCH_COST` of preprocessing work; an
-        image that costs more than that goes alone. Snapshots past their deadline are shed."""
+        """The next batch, within ``max_batch`` images and :data:`BATCH_COST` of preprocessing work (an
+        image that costs more than that goes alone); see "Who goes first" in the module docstring.
+
+        1. The snapshot slots in line order, one per client address before a second, leaving
+           ``submit_share`` of the batch to waiting submits; snapshots past their deadline are shed.
+        2. Submits in fair order in the room left: up to a full batch, or while people are drawing up
+           to ``live_batch_ms`` of work (:attr:`live_images`), or more if that is what gives the submits
+           their share.
+        """
         jobs: list[Job] = []
         work = 0
 
-        def fits(job: Job) -> bool:
-            return not jobs or (len(jobs) < self.max_batch and work + job.cost <= BATCH_COST)
+        def fits(job: Job, images: int, most_work: int) -> bool:
+            return not jobs or (len(jobs) < images and work + job.cost <= most_work)
 
-        while self._submits and fits(self._submits.peek()):
-            jobs.append(job := self._submits.pop())
-            work += job.cost
         expired = list(
             itertools.takewhile(
                 lambda owner: now - self._snapshots[owner].since > self.snapshot_deadline, self._snapshots
@@ -364,18 +420,28 @@ class Batcher:
         )
         for owner in expired:
             self._resolve(self._snapshots.pop(owner), Shed(DropReason.OVERLOADED))
-        served = {job.client for job in jobs}
+        others = 1.0 - self.submit_share if self._submits else 1.0
+        images, most_work = math.floor(others * self.max_batch), math.floor(others * BATCH_COST)
+        served: set[Hashable] = set()
         for first_pass in (True, False):
-            for owner in list(self._snapshots):
+            for owner in list(self._snapshots) if images else ():
                 job = self._snapshots[owner]
                 if first_pass and job.client in served:
                     continue
-                if not fits(job):
+                if not fits(job, images, most_work):
                     break
                 del self._snapshots[owner]
                 jobs.append(job)
                 work += job.cost
                 served.add(job.client)
+        images, most_work = self.max_batch, BATCH_COST
+        if now - self._last_snapshot < LIVE_WINDOW and self.submit_share < 1.0:
+            least = 1.0 - self.submit_share
+            images = min(images, max(self.live_images, math.ceil(len(jobs) / least)))
+            most_work = min(most_work, max(self.live_images, math.ceil(work / least)))
+        while self._submits and fits(self._submits.peek(), images, most_work):
+            jobs.append(job := self._submits.pop())
+            work += job.cost
         for job in jobs:
             self.metrics.queue_wait.observe(now - job.enqueued)
         self._taken.update(jobs)
@@ -419,6 +485,23 @@ class Batcher:
         job.image = None
         if not job.future.done():
             job.future.set_result(outcome)
+
+    def drain_seconds(self, below: int) -> float:
+        """About how long until fewer than ``below`` submits are queued, at the recent pace (bounded by
+        :data:`RETRY_AFTER_BOUNDS`)."""
+        low, high = RETRY_AFTER_BOUNDS
+        return min(high, max(low, (len(self._submits) - below + 1) * self._image_seconds))
+
+    def retry_after(self, client: Hashable) -> float:
+        """When a refused submit of ``client`` may be accepted: once half of the queue that refused it
+        has been served (its own queue is served at its round-robin share, one turn in as many as
+        there are addresses waiting)."""
+        if self.max_pending_per_client - self._submits.count(client) <= 0:
+            ahead = self._submits.count(client) / 2 * max(1, self._submits.clients)
+        else:
+            ahead = len(self._submits) / 2
+        low, high = RETRY_AFTER_BOUNDS
+        return min(high, max(low, ahead * self._image_seconds))
 
     def _note_arrival(self, now: float) -> None:
         if self._last_arrival is not None:

@@ -12,6 +12,8 @@ earlier replies are still on their way).
         async for reply in client.stream(frames, rate=10):  # snapshots while the pen moves
             ...
 
+        results = await client.predict_many(paths)          # many images: batches, pipelined
+
     with LiveDigit("ws://127.0.0.1:8000/ws") as client:   # the same without asyncio
         print(client.predict(numpy_array))
 
@@ -21,6 +23,12 @@ Images may be numpy arrays (uint8 0..255 or float 0..1, ink high), PNG bytes, pa
 connection that closes raises :class:`ConnectionClosed` (with the close code and reason). With
 ``reconnect=True`` the client reconnects with exponential backoff and resends the requests that were
 waiting: every request is idempotent, a prediction depends only on the image.
+
+:meth:`LiveDigitClient.predict_many` is for scripts: it packs the images into ``batch`` messages within
+the limits the server announced in its ``hello`` (items per message, message size), keeps as many images
+unanswered as the server lets one client queue (``max_pending_submits_per_client``) so that the model
+never waits for the network, sends refused images again after the ``retry_after_ms`` the server asked
+for, and returns the results in the images' order.
 """
 
 from __future__ import annotations
@@ -30,11 +38,24 @@ import base64
 import io
 import itertools
 import json
+import math
 import os
 import random
+import sys
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Sequence
+from collections import deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +69,12 @@ from websockets.typing import Origin
 
 from livedigit.preprocess import Image, Pixels, Png, PreprocessError, Strokes, pixels_uint8
 from livedigit.wire import (
+    BINARY_BATCH,
     BINARY_HEADER,
     BINARY_TYPES,
     NON_RETRYABLE_CLOSE_CODES,
     PNG_SIGNATURE,
+    RETRYABLE,
     VERSION,
     Dropped,
     Empty,
@@ -119,6 +142,21 @@ class ConnectionClosed(LiveDigitError):
 
 ImageLike = Image | np.ndarray | bytes | bytearray | str | os.PathLike[str] | Sequence[Any]
 
+REFUSALS = 30
+"""How many times :meth:`LiveDigitClient.predict_many` sends an image the server refused for a passing
+reason (``rate_limited``, ``overloaded``) before it reports the refusal as that image's result."""
+
+MAX_WINDOW = 256
+"""The most images :meth:`LiveDigitClient.predict_many` keeps unanswered, whatever the server allows: four
+full batches keep its model busy, and more would only wait in the socket (the server reads no further
+than 256 replies ahead, and its keepalive pings would queue behind them)."""
+
+PROGRESS_DELAY = 1.0
+"""Seconds a :meth:`LiveDigitClient.predict_many` run on a terminal lasts before its progress bar shows."""
+
+BATCH_ENVELOPE = 64
+"""Bytes a JSON batch message adds around its items (type, id, brackets), rounded up."""
+
 
 # --- images -------------------------------------------------------------------------------------
 
@@ -181,6 +219,159 @@ def binary_frame(kind: Work, request_id: int, pixels: np.ndarray, preview: bool 
     return header + np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
 
 
+def batch_results(reply: dict[str, Any], count: int) -> list[Result | ServerError]:
+    """The results of a ``batch`` reply, in order: a prediction, an empty or the item's error. A reply
+    that refused the whole message is that error for each of the ``count`` images."""
+    if reply.get("type") != ReplyType.BATCH:
+        try:
+            parse_reply(reply)
+        except ServerError as refusal:
+            return [refusal] * count
+        raise LiveDigitError(f"expected a batch reply, got {reply!r}")
+    results: list[Result | ServerError] = []
+    for item in reply["results"]:
+        try:
+            result = parse_reply(item)
+        except ServerError as error:
+            results.append(error)
+            continue
+        if isinstance(result, Dropped):
+            raise LiveDigitError(f"the server dropped a batch item ({result.reason}); submits are never dropped")
+        results.append(result)
+    if len(results) != count:
+        raise LiveDigitError(f"a batch of {count} images was answered with {len(results)} results")
+    return results
+
+
+@dataclass
+class _Item:
+    """One image of a :meth:`LiveDigitClient.predict_many` run, encoded once however often it is sent."""
+
+    index: int
+    form: Image
+    preview: bool
+    refusals: int = 0
+    _json: str | None = None
+
+    @property
+    def raster(self) -> np.ndarray | None:
+        """The uint8 raster, when the image is one a binary batch frame can carry."""
+        form = self.form
+        return form.array if isinstance(form, Pixels) and max(form.array.shape) <= 0xFFFF else None
+
+    @property
+    def json(self) -> str:
+        """The item as a JSON object, for JSON batch messages (encoded on first use)."""
+        if self._json is None:
+            fields = image_fields(self.form)
+            if self.preview:
+                fields["preview"] = True
+            self._json = json.dumps(fields)
+        return self._json
+
+
+class _Queue:
+    """The images of a :meth:`LiveDigitClient.predict_many` run still to send: those the server refused
+    first (in order), then the rest, encoded as they are read."""
+
+    def __init__(self, images: Iterator[tuple[int, ImageLike]], preview: bool) -> None:
+        self.images = images
+        self.preview = preview
+        self.waiting: deque[_Item] = deque()
+        self.done: dict[int, Result | ServerError] = {}
+        """Results not yet handed out, by index; images that cannot be sent get their error here."""
+
+    def empty(self) -> bool:
+        return self._peek() is None
+
+    def put_back(self, items: list[_Item]) -> None:
+        if items:
+            self.waiting = deque(sorted([*self.waiting, *items], key=lambda item: item.index))
+
+    def chunk(self, most: int, largest: int, binary: bool) -> list[_Item]:
+        """The next batch: up to ``most`` images that fit one message of ``largest`` bytes, either uint8
+        rasters of one size (one binary frame) or any forms (JSON)."""
+        chunk: list[_Item] = []
+        size = 0
+        while len(chunk) < most and (item := self._peek()) is not None:
+            first, raster = (chunk[0] if chunk else item).raster, item.raster
+            raw = binary and first is not None
+            if raw and first is not None and (raster is None or raster.shape != first.shape):
+                break
+            size = size or (BINARY_HEADER.size if raw else BATCH_ENVELOPE)
+            cost = raster.size if raw and raster is not None else len(item.json) + 1
+            if size + cost > largest:
+                if chunk:
+                    break
+                self.waiting.popleft()
+                self.done[item.index] = ServerError(
+                    "bad_image", f"the image takes {cost} bytes; the server accepts messages of {largest}"
+                )
+                size = 0
+                continue
+            chunk.append(self.waiting.popleft())
+            size += cost
+        return chunk
+
+    def _peek(self) -> _Item | None:
+        while not self.waiting:
+            entry = next(self.images, None)
+            if entry is None:
+                return None
+            index, image = entry
+            try:
+                form = as_image(image)
+            except OSError as exc:
+                self.done[index] = ServerError("unreadable", f"cannot read: {exc.strerror or exc}")
+                continue
+            except PreprocessError as exc:
+                self.done[index] = ServerError("bad_image", str(exc))
+                continue
+            self.waiting.append(_Item(index, form, self.preview))
+        return self.waiting[0]
+
+
+class _Window:
+    """How many images a :meth:`LiveDigitClient.predict_many` run keeps unanswered: the share of the
+    queue the server announced at first; halved when the server refuses images (other connections from
+    the same address share that queue, or the server is busy), and grown back by one image for each batch
+    answered in full: additive increase, multiplicative decrease, as TCP does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.size = max(1, limit)
+        self._cut = -math.inf
+
+    def refused(self, sent: float) -> None:
+        """A refusal for a batch sent at ``sent``: one cut for all the batches already on their way."""
+        if sent > self._cut:
+            self.size = max(1, self.size // 2)
+            self._cut = time.monotonic()
+
+    def served(self) -> None:
+        self.size = min(self.limit, self.size + 1)
+
+
+def _frame(items: list[_Item], preview: bool, binary: bool) -> Callable[[int], str | bytes]:
+    """The batch message of ``items`` for a given id: one binary frame when they are all rasters."""
+    first = items[0].raster
+    if binary and first is not None and all(item.raster is not None for item in items):
+        height, width = first.shape
+        payload = b"".join(np.ascontiguousarray(item.raster).tobytes() for item in items)
+        return lambda rid: BINARY_HEADER.pack(VERSION, BINARY_BATCH, int(preview), 0, rid, width, height) + payload
+    body = ",".join(item.json for item in items)
+    return lambda rid: f'{{"type": "batch", "id": {rid}, "items": [{body}]}}'
+
+
+def _progress_bar(total: int | None, shown: bool | None) -> Any:
+    """A tqdm bar on stderr: always when ``shown``, never when ``False``, and for ``None`` only on a
+    terminal and only once the run has lasted :data:`PROGRESS_DELAY`."""
+    if shown is False or (shown is None and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", file=sys.stderr, delay=0.0 if shown else PROGRESS_DELAY)
+
+
 def parse_reply(reply: dict[str, Any]) -> Reply:
     """Turn a reply object into a result; an ``error`` reply raises :class:`ServerError`."""
     kind = reply.get("type")
@@ -240,6 +431,7 @@ class LiveDigitClient:
         open_timeout: float = 10.0,
         binary: bool = True,
         origin: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = websocket_url(url)
         self.reconnect = reconnect
@@ -250,6 +442,8 @@ class LiveDigitClient:
         self.open_timeout = open_timeout
         self.binary = binary
         self.origin = origin
+        self.headers = dict(headers or {})
+        """Extra HTTP headers of the WebSocket handshake (for a proxy or a gateway in front of the server)."""
         self.connects = 0
         """How many times a connection was opened (1 + the reconnects)."""
         self._ids = itertools.count(1)
@@ -306,6 +500,86 @@ class LiveDigitClient:
     async def snapshot(self, image: ImageLike, *, preview: bool = False) -> Reply:
         """Send one live ``snapshot`` and wait for its reply (a :class:`Dropped` when it was overtaken)."""
         return await self._request("snapshot", as_image(image), preview)
+
+    async def predict_many(
+        self, images: Iterable[ImageLike], *, preview: bool = False, progress: bool | None = None
+    ) -> list[Result | ServerError]:
+        """The final answer for every image, in order: a :class:`Prediction`, an :class:`Empty`, or the
+        :class:`ServerError` that image alone got (``bad_image``...; an image this client cannot read or
+        encode gets one too, code ``bad_image`` or ``unreadable``), so one bad image fails only itself.
+
+        The images go in ``batch`` messages, pipelined within the server's announced limits; images the
+        server refused for a passing reason are sent again after the wait it asked for (at most
+        :data:`REFUSALS` times). ``progress``: a progress bar on stderr; ``None`` shows one on a terminal
+        once the run has lasted :data:`PROGRESS_DELAY`.
+        """
+        return [result async for result in self.predict_each(images, preview=preview, progress=progress)]
+
+    async def predict_each(
+        self, images: Iterable[ImageLike], *, preview: bool = False, progress: bool | None = None
+    ) -> AsyncGenerator[Result | ServerError, None]:
+        """:meth:`predict_many` one result at a time, in order, each as soon as it and those before it are
+        known. ``images`` is read as it is needed, so it may be a generator of any length."""
+        limits = self.limits
+        try:
+            window = _Window(min(MAX_WINDOW, int(limits["max_pending_submits_per_client"])))
+            most_items = max(1, int(limits["max_batch_items"]))
+            largest = int(limits["max_message_bytes"])
+        except (KeyError, TypeError, ValueError):
+            raise LiveDigitError("this server does not announce batch limits; use predict()") from None
+        queue = _Queue(enumerate(images), preview)
+        sending: dict[asyncio.Future[dict[str, Any]], tuple[list[_Item], float]] = {}
+        in_flight = next_index = 0
+        resume = 0.0
+        bar = _progress_bar(len(images) if isinstance(images, Sequence) else None, progress)
+        try:
+            while True:
+                while in_flight < window.size and time.monotonic() >= resume:
+                    most = min(most_items, (window.size + 1) // 2, window.size - in_flight)
+                    chunk = queue.chunk(most, largest, self.binary)
+                    if not chunk:
+                        break
+                    task = asyncio.ensure_future(self._exchange(_frame(chunk, preview, self.binary)))
+                    sending[task] = (chunk, time.monotonic())
+                    in_flight += len(chunk)
+                while next_index in queue.done:
+                    yield queue.done.pop(next_index)
+                    next_index += 1
+                    if bar is not None:
+                        bar.update()
+                if not sending and queue.empty():
+                    return
+                pause = resume - time.monotonic()
+                if not sending:  # only refused images are left: wait as the server asked
+                    await asyncio.sleep(pause)
+                    continue
+                finished, _ = await asyncio.wait(
+                    sending, timeout=pause if pause > 0 else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                refused: list[_Item] = []
+                for answered in finished:
+                    chunk, sent = sending.pop(answered)
+                    in_flight -= len(chunk)
+                    before = len(refused)
+                    for item, result in zip(chunk, batch_results(answered.result(), len(chunk)), strict=True):
+                        if isinstance(result, ServerError) and result.code in RETRYABLE and item.refusals < REFUSALS:
+                            item.refusals += 1
+                            refused.append(item)
+                            wait = (result.retry_after_ms or 100) / 1000.0 * random.uniform(1.0, 1.2)
+                            resume = max(resume, time.monotonic() + wait)
+                        else:
+                            queue.done[item.index] = result
+                    if len(refused) > before:
+                        window.refused(sent)
+                    else:
+                        window.served()
+                queue.put_back(refused)
+        finally:
+            for unanswered in sending:
+                unanswered.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+            if bar is not None:
+                bar.close()
 
     def send_snapshot(self, image: ImageLike, *, preview: bool = False) -> asyncio.Task[Reply]:
         """Send a snapshot without waiting: the returned task completes with its reply.
@@ -404,6 +678,8 @@ class LiveDigitClient:
                 await asyncio.sleep(self._delay(attempt - 1))
             finally:
                 link.pending.pop(request_id, None)
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # failed with the connection while this frame was still being sent
 
     async def _connected(self, retry: bool) -> _Link:
         link = self._link
@@ -433,6 +709,7 @@ class LiveDigitClient:
             socket = await websockets.connect(
                 self.url,
                 origin=None if self.origin is None else Origin(self.origin),
+                additional_headers=self.headers,
                 open_timeout=self.open_timeout,
                 max_size=None,
                 compression=None,
@@ -549,6 +826,12 @@ class LiveDigit:
     def snapshot(self, image: ImageLike, *, preview: bool = False) -> Reply:
         """See :meth:`LiveDigitClient.snapshot`."""
         return self._call(self._client.snapshot(image, preview=preview))
+
+    def predict_many(
+        self, images: Iterable[ImageLike], *, preview: bool = False, progress: bool | None = None
+    ) -> list[Result | ServerError]:
+        """See :meth:`LiveDigitClient.predict_many`."""
+        return self._call(self._client.predict_many(images, preview=preview, progress=progress))
 
     def ping(self) -> float:
         """See :meth:`LiveDigitClient.ping`."""

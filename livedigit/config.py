@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from livedigit.preprocess import Limits
+from livedigit.wire import MAX_BATCH_ITEMS
 
 DEFAULT_MODEL = Path(str(resources.files("livedigit") / "models" / "livedigit-cnn"))
 """The shipped model's base name, inside the package (installed from the repository's ``models/``); the
@@ -62,7 +64,9 @@ class Settings:
     max_points: int = _option(1024, "most points over all strokes of one drawing")
     snapshot_rate: float = _option(30.0, "snapshots per second per connection (token bucket refill)")
     snapshot_burst: int = _option(30, "snapshots a connection may send at once before the rate applies")
-    submit_rate: float = _option(5.0, "submits per second per connection")
+    submit_rate: float = _option(
+        5.0, "submits (images) per second per connection, and per address over HTTP, while the server is busy"
+    )
     submit_burst: int = _option(10, "submits a connection may send at once before the rate applies")
     max_bad_messages: int = _option(32, "consecutive invalid messages after which a connection is closed with 1008")
     message_rate: float = _option(
@@ -79,6 +83,27 @@ class Settings:
     max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
     max_pending_submits: int = _option(256, "submits queued across all connections before new ones are refused")
+    client_queue_share: float = _option(
+        0.75,
+        "share of max_pending_submits that one client address may have queued before its new submits are "
+        "refused (overloaded): a lone script keeps its depth, and the others find room",
+    )
+    busy_queue_share: float = _option(
+        0.875,
+        "share of max_pending_submits queued (all clients) from which the server counts as busy: only then "
+        "do submit_rate and submit_burst apply; below it every submit is accepted",
+    )
+    max_batch_items: int = _option(MAX_BATCH_ITEMS, "most images in one batch message (WebSocket, HTTP, /v2 infer)")
+    submit_share: float = _option(
+        0.25,
+        "least share of every batch that waiting submits get; live snapshots take the rest first "
+        "(1: submits always go first)",
+    )
+    live_batch_ms: float = _option(
+        2.5,
+        "while people are drawing, submits fill a batch only up to what the batcher serves in this many "
+        "milliseconds (at its measured pace), so live frames wait behind short batches",
+    )
     allowed_origins: str = _option(
         "", "comma-separated Origin values allowed to open /ws ('*' for any); empty: the server's own host"
     )
@@ -152,6 +177,16 @@ class Settings:
             max_strokes=self.max_strokes,
             max_points=self.max_points,
         )
+
+    @property
+    def max_pending_submits_per_client(self) -> int:
+        """Submits one client address may have queued: ``client_queue_share`` of ``max_pending_submits``."""
+        return max(1, math.floor(self.client_queue_share * self.max_pending_submits))
+
+    @property
+    def busy_submits(self) -> int:
+        """Queued submits from which the submit rate applies: ``busy_queue_share`` of ``max_pending_submits``."""
+        return max(0, math.ceil(self.busy_queue_share * self.max_pending_submits))
 
     def origins(self) -> tuple[str, ...]:
         """The explicit Origin allow-list; empty means "same host as the request"."""

@@ -36,6 +36,7 @@ class FairQueue(Generic[T]):
 
     def __init__(self) -> None:
         self._clients: OrderedDict[Hashable, OrderedDict[Hashable | None, deque[T]]] = OrderedDict()
+        self._per_client: dict[Hashable, int] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -44,15 +45,19 @@ class FairQueue(Generic[T]):
     def __bool__(self) -> bool:
         return self._count > 0
 
+    @property
+    def clients(self) -> int:
+        """Client addresses with at least one item queued."""
+        return len(self._clients)
+
+    def count(self, client: Hashable) -> int:
+        """Items queued by one client address."""
+        return self._per_client.get(client, 0)
+
     def __iter__(self) -> Iterator[T]:
         for owners in self._clients.values():
             for items in owners.values():
                 yield from items
-
-    def count(self, client: Hashable) -> int:
-        """Items of ``client`` waiting."""
-        owners = self._clients.get(client)
-        return 0 if owners is None else sum(map(len, owners.values()))
 
     def push(self, item: T) -> None:
         """Queue ``item`` behind its connection's earlier ones. A client with nothing queued goes first
@@ -67,6 +72,7 @@ class FairQueue(Generic[T]):
             owners.move_to_end(item.owner, last=False)
         items.append(item)
         self._count += 1
+        self._per_client[item.client] = self._per_client.get(item.client, 0) + 1
 
     def peek(self) -> T:
         """The item :meth:`pop` would return."""
@@ -79,6 +85,7 @@ class FairQueue(Generic[T]):
         owner, items = next(iter(owners.items()))
         item = items.popleft()
         self._count -= 1
+        self._uncount(client, 1)
         if items:
             owners.move_to_end(owner)
         else:
@@ -95,6 +102,7 @@ class FairQueue(Generic[T]):
             if owner in owners:
                 items = list(owners.pop(owner))
                 self._count -= len(items)
+                self._uncount(client, len(items))
                 if not owners:
                     del self._clients[client]
                 return items
@@ -102,4 +110,12 @@ class FairQueue(Generic[T]):
 
     def clear(self) -> None:
         self._clients.clear()
+        self._per_client.clear()
         self._count = 0
+
+    def _uncount(self, client: Hashable, items: int) -> None:
+        left = self._per_client[client] - items
+        if left:
+            self._per_client[client] = left
+        else:
+            del self._per_client[client]

@@ -42,6 +42,12 @@ class Metrics:
             registry=registry,
         )
         self.replies = Counter("livedigit_replies", "Replies sent, by type", ["type"], registry=registry)
+        self.batch_items = Counter(
+            "livedigit_batch_items", "Images received in batch messages (WebSocket, HTTP, /v2)", registry=registry
+        )
+        self.batch_results = Counter(
+            "livedigit_batch_results", "Results inside batch replies, by type", ["type"], registry=registry
+        )
         self.dropped = Counter(
             "livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"], registry=registry
         )
@@ -121,6 +127,11 @@ class Metrics:
             self.dropped.labels(reply["reason"]).inc()
         elif kind == "error":
             self.errors.labels(reply["code"]).inc()
+        elif kind == "batch":
+            for result in reply["results"]:
+                self.batch_results.labels(result["type"]).inc()
+                if result["type"] == "error":
+                    self.errors.labels(result["code"]).inc()
         if seconds is not None:
             self.latency.labels(kind).observe(seconds)
 

@@ -1,9 +1,14 @@
 """The one request pipeline: what happens to a client message between its frame and its reply.
 
-A WebSocket frame (:mod:`livedigit.session`) and a ``POST /api/predict`` body (:mod:`livedigit.app`) go
-through the same steps here: parse, count, rate-limit, queue the drawing for the batcher, and turn the
-batcher's outcome into the reply. The transports only differ in what surrounds it: the WebSocket keeps
-replies in order and holds a flooding client back, HTTP maps the reply to a status code.
+A WebSocket frame (:mod:`livedigit.session`), a ``POST /api/predict`` body (:mod:`livedigit.app`) and a
+``/v2`` infer request (:mod:`livedigit.openinference`) go through the same steps here: parse, count,
+rate-limit, queue each drawing for the batcher, and turn the batcher's outcomes into the reply. The
+transports only differ in what surrounds it: the WebSocket keeps replies in order and holds a flooding
+client back, HTTP maps the reply to a status code, ``/v2`` to a tensor.
+
+The submit rate limit is an abuse guard, not a pace: it applies only while the server is busy
+(``busy_submits`` queued in all). A server with spare capacity accepts every submit, so a lone script
+gets all of it; fairness between clients is the batcher's job (:mod:`livedigit.fairness`).
 
 A ``label`` (``POST /api/labels``) takes the same steps to the point of queueing: its drawing goes to the
 label store's writer thread instead of the batcher, and its reply, ``stored``, comes once the row is
@@ -27,7 +32,7 @@ from livedigit.labels.store import InvalidLabel, Label, StorageError, StorageUna
 from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, ink_from_png
 from livedigit.protocol import Correction, ProtocolError, Request
 from livedigit.ratelimit import TokenBucket
-from livedigit.wire import DropReason, ErrorCode, MessageId, Outcome
+from livedigit.wire import DropReason, ErrorCode, Failed, Failure, MessageId, Outcome, Work
 
 if TYPE_CHECKING:
     from livedigit.service import Service
@@ -61,7 +66,8 @@ class Caller:
 
 @dataclass(slots=True)
 class Ticket:
-    """A reply owed to a client: known already (``reply``), awaiting the batcher (``outcome``) or the
+    """A reply owed to a client: known already (``reply``), awaiting the batcher (``outcome``, or for a
+    batch one ``items`` entry per item: its request and outcome, or its reply when already known) or the
     label store (``storing``, which resolves to the reply itself).
 
     It keeps only what the reply needs (id, final, preview); the drawing went to the batcher, which lets
@@ -74,15 +80,29 @@ class Ticket:
     outcome: asyncio.Future[Outcome] | None = None
     reply: dict[str, Any] | None = None
     storing: asyncio.Future[dict[str, Any]] | None = None
+    items: list[tuple[Request, asyncio.Future[Outcome]] | dict[str, Any]] | None = None
 
     async def resolve(self) -> dict[str, Any]:
         if self.reply is not None:
             return self.reply
         if self.storing is not None:
             return await self.storing
-        assert self.outcome is not None and self.request is not None
+        assert self.request is not None
+        if self.items is not None:
+            results = []
+            for item in self.items:
+                if isinstance(item, dict):
+                    results.append(item)
+                else:
+                    item_request, item_outcome = item
+                    results.append(protocol.reply(item_request, await item_outcome, self._elapsed_ms()))
+            return protocol.batch(self.request.id, results, self._elapsed_ms())
+        assert self.outcome is not None
         outcome = await self.outcome
-        return protocol.reply(self.request, outcome, (time.perf_counter() - self.received) * 1000.0)
+        return protocol.reply(self.request, outcome, self._elapsed_ms())
+
+    def _elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.received) * 1000.0
 
 
 def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request], received: float) -> Ticket:
@@ -94,14 +114,17 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
         metrics.messages.labels("invalid").inc()
         return Ticket(None, received, reply=protocol.error(exc.id, exc.code, exc.message))
     metrics.messages.labels(request.kind if caller.transport == "ws" else caller.transport).inc()
+    if request.kind == "batch":
+        return _batch(service, caller, request, received)
     image, request = request.image, dataclasses.replace(request, image=None)
     if request.kind == "ping":
         return Ticket(request, received, reply=protocol.pong(request.id))
     if request.kind == "snapshot" and caller.snapshots is not None and not caller.snapshots.take():
         return Ticket(request, received, reply=protocol.dropped(request.id, DropReason.RATE_LIMITED))
-    if request.kind == "submit" and not caller.submits.take():
-        rate, wait = caller.submits.rate, caller.submits.retry_after()
-        return Ticket(request, received, reply=protocol.rate_limited(request.id, rate, wait))
+    if request.kind == "submit":
+        refusal = _over_rate(service, caller, request.id)
+        if refusal is not None:
+            return Ticket(request, received, reply=refusal)
     if request.kind == "label":
         for bucket in (caller.labels, service.label_clients.bucket(caller.client)):
             if bucket is not None and not bucket.take():
@@ -110,8 +133,52 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
         assert image is not None and request.correction is not None
         return Ticket(request, received, storing=service.spawn(_store(service, request.id, image, request.correction)))
     assert service.batcher is not None and image is not None
-    future = service.batcher.enqueue(request.kind, image, owner=caller.owner, client=caller.client)
+    kind: Work = "snapshot" if request.kind == "snapshot" else "submit"
+    future = service.batcher.enqueue(kind, image, owner=caller.owner, client=caller.client)
     return Ticket(request, received, outcome=future)
+
+
+def _batch(service: Service, caller: Caller, request: Request, received: float) -> Ticket:
+    """Queue a batch's items one by one, each counted like a submit of its own (for the rate limit and
+    the queue's fairness and bounds); a malformed item gets its error and the others go on. A
+    ``whole`` batch is admitted entirely or refused with one error."""
+    batcher = service.batcher
+    assert batcher is not None
+    metrics = service.metrics
+    metrics.batch_items.inc(len(request.items))
+    if request.whole:
+        if batcher.room(caller.client) < len(request.items):
+            busy = Failed(Failure.BUSY, retry_after=batcher.retry_after(caller.client))
+            return Ticket(request, received, reply=protocol.failed(request.id, busy))
+        refusal = _over_rate(service, caller, request.id, len(request.items))
+        if refusal is not None:
+            return Ticket(request, received, reply=refusal)
+    items: list[tuple[Request, asyncio.Future[Outcome]] | dict[str, Any]] = []
+    for item in request.items:
+        if isinstance(item, ProtocolError):
+            items.append(protocol.error(None, item.code, item.message))
+            continue
+        refusal = None if request.whole else _over_rate(service, caller, None)
+        if refusal is not None:
+            items.append(refusal)
+            continue
+        assert item.image is not None
+        future = batcher.enqueue("submit", item.image, owner=caller.owner, client=caller.client)
+        items.append((dataclasses.replace(item, image=None), future))
+    return Ticket(dataclasses.replace(request, items=()), received, items=items)
+
+
+def _over_rate(service: Service, caller: Caller, message_id: MessageId, images: int = 1) -> dict[str, Any] | None:
+    """The ``rate_limited`` reply for ``images`` submits over the caller's bucket while the server is
+    busy (``busy_submits`` queued), or ``None``: a server with spare capacity accepts every submit."""
+    batcher = service.batcher
+    busy = service.settings.busy_submits
+    if batcher is None or batcher.queued[1] < busy or caller.submits.take(images):
+        return None
+    wait = caller.submits.retry_after(images)
+    if busy > 0:  # or sooner, if the queue is expected to fall below the threshold before then
+        wait = min(wait, batcher.drain_seconds(busy))
+    return protocol.rate_limited(message_id, caller.submits.rate, wait)
 
 
 def sent(service: Service, reply: dict[str, Any], received: float) -> None:

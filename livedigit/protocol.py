@@ -28,11 +28,13 @@ import numpy as np
 from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
 from livedigit.verdict import ranked
 from livedigit.wire import (
+    BINARY_BATCH,
     BINARY_HEADER,
     BINARY_KINDS,
     BINARY_PREVIEW_FLAG,
     IMAGE_FIELDS,
     LEGACY_SIDE,
+    MAX_BATCH_ITEMS,
     MAX_ID_LENGTH,
     MAX_ID_MAGNITUDE,
     PNG_DATA_URL,
@@ -67,6 +69,11 @@ FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
 """How each batcher failure is answered: its error code, and the message when it brings no detail."""
 
 
+RETRY_AFTER = 1.0
+"""Seconds an ``overloaded`` refusal asks a client to wait when the batcher gives no estimate (it is
+starting or stopping)."""
+
+
 class ProtocolError(Exception):
     """A frame that cannot be served; becomes an ``error`` reply and leaves the connection open."""
 
@@ -94,18 +101,22 @@ class Correction:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One client message, validated: what is asked, the id to echo and, unless a ping, the drawing;
-    a ``label`` also carries its :class:`Correction`."""
+    """One client message, validated: what is asked, the id to echo and, unless a ping or a batch, the
+    drawing; a ``label`` also carries its :class:`Correction`. A batch holds its items instead: each a
+    submit (id ``None``), or the error that item gets."""
 
     kind: Kind
     id: MessageId = None
     image: Image | None = None
     preview: bool = False
     correction: Correction | None = None
+    items: tuple[Request | ProtocolError, ...] = ()
+    whole: bool = False
+    """For a batch: admit all of its items or none (a tensor of ``/v2`` infer cannot be half answered)."""
 
     @property
     def final(self) -> bool:
-        return self.kind == "submit"
+        return self.kind == "submit" or self.kind == "batch"
 
 
 # The JSON shapes, as msgspec decodes them. UNSET tells "absent" from "null", which is an error.
@@ -117,8 +128,8 @@ class _PixelsField(msgspec.Struct):
     data: str
 
 
-class _Body(msgspec.Struct):
-    """``POST /api/predict``'s body: one image form; unknown fields are ignored."""
+class _Item(msgspec.Struct):
+    """One image form with its options: a batch item; unknown fields are ignored."""
 
     pixels: _PixelsField | msgspec.UnsetType = msgspec.UNSET
     strokes: list[list[tuple[float, float]]] | msgspec.UnsetType = msgspec.UNSET
@@ -128,6 +139,13 @@ class _Body(msgspec.Struct):
     preview: bool = False
 
 
+class _Body(_Item):
+    """``POST /api/predict``'s body: one image form, or ``items`` (a batch)."""
+
+    items: list[msgspec.Raw] | msgspec.UnsetType = msgspec.UNSET
+    """Kept raw, so that one malformed item is that item's error, not the whole message's."""
+
+
 class _Message(_Body):
     """A WebSocket text frame: a body with a ``type`` and an optional ``id``."""
 
@@ -135,7 +153,7 @@ class _Message(_Body):
     id: int | str | None = None
 
 
-class _LabelBody(_Body, kw_only=True):
+class _LabelBody(_Item, kw_only=True):
     """``POST /api/labels``'s body: one image form and the correction's fields.
 
     A separate shape, decoded only for labels, so that these field names stay unknown (and ignored) in a
@@ -163,6 +181,7 @@ LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SID
 
 _MESSAGE = msgspec.json.Decoder(_Message)
 _BODY = msgspec.json.Decoder(_Body)
+_ITEM = msgspec.json.Decoder(_Item)
 _LABEL_MESSAGE = msgspec.json.Decoder(_LabelMessage)
 _LABEL_BODY = msgspec.json.Decoder(_LabelBody)
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -170,9 +189,9 @@ _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
 
 
-def parse_text(text: str | bytes, limits: Limits) -> Request:
-    """Parse a JSON text frame sent over the WebSocket."""
-    if (ping := _check_arrays(text, limits, "frame")) is not None:
+def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
+    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images."""
+    if (ping := _check_arrays(text, limits, "frame", max_items)) is not None:
         return ping
     try:
         message = _MESSAGE.decode(text)
@@ -186,29 +205,59 @@ def parse_text(text: str | bytes, limits: Limits) -> Request:
         return Request("ping", message_id)
     if kind == "label":
         return _label(_LABEL_MESSAGE, text, limits, message_id)
-    if kind != "snapshot" and kind != "submit":
+    if kind != "snapshot" and kind != "submit" and kind != "batch":
         shown = kind if isinstance(kind, str) and len(kind) <= MAX_ID_LENGTH else "(missing)"
         raise ProtocolError(
-            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit, label or ping", message_id
+            ErrorCode.BAD_MESSAGE, f"unknown type {shown!r}; use snapshot, submit, batch, label or ping", message_id
         )
-    work: Work = "snapshot" if kind == "snapshot" else "submit"
     try:
+        if kind == "batch":
+            return _batch(message.items, message_id, limits, max_items)
+        work: Work = "snapshot" if kind == "snapshot" else "submit"
         return Request(work, message_id, _image(message, limits), message.preview)
     except ProtocolError as error:
         error.id = message_id
         raise
 
 
-def parse_body(body: bytes, limits: Limits) -> Request:
-    """Parse the JSON body of ``POST /api/predict``: one image form, always a submit, no id."""
-    _check_arrays(body, limits, "body")
+def parse_body(body: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
+    """Parse the JSON body of ``POST /api/predict``: one image form (a submit, no id), or ``items`` (a
+    batch of at most ``max_items``)."""
+    _check_arrays(body, limits, "body", max_items)
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
         _misshapen(body, exc, "body")
     except (msgspec.DecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the body is not valid JSON") from None
+    if not isinstance(message.items, msgspec.UnsetType):
+        return _batch(message.items, None, limits, max_items)
     return Request("submit", None, _image(message, limits), message.preview)
+
+
+def _batch(
+    items: list[msgspec.Raw] | msgspec.UnsetType, message_id: MessageId, limits: Limits, max_items: int
+) -> Request:
+    """A batch: its items parsed one by one, each into a submit or the error that item alone gets."""
+    if isinstance(items, msgspec.UnsetType) or not items:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a batch needs items: a list of one or more images")
+    if len(items) > max_items:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"the batch holds {len(items)} items; the limit is {max_items}")
+    return Request("batch", message_id, items=tuple(_item(raw, limits) for raw in items))
+
+
+def _item(raw: msgspec.Raw, limits: Limits) -> Request | ProtocolError:
+    try:
+        item = _ITEM.decode(raw)
+        return Request("submit", None, _image(item, limits), item.preview)
+    except msgspec.ValidationError as exc:
+        if bytes(raw)[:1] != b"{":
+            return ProtocolError(ErrorCode.BAD_MESSAGE, "a batch item must be a JSON object")
+        return ProtocolError(ErrorCode.BAD_MESSAGE, _field_error(exc))
+    except RecursionError:
+        return ProtocolError(ErrorCode.BAD_MESSAGE, "a batch item is nested too deeply")
+    except ProtocolError as error:
+        return error
 
 
 def parse_label_body(body: bytes, limits: Limits) -> Request:
@@ -251,8 +300,9 @@ def _label(decoder: msgspec.json.Decoder[Any], text: str | bytes, limits: Limits
     return Request("label", message_id, image, correction=correction)
 
 
-def parse_binary(frame: bytes, limits: Limits) -> Request:
-    """Parse a binary frame (``pixels`` only); see the layout in ``docs/protocol.md``."""
+def parse_binary(frame: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
+    """Parse a binary frame (``pixels`` only): a snapshot, a submit, or a batch of at most ``max_items``
+    rasters of one size; see the layout in ``docs/protocol.md``."""
     if len(frame) < BINARY_HEADER.size:
         raise ProtocolError(
             ErrorCode.BAD_JSON, f"binary frame is {len(frame)} bytes; the header alone is {BINARY_HEADER.size}"
@@ -263,12 +313,26 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
             ErrorCode.BAD_JSON, f"binary frame version {version}; this server speaks {VERSION}", message_id
         )
     kind: Work | None = BINARY_KINDS.get(kind_code)
-    if kind is None:
+    if kind is None and kind_code != BINARY_BATCH:
         raise ProtocolError(
-            ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot) or 2 (submit)", message_id
+            ErrorCode.BAD_JSON, f"binary frame type {kind_code}; use 1 (snapshot), 2 (submit) or 3 (batch)", message_id
         )
     _check_side(width, height, limits, message_id)
     data = memoryview(frame)[BINARY_HEADER.size :]
+    preview = bool(flags & BINARY_PREVIEW_FLAG)
+    if kind is None:
+        count, left = divmod(len(data), width * height)
+        if left or not 1 <= count <= max_items:
+            raise ProtocolError(
+                ErrorCode.BAD_JSON,
+                f"a binary batch holds 1 to {max_items} rasters of {width}x{height} ({width * height} bytes "
+                f"each); this one holds {len(data)} pixel bytes",
+                message_id,
+            )
+        rasters = np.frombuffer(data, dtype=np.uint8).reshape(count, height, width).copy()
+        return Request(
+            "batch", message_id, items=tuple(Request("submit", None, Pixels(raster), preview) for raster in rasters)
+        )
     if len(data) != width * height:
         raise ProtocolError(
             ErrorCode.BAD_JSON,
@@ -276,33 +340,43 @@ def parse_binary(frame: bytes, limits: Limits) -> Request:
             message_id,
         )
     array = np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy()
-    return Request(kind, message_id, Pixels(array), bool(flags & BINARY_PREVIEW_FLAG))
+    return Request(kind, message_id, Pixels(array), preview)
 
 
-def _check_arrays(text: str | bytes, limits: Limits, what: str) -> Request | None:
+def _check_arrays(text: str | bytes, limits: Limits, what: str, max_items: int = 1) -> Request | None:
     """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
 
     Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
     points, and decoding them all would cost a millisecond of the event loop before the count is seen.
     Counting brackets costs microseconds. The allowance covers every array of a valid message (the
-    strokes, their points, ``surface``) and brackets inside a string id. Such a frame is then read as
-    an object of undecoded values, to answer it as a full decoding would: its id echoed, a ``ping``
-    answered (its other fields do not matter), a wrong type or form named.
+    strokes, their points, ``surface``) and brackets inside a string id, and for a batch (``items``) as
+    many times that as it may hold images. Such a frame is then read as an object of undecoded values, to
+    answer it as a full decoding would: its id echoed, a ``ping`` answered (its other fields do not
+    matter), a wrong type or form named.
     """
     brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
-    if brackets <= limits.max_points + limits.max_strokes + MAX_ID_LENGTH + 4:
+    drawing = limits.max_points + limits.max_strokes + 4
+    if brackets <= drawing + MAX_ID_LENGTH:
         return None
     try:
         fields = _FIELDS.decode(text)
     except (msgspec.MsgspecError, RecursionError):
         return None  # not an object: the full decoding says what is wrong, at once
+    if "items" in fields and brackets <= drawing * max_items + MAX_ID_LENGTH + 1:
+        return None  # a batch: each item is checked against the limits as it is decoded
     message_id = _message_id(_raw_value(fields.get("id"))) if what == "frame" else None
     if what == "frame":
         kind = _raw_value(fields.get("type"))
         if kind == "ping":
             return Request("ping", message_id)
-        if kind not in ("snapshot", "submit", "label"):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "unknown type; use snapshot, submit, label or ping", message_id)
+        if kind not in ("snapshot", "submit", "label", "batch"):
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, "unknown type; use snapshot, submit, batch, label or ping", message_id
+            )
+    if "items" in fields:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"more arrays than {max_items} drawings within the limits can hold", message_id
+        )
     forms = [name for name in IMAGE_FIELDS if name in fields]
     if len(forms) != 1:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"send exactly one of {', '.join(IMAGE_FIELDS)}", message_id)
@@ -365,7 +439,7 @@ def _message_id(message_id: object, name: str = "id") -> MessageId:
     raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{name} must be a string or an integer")
 
 
-def _image(message: _Body, limits: Limits) -> Image:
+def _image(message: _Item, limits: Limits) -> Image:
     """Turn the one image field of ``message`` into a :data:`livedigit.preprocess.Image`."""
     present = [name for name in IMAGE_FIELDS if getattr(message, name) is not msgspec.UNSET]
     if len(present) != 1:
@@ -495,7 +569,18 @@ def dropped(message_id: MessageId, reason: DropReason) -> dict[str, Any]:
 
 def failed(message_id: MessageId, outcome: Failed) -> dict[str, Any]:
     code, text = FAILURES[outcome.failure]
-    return error(message_id, code, outcome.detail or text)
+    retry_after = outcome.retry_after
+    if retry_after is None and code == ErrorCode.OVERLOADED:
+        retry_after = RETRY_AFTER
+    return error(message_id, code, outcome.detail or text, retry_after)
+
+
+def batch(message_id: MessageId, results: list[dict[str, Any]], latency_ms: float) -> dict[str, Any]:
+    """A ``batch`` reply: one result per item, in the items' order, each the reply a submit of that
+    image alone would get, without its ``id``."""
+    for result in results:
+        result.pop("id", None)
+    return {"type": ReplyType.BATCH.value, "id": message_id, "results": results, "latency_ms": round(latency_ms, 3)}
 
 
 def error(message_id: MessageId, code: ErrorCode, message: str, retry_after: float | None = None) -> dict[str, Any]:

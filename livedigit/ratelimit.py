@@ -29,13 +29,15 @@ class TokenBucket:
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def take(self) -> bool:
-        """Take a token if there is one; ``False`` means the caller is over its rate."""
+    def take(self, count: int = 1) -> bool:
+        """Take ``count`` tokens if there are that many (none otherwise); ``False`` means the caller is
+        over its rate. A request for more than the bucket holds needs it full, and empties it."""
         if not self.enabled:
             return True
+        count = min(count, self.burst)
         self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= count:
+            self._tokens -= count
             return True
         return False
 
@@ -46,12 +48,12 @@ class TokenBucket:
             self._refill()
             self._tokens -= amount
 
-    def retry_after(self) -> float:
-        """Seconds until the next token: when a refused caller may try again (0 when one is there)."""
+    def retry_after(self, count: int = 1) -> float:
+        """Seconds until :meth:`take` of ``count`` would succeed: when a refused caller may try again."""
         if not self.enabled:
             return 0.0
         self._refill()
-        return max(0.0, (1.0 - self._tokens) / self.rate)
+        return max(0.0, (min(count, self.burst) - self._tokens) / self.rate)
 
     def full(self) -> bool:
         """Whether the bucket has refilled completely: a client idle that long can be forgotten."""

@@ -105,6 +105,9 @@ class Service:
             max_batch=self.settings.max_batch,
             max_wait_ms=self.settings.max_wait_ms,
             max_pending_submits=self.settings.max_pending_submits,
+            max_pending_per_client=self.settings.max_pending_submits_per_client,
+            submit_share=self.settings.submit_share,
+            live_batch_ms=self.settings.live_batch_ms,
             verdict=_verdict_rule(self._card),
         )
         try:
@@ -190,6 +193,10 @@ class Service:
             "snapshot_burst": settings.snapshot_burst,
             "submit_rate": settings.submit_rate,
             "submit_burst": settings.submit_burst,
+            "busy_submits": settings.busy_submits,
+            "max_batch_items": settings.max_batch_items,
+            "max_pending_submits": settings.max_pending_submits,
+            "max_pending_submits_per_client": settings.max_pending_submits_per_client,
             "max_bad_messages": settings.max_bad_messages,
             "message_rate": settings.message_rate,
             "address_byte_rate": settings.address_byte_rate,

@@ -37,7 +37,8 @@ MAX_OUTSTANDING = 256
 """Replies a connection may have pending before the server stops reading from it."""
 
 RESETTING_REPLIES = frozenset({ReplyType.PREDICTION, ReplyType.EMPTY, ReplyType.PONG, ReplyType.STORED})
-"""Replies that end a run of invalid messages."""
+"""Replies that end a run of invalid messages (a batch does when one of its results is one of them; a
+batch whose every item was invalid counts as one invalid message)."""
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -182,10 +183,11 @@ class Session:
         """Turn one frame into the reply it is owed, queueing its drawing for the batcher when needed."""
         received = time.perf_counter()
         text = message.get("text")
+        items = self.service.settings.max_batch_items
         if text is not None:
-            parse = functools.partial(protocol.parse_text, text)
+            parse = functools.partial(protocol.parse_text, text, max_items=items)
         else:
-            parse = functools.partial(protocol.parse_binary, message.get("bytes") or b"")
+            parse = functools.partial(protocol.parse_binary, message.get("bytes") or b"", max_items=items)
         return pipeline.handle(self.service, self.caller, parse, received)
 
     async def _write(self) -> None:
@@ -199,14 +201,15 @@ class Session:
             reply = await pending.resolve()
             if not await self._send(reply, pending.received):
                 return
-            if reply["type"] == "error" and reply["code"] in INVALID_INPUT:
+            results = reply["results"] if reply["type"] == ReplyType.BATCH else [reply]
+            if all(result["type"] == "error" and result["code"] in INVALID_INPUT for result in results):
                 self.bad_in_a_row += 1
                 if self.bad_in_a_row >= limit > 0:
                     await _close(
                         self.websocket, self.service, CloseCode.POLICY, f"{self.bad_in_a_row} invalid messages in a row"
                     )
                     return
-            elif reply["type"] in RESETTING_REPLIES:
+            elif any(result["type"] in RESETTING_REPLIES for result in results):
                 self.bad_in_a_row = 0
 
     async def _send(self, reply: dict[str, Any], received: float | None = None) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 VERSION = 1
 """The protocol version; the ``hello`` announces it and a binary frame's first byte carries it."""
 
-Kind = Literal["snapshot", "submit", "ping", "label"]
+Kind = Literal["snapshot", "submit", "ping", "label", "batch"]
 """What a client message asks for."""
 
 Work = Literal["snapshot", "submit"]
@@ -48,6 +48,9 @@ IMAGE_FIELDS = ("pixels", "strokes", "png", "image")
 INPUT_FORMS = (*IMAGE_FIELDS, "binary")
 """What ``/api/model`` lists as accepted inputs."""
 
+MAX_BATCH_ITEMS = 64
+"""The default most images in one batch message (``Settings.max_batch_items``, announced in ``hello``)."""
+
 LEGACY_SIDE = 28
 """The old design's ``image`` string is always a 28x28 raster."""
 
@@ -63,6 +66,8 @@ BINARY_HEADER = struct.Struct(">BBBBIHH")
 
 BINARY_TYPES: dict[Work, int] = {"snapshot": 1, "submit": 2}
 BINARY_KINDS: dict[int, Work] = {code: kind for kind, code in BINARY_TYPES.items()}
+BINARY_BATCH = 3
+"""A binary batch frame: the header, then any number of rasters of the header's width and height."""
 BINARY_PREVIEW_FLAG = 0x01
 
 
@@ -71,6 +76,7 @@ class ReplyType(StrEnum):
 
     HELLO = "hello"
     PREDICTION = "prediction"
+    BATCH = "batch"
     EMPTY = "empty"
     DROPPED = "dropped"
     ERROR = "error"
@@ -112,6 +118,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 
 INVALID_INPUT = frozenset({ErrorCode.BAD_JSON, ErrorCode.BAD_MESSAGE, ErrorCode.BAD_IMAGE})
 """Codes that count towards ``max_bad_messages``: the client sent something it should not have."""
+
+RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.OVERLOADED})
+"""Codes of a refusal that says nothing about the image: the same request later may succeed; such an
+error carries ``retry_after_ms``."""
 
 
 class DropReason(StrEnum):
@@ -179,10 +189,12 @@ class Failure(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The image could not be served; ``detail`` is the preprocessing's message for ``BAD_IMAGE``."""
+    """The image could not be served; ``detail`` is the preprocessing's message for ``BAD_IMAGE``, and
+    ``retry_after`` (seconds) when to try again after ``BUSY``."""
 
     failure: Failure
     detail: str = ""
+    retry_after: float | None = None
 
 
 Outcome = Scored | NoDigit | Shed | Failed

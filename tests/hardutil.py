@@ -54,9 +54,11 @@ ERROR_CODES = documented("### Error codes")
 DROP_REASONS = documented("### `dropped` reasons")
 CLOSE_CODES = frozenset(int(code) for code in documented("### Close codes"))
 VERDICTS = documented("### Verdict")
-REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong", "stored"})
+REPLY_TYPES = frozenset({"prediction", "empty", "dropped", "error", "pong", "stored", "batch"})
 INVALID_INPUT = frozenset({"bad_json", "bad_message", "bad_image"})
 """Error codes that count towards ``max_bad_messages`` (the client's fault)."""
+RETRYABLE = frozenset({"rate_limited", "overloaded"})
+"""Error codes of a passing refusal, which carry ``retry_after_ms``."""
 
 REPLY_KEYS = {
     "prediction": {"type", "id", "final", "digit", "confidence", "probabilities", "latency_ms", "verdict"},
@@ -65,6 +67,7 @@ REPLY_KEYS = {
     "error": {"type", "id", "code", "message"},
     "pong": {"type", "id"},
     "stored": {"type", "id", "label_id"},
+    "batch": {"type", "id", "results", "latency_ms"},
 }
 OPTIONAL_KEYS = {"prediction": {"preview", "candidates"}, "error": {"retry_after_ms"}}
 """Keys a reply of that type carries only sometimes: a preview when asked, the two candidates when unsure,
@@ -88,6 +91,11 @@ def check_reply(reply: Any) -> None:
         or isinstance(message_id, str)
         or (isinstance(message_id, int) and not isinstance(message_id, bool))
     ), reply
+    if kind == "batch":
+        assert reply["results"] and reply["latency_ms"] >= 0, reply
+        for result in reply["results"]:
+            assert "id" not in result and result.get("type") in {"prediction", "empty", "error"}, reply
+            check_reply({**result, "id": None})
     if kind == "prediction":
         probabilities = reply["probabilities"]
         assert len(probabilities) == 10 and all(0.0 <= p <= 1.0 for p in probabilities), reply
@@ -109,6 +117,8 @@ def check_reply(reply: Any) -> None:
         assert reply["code"] in ERROR_CODES, reply
         assert isinstance(reply["message"], str) and reply["message"].strip(), reply
         assert "retry_after_ms" not in reply or reply["retry_after_ms"] >= 1, reply
+        if reply["code"] in RETRYABLE:
+            assert isinstance(reply["retry_after_ms"], int), reply
     elif kind == "stored":
         assert isinstance(reply["label_id"], int) and not isinstance(reply["label_id"], bool), reply
 

@@ -359,8 +359,10 @@ async def test_refused_connections_leave_no_trace(app_server) -> None:  # type: 
 async def test_behind_a_router_a_client_cannot_pick_its_own_address(app_server) -> None:  # type: ignore[no-untyped-def]
     """With ``--forwarded-allow-ips '*'`` the client is the address the router appended (the last entry of
     the first X-Forwarded-For header): writing other entries, or a second header, does not get a client
-    past the per-address cap or the HTTP rate limit."""
-    live = app_server(forwarded_allow_ips="*", max_connections_per_client=1, submit_rate=0.01, submit_burst=1)
+    past the per-address cap or the HTTP rate limit (applied at once: the server counts as busy)."""
+    live = app_server(
+        forwarded_allow_ips="*", max_connections_per_client=1, submit_rate=0.01, submit_burst=1, busy_queue_share=0
+    )
     router = {"X-Forwarded-For": "203.0.113.9"}
     first, _ = await open_ws(live.ws_url, additional_headers=router)
     for headers in (

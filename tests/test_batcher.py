@@ -124,22 +124,93 @@ async def test_every_batch_is_calibrated_and_judged_by_the_rule_it_was_given(mak
     assert len(set(verdicts)) > 1, "these drawings should not all get the same verdict"
 
 
-async def test_batches_take_submits_before_snapshots(make_batcher, pausable_runtime) -> None:
-    batcher = await make_batcher(max_batch=2)
+def finishing_order(futures: dict[str, list[asyncio.Future]]) -> list[str]:  # type: ignore[type-arg]
+    """The names of the futures in the order they resolve (within a batch: the batch's own order)."""
+    finished: list[str] = []
+    for name, group in futures.items():
+        for future in group:
+            future.add_done_callback(lambda _, name=name: finished.append(name))
+    return finished
+
+
+def batches(finished: list[str], sizes: list[int]) -> list[list[str]]:
+    chunks, start = [], 0
+    for size in sizes:
+        chunks.append(finished[start : start + size])
+        start += size
+    return chunks
+
+
+async def test_snapshots_go_first_and_waiting_submits_keep_their_share(make_batcher, pausable_runtime) -> None:
+    """Eight people's snapshots and a script's eight submits wait together: every batch holds at least a
+    quarter of submits (one in four), the snapshots take the rest, and no snapshot waits behind the
+    script's backlog."""
+    batcher = await make_batcher(max_batch=4, submit_share=0.25, live_batch_ms=1e6)  # only the share under test
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0), Owner(), client="script")
+    await model_blocked(pausable_runtime)
+    script = Owner()
+    snapshots = [batcher.enqueue("snapshot", ink(i), Owner(), client=f"person-{i}") for i in range(8)]
+    submits = [batcher.enqueue("submit", ink(i), script, client="script") for i in range(8)]
+    finished = finishing_order({"snapshot": snapshots, "submit": submits})
+    pausable_runtime.resume()
+    await asyncio.gather(blocker, *snapshots, *submits)
+    taken = batches(finished, pausable_runtime.batch_sizes[2:])  # after the warm-up and the blocker
+    assert taken[:3] == [["snapshot"] * 3 + ["submit"]] * 2 + [["snapshot"] * 2 + ["submit"] * 2], taken
+    assert all(batch == ["submit"] * len(batch) for batch in taken[3:]), taken
+
+
+async def test_with_a_submit_share_of_one_submits_go_first(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=2, submit_share=1.0)
     pausable_runtime.pause()
     blocker = batcher.enqueue("submit", ink(0))
     await model_blocked(pausable_runtime)
-    finished: list[str] = []
-    owners = [Owner() for _ in range(4)]
-    snapshots = [batcher.enqueue("snapshot", ink(i), owner) for i, owner in enumerate(owners)]
+    snapshots = [batcher.enqueue("snapshot", ink(i), Owner()) for i in range(4)]
     submits = [batcher.enqueue("submit", ink(i)) for i in range(4)]
-    for name, futures in (("snapshot", snapshots), ("submit", submits)):
-        for future in futures:
-            future.add_done_callback(lambda _, name=name: finished.append(name))
+    finished = finishing_order({"snapshot": snapshots, "submit": submits})
     pausable_runtime.resume()
     await asyncio.gather(blocker, *snapshots, *submits)
     # The snapshots were queued first, yet every batch took the submits before them.
     assert finished == ["submit"] * 4 + ["snapshot"] * 4
+
+
+@pytest.mark.parametrize("drawing", [False, True])
+async def test_submits_fill_whole_batches_unless_people_are_drawing(make_batcher, pausable_runtime, drawing) -> None:
+    """Work conserving: a lone script gets full batches; while a snapshot has arrived within the last
+    second, submits fill batches only up to live_batch_ms of work (here so little that it is one image
+    beside the snapshot's batch), so a drawer's next frame waits behind less."""
+    batcher = await make_batcher(max_batch=16, live_batch_ms=0.0)
+    assert batcher.live_images == 1
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0), Owner(), client="script")
+    await model_blocked(pausable_runtime)
+    script = Owner()
+    live = [batcher.enqueue("snapshot", ink(1), Owner(), client="person")] if drawing else []
+    submits = [batcher.enqueue("submit", ink(i), script, client="script") for i in range(32)]
+    pausable_runtime.resume()
+    await asyncio.gather(blocker, *live, *submits)
+    expected = [2] + [1] * 31 if drawing else [16, 16]  # the snapshot and a submit, then one at a time
+    assert pausable_runtime.batch_sizes[2:] == expected  # after the warm-up and the blocker
+
+
+async def test_one_address_may_queue_only_its_share_of_the_submits(make_batcher, pausable_runtime) -> None:
+    batcher = await make_batcher(max_batch=1, max_pending_submits=8, max_pending_per_client=3)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0), Owner(), client="a")
+    await model_blocked(pausable_runtime)
+    taken = batcher.enqueue("submit", ink(1), Owner(), client="a")
+    await until(lambda: batcher.queued == (0, 0))
+    owner = Owner()
+    accepted = [batcher.enqueue("submit", ink(seed), owner, client="a") for seed in range(3)]
+    assert batcher.room("a") == 0 and batcher.room("b") == 3
+    refused = batcher.enqueue("submit", ink(4), owner, client="a")
+    other = batcher.enqueue("submit", ink(5), Owner(), client="b")
+    assert refused.done() and refused.result().failure == Failure.BUSY  # type: ignore[union-attr]
+    assert 0 < refused.result().retry_after <= 5.0  # type: ignore[union-attr]
+    assert not other.done()
+    pausable_runtime.resume()
+    outcomes = await asyncio.gather(blocker, taken, other, *accepted)
+    assert all(isinstance(outcome, Scored) for outcome in outcomes)
 
 
 async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_batcher, pausable_runtime) -> None:

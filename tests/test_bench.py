@@ -154,3 +154,29 @@ def test_the_server_needs_no_bench_extra_and_the_bench_names_it():
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "pip install 'livedigit[bench]'" in done.stderr
+
+
+def test_bench_script_mode_reports_the_ratios_of_one_run(pen_path, mnist_path, tmp_path):
+    """``--script``: the lone script on a default server and on one with the limits lifted, the drawers
+    alone and beside it, the model alone on the script's images, and the ratios of those figures."""
+    out = tmp_path / "bench.json"
+    code = cli.main(
+        [
+            "bench", "--script", "--clients", "3", "--duration", "2", "--warmup", "0.5", "--quiet",
+            "--script-images", "300", "--mnist", str(mnist_path), "--pen-digits", str(pen_path), "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    script = json.loads(out.read_text())["script"]
+    assert script["images"] == "mnist" and script["count"] == 300
+    for name in ("lone_default", "lone_lifted", "script_beside_drawers"):
+        run = script[name]
+        assert run["answered"] > 0 and set(run["outcomes"]) <= {"predicted", "empty"}, run
+        assert run["images_per_s"] == pytest.approx(run["answered"] / run["window_s"], rel=0.01)
+    for name in ("drawers_alone", "drawers_with_script"):
+        check_run(script[name], 3)
+    ratios = script["ratios"]
+    lone = script["lone_default"]["images_per_s"]
+    assert ratios["default_over_lifted"] == pytest.approx(lone / script["lone_lifted"]["images_per_s"], abs=1e-3)
+    assert ratios["default_over_ceiling"] == pytest.approx(lone / script["ceiling"]["ceiling_per_s"], abs=1e-3)
+    assert ratios["drawers_p99_alone_ms"] == script["drawers_alone"]["snapshots"]["latency_ms"]["p99"]

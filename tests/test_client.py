@@ -273,3 +273,86 @@ def test_livedigit_predict_entry_point(server, files):
     )
     assert done.returncode == 0, done.stderr
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == files["good"]
+
+
+async def test_predict_many_answers_in_order_with_each_images_own_error(server, model, pen_test, tmp_path):
+    """Rasters, strokes, a PNG path, a blank, an image the server refuses and one the client cannot
+    read, in one call: a result per image, in order, each what predict() gives that image alone."""
+    missing = tmp_path / "missing.png"
+    ink = [raster(digit.strokes) for digit in pen_test[:70]]
+    images: list = [
+        *ink[:3],
+        pen_test[5].strokes,
+        np.zeros((28, 28), np.uint8),
+        np.zeros((2, 2000), np.uint8),
+        missing,
+        png_bytes(ink[3]),
+        *ink[3:],
+    ]
+    async with LiveDigitClient(server.ws_url) as client:
+        results = await client.predict_many(images)
+        alone = [await client.predict(image) for image in images[:5]]
+    assert len(results) == len(images)
+    assert [type(result).__name__ for result in results[:8]] == [
+        "Prediction", "Prediction", "Prediction", "Prediction", "Empty", "ServerError", "ServerError", "Prediction",
+    ]  # fmt: skip
+    assert results[5].code == "bad_image" and "1024" in results[5].message
+    assert results[6].code == "unreadable"
+    for got, single in zip(results[:5], alone, strict=True):
+        assert type(got) is type(single) and getattr(got, "digit", None) == getattr(single, "digit", None)
+    for got, image in zip(results[8:], ink[3:], strict=True):
+        np.testing.assert_allclose(got.probabilities, expected(model, Pixels(image)), atol=1e-3)
+
+
+async def test_predict_many_stays_within_the_announced_limits_and_waits_when_refused(start_server):
+    """A server that lets one client queue only 5 images and counts every submit beyond 2 a second as
+    over its rate (busy_queue_share 0): the client packs 3-image messages (never more than 5 unanswered),
+    sends the refused ones again after the hinted wait, and every image gets its prediction in order."""
+    server = start_server(
+        "--max-pending-submits", "10", "--client-queue-share", "0.5", "--max-batch-items", "3",
+        "--busy-queue-share", "0", "--submit-rate", "20", "--submit-burst", "2",
+    )  # fmt: skip
+    digits = [np.rot90(raster(SEVEN), k % 2).copy() for k in range(12)]
+    async with LiveDigitClient(server.ws_url) as client:
+        started = asyncio.get_running_loop().time()
+        results = await client.predict_many(digits)
+        elapsed = asyncio.get_running_loop().time() - started
+    assert all(isinstance(result, Prediction) for result in results)
+    assert [result.digit for result in results] == [results[0].digit, results[1].digit] * 6
+    metrics = await asyncio.to_thread(scrape_metrics, server.http_url)
+    assert metrics.get('livedigit_errors_total{code="rate_limited"}', 0) > 0  # refused, then sent again
+    assert metrics.get('livedigit_errors_total{code="overloaded"}', 0) == 0  # never over its queue share
+    assert elapsed > (12 - 2) / 20 * 0.5  # the refused ones waited for the bucket
+
+
+def scrape_metrics(http_url: str) -> dict[str, float]:
+    from hardutil import scrape
+
+    return scrape(http_url)
+
+
+def test_predict_many_sync_and_progress_only_when_asked(server, capsys):
+    images = [raster(SEVEN)] * 5
+    with LiveDigit(server.ws_url) as client:
+        quiet = client.predict_many(images)
+        assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar
+        shown = client.predict_many(images, progress=True)
+    assert all(isinstance(result, Prediction) for result in quiet + shown)
+    assert "5/5" in capsys.readouterr().err
+
+
+def test_predict_command_on_a_folder_through_the_server(server, files, tmp_path, capsys):
+    folder = tmp_path / "digits"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "a.png").write_bytes(png_bytes(raster(SEVEN)))
+    (folder / "nested" / "b.npy").write_bytes(Path(files["good"][1]).read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    assert cli.main(["predict", "--json", "--url", server.ws_url, str(folder)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(folder / "a.png"), str(folder / "nested" / "b.npy")]
+    assert all(line["type"] == "prediction" for line in lines)
+    assert cli.main(["predict", str(tmp_path / "digits" / "nested" / "none")]) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["predict", str(empty)]) == 2
+    assert "no .png or .npy files" in capsys.readouterr().err

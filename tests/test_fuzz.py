@@ -61,6 +61,7 @@ MAX_PNG_BYTES = 16384
 MAX_STROKES = 16
 MAX_POINTS = 512
 MAX_BAD = 32
+MAX_BATCH_ITEMS = 64
 MAX_MESSAGE_BYTES = 262144
 TIMEOUT = 30.0
 
@@ -557,7 +558,7 @@ def label_expectation(message: dict[str, Any], image_verdict: str) -> frozenset[
 
 KNOWN_FIELDS = frozenset(
     {"type", "id", "pixels", "strokes", "png", "image", "surface", "preview", "digit", "writer", "key", "submit_id"}
-    | {"predicted", "probabilities", "verdict"}
+    | {"predicted", "probabilities", "verdict", "items"}
 )
 
 writer_ids = st.from_regex(WORD, fullmatch=True)
@@ -702,10 +703,13 @@ def binary_frames(draw: st.DrawFn) -> Frame:
     count = max(0, count)
     pixels = draw(st.binary(min_size=count, max_size=count)) if count <= 4096 else bytes(count)
     frame = HEADER.pack(version, kind, flags, reserved, message_id, width, height) + pixels
-    if version != 1 or kind not in (1, 2):
+    if version != 1 or kind not in (1, 2, 3):
         allowed = {"error:bad_json"}
     elif width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE:
         allowed = {"error:bad_image"}
+    elif kind == 3:  # a batch: one or more whole rasters of the header's size
+        rasters, left = divmod(len(pixels), needed)
+        allowed = {"batch"} if not left and 1 <= rasters <= MAX_BATCH_ITEMS else {"error:bad_json"}
     elif len(pixels) != needed:
         allowed = {"error:bad_json"}
     else:
@@ -799,6 +803,11 @@ class Fuzzer:
                 frame.expected_id,
                 frame.payload[:300],
             )
+            if reply["type"] == "batch":  # rasters of a binary batch: each answered, none of them invalid
+                assert len(reply["results"]) == (len(frame.payload) - 12) // (
+                    frame.payload[8] << 8 | frame.payload[9]
+                ) // (frame.payload[10] << 8 | frame.payload[11]), reply
+                assert {result["type"] for result in reply["results"]} <= ANSWERS, reply
             if reply["type"] == "stored":
                 assert json.loads(frame.payload)["type"] == "label"
             if reply["type"] in ("prediction", "empty"):
@@ -809,7 +818,7 @@ class Fuzzer:
                 )
             if tag in INVALID:
                 self.bad_in_a_row += 1
-            elif reply["type"] in ("prediction", "empty", "pong", "stored"):
+            elif reply["type"] in ("prediction", "empty", "pong", "stored", "batch"):
                 self.bad_in_a_row = 0
         if self.bad_in_a_row >= MAX_BAD:
             self._expect_policy_close(ws)

@@ -134,14 +134,75 @@ def test_errors_echo_a_valid_id_and_not_an_invalid_one() -> None:
     [
         (b"\x01\x01", None),
         (frame(1, 3, np.zeros((2, 2), np.uint8), version=2), 3),
-        (frame(3, 4, np.zeros((2, 2), np.uint8)), 4),
+        (frame(4, 4, np.zeros((2, 2), np.uint8)), 4),
         (frame(1, 5, np.zeros((2, 2), np.uint8))[:-1], 5),
+        (frame(3, 6, np.zeros((2, 2), np.uint8))[:-1], 6),
+        (frame(3, 7, np.zeros((2, 2), np.uint8))[:12], 7),
     ],
 )
 def test_malformed_binary_frames_are_bad_json(data: bytes, message_id: int | None) -> None:
     with pytest.raises(ProtocolError) as caught:
         protocol.parse_binary(data, LIMITS)
     assert caught.value.code == ErrorCode.BAD_JSON and caught.value.id == message_id
+
+
+def test_a_binary_batch_is_its_rasters_in_order() -> None:
+    rasters = np.stack([np.full((3, 2), value, np.uint8) for value in (10, 20, 30)])
+    header = struct.pack(">BBBBIHH", 1, 3, 0, 0, 9, 2, 3)
+    request = protocol.parse_binary(header[:2] + b"\x01" + header[3:] + rasters.tobytes(), LIMITS, max_items=3)
+    assert request.kind == "batch" and request.id == 9 and request.final
+    assert [item.kind for item in request.items] == ["submit"] * 3  # type: ignore[union-attr]
+    assert all(item.preview for item in request.items)  # type: ignore[union-attr]
+    got = [item.image.array for item in request.items]  # type: ignore[union-attr]
+    np.testing.assert_array_equal(np.stack(got), rasters)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_binary(header + rasters.tobytes(), LIMITS, max_items=2)
+    assert caught.value.code == ErrorCode.BAD_JSON and "1 to 2 rasters" in caught.value.message
+
+
+def test_a_batch_holds_its_items_in_order_each_valid_or_its_own_error() -> None:
+    raster = base64.b64encode(bytes(6)).decode()
+    request = parse(
+        {
+            "type": "batch",
+            "id": "b",
+            "items": [
+                {"strokes": ONE, "preview": True},
+                {"pixels": {"width": 65, "height": 1, "data": ""}},
+                {"pixels": {"width": 3, "height": 2, "data": raster}},
+                {"strokes": "no"},
+                7,
+                {},
+            ],
+        }
+    )
+    assert request.kind == "batch" and request.id == "b" and request.final
+    first, side, pixels, strokes, number, empty = request.items
+    assert isinstance(first, protocol.Request) and isinstance(first.image, Strokes) and first.preview
+    assert isinstance(pixels, protocol.Request) and isinstance(pixels.image, Pixels) and first.id is None
+    assert isinstance(side, ProtocolError) and side.code == ErrorCode.BAD_IMAGE and "65x1" in side.message
+    assert isinstance(strokes, ProtocolError) and strokes.code == ErrorCode.BAD_MESSAGE
+    assert strokes.message.startswith("strokes:")
+    assert isinstance(number, ProtocolError) and number.code == ErrorCode.BAD_MESSAGE
+    assert isinstance(empty, ProtocolError) and "exactly one of" in empty.message
+    body = protocol.parse_body(json.dumps({"items": [{"strokes": ONE}]}).encode(), LIMITS)
+    assert body.kind == "batch" and body.id is None and len(body.items) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"type": "batch", "id": 1}, "needs items"),
+        ({"type": "batch", "id": 1, "items": []}, "needs items"),
+        ({"type": "batch", "id": 1, "items": {"strokes": ONE}}, "items:"),
+        ({"type": "batch", "id": 1, "items": [{"strokes": ONE}] * 4}, "4 items; the limit is 3"),
+    ],
+)
+def test_a_malformed_batch_is_one_bad_message(message: dict, expected: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_text(json.dumps(message), LIMITS, max_items=3)
+    assert caught.value.code == ErrorCode.BAD_MESSAGE and caught.value.id == 1
+    assert expected in caught.value.message
 
 
 def test_binary_frame_over_the_side_limit_is_bad_image() -> None:

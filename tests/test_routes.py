@@ -268,7 +268,8 @@ def test_the_body_is_json_whatever_its_content_type_and_unknown_fields_are_ignor
 
 
 def test_predictions_over_the_rate_are_429_with_when_to_retry() -> None:
-    with TestClient(create_app(Settings(submit_rate=0.5, submit_burst=2)), base_url=BASE_URL) as client:
+    busy = Settings(submit_rate=0.5, submit_burst=2, busy_queue_share=0)  # the rate applies at once, as when busy
+    with TestClient(create_app(busy), base_url=BASE_URL) as client:
         answers = [predict(client, {"strokes": ONE}) for _ in range(3)]
     assert [response.status_code for response in answers] == [200, 200, 429]
     refused = answers[2]

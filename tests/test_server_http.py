@@ -136,8 +136,9 @@ def test_rest_empty_and_error_replies(app_server) -> None:  # type: ignore[no-un
 
 def test_rest_submit_queue_full_is_503(app_server) -> None:  # type: ignore[no-untyped-def]
     live = app_server(max_pending_submits=0)
-    status, _, reply = http_json(live.http_url + "/api/predict", {"strokes": ONE})
+    status, headers, reply = http_json(live.http_url + "/api/predict", {"strokes": ONE})
     assert status == 503 and reply["code"] == "overloaded"
+    assert 1 <= reply["retry_after_ms"] <= 5000 and int(headers["retry-after"]) >= 1
 
 
 async def test_websocket_submit_queue_full_is_overloaded(app_server) -> None:  # type: ignore[no-untyped-def]
@@ -147,6 +148,7 @@ async def test_websocket_submit_queue_full_is_overloaded(app_server) -> None:  #
         refused = await ask(ws, {"type": "submit", "id": 1, "strokes": ONE})
         snapshot = await ask(ws, {"type": "snapshot", "id": 2, "strokes": ONE})
     assert refused["type"] == "error" and refused["code"] == "overloaded" and refused["id"] == 1
+    assert 1 <= refused["retry_after_ms"] <= 5000
     assert snapshot["type"] == "prediction"
 
 

@@ -24,16 +24,32 @@ async def test_snapshots_over_the_rate_are_dropped_rate_limited(app_server) -> N
     assert submit["type"] == "prediction"
 
 
-async def test_submits_over_the_rate_get_an_error(app_server) -> None:  # type: ignore[no-untyped-def]
-    live = app_server(submit_rate=0.5, submit_burst=2)
-    ws, _ = await open_ws(live.ws_url)
+async def test_submits_over_the_rate_of_a_busy_server_get_an_error_with_a_retry_hint(app_server) -> None:  # type: ignore[no-untyped-def]
+    live = app_server(submit_rate=0.5, submit_burst=2, busy_queue_share=0)
+    ws, hello = await open_ws(live.ws_url)
     async with ws:
+        assert hello["limits"]["busy_submits"] == 0
         for index in range(4):
             await ws.send(json.dumps({"type": "submit", "id": index, "strokes": SEVEN}))
         answers = await replies(ws, 4)
         assert await ask(ws, {"type": "ping", "id": "p"}) == {"type": "pong", "id": "p"}
     assert [a["type"] for a in answers] == ["prediction", "prediction", "error", "error"]
     assert {a.get("code") for a in answers[2:]} == {"rate_limited"}
+    # The bucket refills one token every 2 s: the hint says when the next submit will be accepted.
+    assert all(1000 < a["retry_after_ms"] <= 2000 for a in answers[2:]), answers
+
+
+async def test_a_server_with_spare_capacity_does_not_pace_a_lone_script(app_server) -> None:  # type: ignore[no-untyped-def]
+    """The submit rate is an abuse guard for a busy server: while fewer than busy_submits wait, a
+    script's submits beyond its bucket are all accepted."""
+    live = app_server(submit_rate=0.5, submit_burst=2)
+    ws, hello = await open_ws(live.ws_url)
+    async with ws:
+        assert hello["limits"]["busy_submits"] > hello["limits"]["max_pending_submits_per_client"]
+        for index in range(12):
+            await ws.send(json.dumps({"type": "submit", "id": index, "strokes": SEVEN}))
+        answers = await replies(ws, 12)
+    assert [a["type"] for a in answers] == ["prediction"] * 12
 
 
 async def test_too_many_bad_messages_in_a_row_close_with_1008(app_server) -> None:  # type: ignore[no-untyped-def]
@@ -157,9 +173,10 @@ def test_http_body_over_the_limit_is_413(app_server) -> None:  # type: ignore[no
     assert status == 413 and body["type"] == "error" and "1000 bytes" in body["message"]
 
 
-def test_http_predictions_over_the_rate_are_429(app_server) -> None:  # type: ignore[no-untyped-def]
-    live = app_server(submit_rate=0.5, submit_burst=2)
+def test_http_predictions_over_the_rate_of_a_busy_server_are_429(app_server) -> None:  # type: ignore[no-untyped-def]
+    live = app_server(submit_rate=0.5, submit_burst=2, busy_queue_share=0)
     statuses = [http_json(live.http_url + "/api/predict", {"strokes": ONE})[0] for _ in range(3)]
-    status, _, body = http_json(live.http_url + "/api/predict", {"strokes": ONE})
+    status, headers, body = http_json(live.http_url + "/api/predict", {"strokes": ONE})
     assert statuses == [200, 200, 429]
     assert status == 429 and body["code"] == "rate_limited" and body["id"] is None
+    assert 0 < body["retry_after_ms"] <= 2000 and headers["retry-after"] in ("1", "2")

@@ -13,8 +13,8 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.bench.workload import Strokes, drawing
 from livedigit.config import DEFAULT_MODEL, Settings
+from livedigit.preprocess import Image, preprocess
 from livedigit.preprocess import Strokes as StrokesImage
-from livedigit.preprocess import preprocess
 from livedigit.runtime import Runtime, load_runtime
 
 REFERENCE_FRAMES = 100
@@ -38,12 +38,20 @@ def model_ceiling(
     This is the most any server could deliver on one core with the same model: no sockets, no JSON, no
     scheduling, and batches always full.
     """
-    limits = Settings().limits
     frames = [frame for digit in digits[:400] for frame in drawing(digit, points).frames]
+    return image_ceiling([StrokesImage(frame) for frame in frames], model, runtime_kind, threads, max_batch, budget_s)
+
+
+def image_ceiling(
+    images: list[Image], model: str, runtime_kind: str, threads: int, max_batch: int, budget_s: float = 4.0
+) -> dict[str, Any]:
+    """Samples/s of preprocess + runtime (and of the runtime alone) on ``images`` in this process: see
+    :func:`model_ceiling`, of which this is the part that does not depend on what the images are."""
+    limits = Settings().limits
     tensors = []
     started = time.perf_counter()
-    for frame in frames:
-        tensor = preprocess(StrokesImage(frame), limits)
+    for frame in images:
+        tensor = preprocess(frame, limits)
         if tensor is not None:
             tensors.append(tensor)
         if time.perf_counter() - started > budget_s:

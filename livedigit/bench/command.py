@@ -20,7 +20,8 @@ of the drawing so far every 1/--rate seconds, then a submit. Prints throughput, 
 dropped snapshots, errors, batch sizes, server CPU and memory and the accuracy of the submits; --json
 writes them to a file. Without --url the bench starts a server on a free loopback port. --ceiling,
 --unbatched and --http add reference points; --sweep finds the number of clients at which p99 live
-latency passes --knee-ms, with batching on and off.
+latency passes --knee-ms, with batching on and off; --script measures a script classifying images at
+full speed, alone and beside the drawing clients.
 """
 
 
@@ -85,6 +86,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="(c) the same clients over POST /api/predict, one request at a time per client",
     )
     refs.add_argument("--references", action="store_true", help="all three reference points")
+    script = parser.add_argument_group("a script at full speed (--script)")
+    script.add_argument(
+        "--script",
+        action="store_true",
+        help="instead of the runs above: (a) one script classifying images as fast as it can (pipelined "
+        "batches) on a server with the default settings, on one with every per-client limit lifted, and "
+        "the model alone on the same images; (b) --clients people drawing at --rate, alone and with the "
+        "script beside them. Each for --duration seconds",
+    )
+    script.add_argument(
+        "--script-images", type=int, default=2000, help="MNIST test digits the script cycles through (default 2000)"
+    )
+    script.add_argument(
+        "--mnist",
+        default=str(pendigits.DEFAULT_PATH.parent / "mnist.npz"),
+        help="mnist.npz for the script (default: ../shared/data/mnist.npz; without it the script sends the "
+        "pen digits' finished drawings)",
+    )
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument(
         "--sweep", action="store_true", help="find the knee: more clients per step, with batching on and off"

@@ -7,19 +7,22 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from livedigit import pendigits
-from livedigit.bench.ceiling import model_ceiling
+from livedigit.bench.ceiling import image_ceiling, model_ceiling
 from livedigit.bench.measure import Target, run_load
 from livedigit.bench.report import format_report
 from livedigit.bench.resources import machine
+from livedigit.bench.script import LIFTED, ratios, script_images, script_process, summary
 from livedigit.bench.served import ServerProcess, server_for
 from livedigit.bench.workload import Workload
-from livedigit.client import websocket_url
+from livedigit.client import as_image, websocket_url
 from livedigit.config import DEFAULT_MODEL
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -57,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             if args.sweep:
                 report["sweep"] = runner.run(_sweep(args, digits))
+            elif args.script:
+                report["script"] = runner.run(_script(args, digits))
             else:
                 runner.run(_runs(args, digits, report))
     except RuntimeError as exc:
@@ -90,8 +95,12 @@ def _check(args: argparse.Namespace) -> str | None:
         host = urlsplit(websocket_url(args.url)).hostname
         if host not in LOOPBACK:
             return f"--url must be a loopback address (127.0.0.1), not {host}"
-        if args.unbatched or args.references or args.sweep:
-            return "--unbatched, --references and --sweep start their own servers; drop --url"
+        if args.unbatched or args.references or args.sweep or args.script:
+            return "--unbatched, --references, --sweep and --script start their own servers; drop --url"
+    if args.script and args.sweep:
+        return "--script and --sweep are separate measurements; pick one"
+    if args.script_images < 1:
+        return "--script-images must be positive"
     unknown = {part.strip() for part in args.sweep_modes.split(",") if part.strip()} - set(SWEEP_MODES)
     if unknown:
         return f"unknown --sweep-modes {', '.join(sorted(unknown))}; use {', '.join(SWEEP_MODES)}"
@@ -152,6 +161,63 @@ async def _runs(args: argparse.Namespace, digits: list[pendigits.PenDigit], repo
             report["runs"].append(
                 await run_load(_target(server), workload, digits, "websocket", "unbatched", args.quiet)
             )
+
+
+async def _script(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> dict[str, Any]:
+    """The figures of ``--script`` (see :mod:`livedigit.bench.script`): the lone script on a server with
+    the default settings, the drawers alone and with the script beside them on the same server, the lone
+    script on a server with every per-client limit lifted, and the model alone on the script's images."""
+    kind, images = script_images(args.mnist, args.script_images, [digit.strokes for digit in digits])
+    _say(args, f"the script classifies {len(images)} {kind} images; measuring the model alone on them")
+    result: dict[str, Any] = {
+        "images": kind,
+        "count": len(images),
+        "ceiling": image_ceiling(
+            [as_image(image) for image in images],
+            args.model or str(DEFAULT_MODEL),
+            args.runtime or "litert",
+            args.threads or 1,
+            args.max_batch or 64,
+        ),
+    }
+    workload = _workload(args)
+    # Default settings, but for the cap on connections per address: the bench's people share one.
+    shared = ["--log-level", "warning", "--max-connections-per-client", str(workload.clients + 16)]
+    with tempfile.TemporaryDirectory(prefix="livedigit-bench-") as logs:
+        with ServerProcess([*shared, *_server_flags(args)]).start(Path(logs)) as server:
+            _say(args, f"(a) the script alone on {server.http_url} with the default settings")
+            result["lone_default"] = await _lone_script(server, args)
+            _say(args, f"(b) {workload.clients} people drawing, alone")
+            result["drawers_alone"] = await run_load(
+                _target(server), workload, digits, "websocket", "drawers", args.quiet
+            )
+            _say(args, f"(b) {workload.clients} people drawing, with the script beside them")
+            stop = asyncio.Event()
+            script = asyncio.ensure_future(_script_process(server, args, stop))
+            result["drawers_with_script"] = await run_load(
+                _target(server), workload, digits, "websocket", "drawers+script", args.quiet
+            )
+            stop.set()
+            result["script_beside_drawers"] = summary(await script, *result["drawers_with_script"]["window_monotonic"])
+        with ServerProcess([*shared, *LIFTED, *_server_flags(args)]).start(Path(logs)) as server:
+            _say(args, "(a) the script alone with every per-client limit lifted")
+            result["lone_lifted"] = await _lone_script(server, args)
+    result["ratios"] = ratios(result)
+    return result
+
+
+async def _lone_script(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """The script alone for --duration seconds, after --warmup (and the second its process takes to start)."""
+    start = time.monotonic() + 1.0 + args.warmup
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(start + args.duration - time.monotonic(), stop.set)
+    return summary(await _script_process(server, args, stop), start, start + args.duration)
+
+
+async def _script_process(
+    server: ServerProcess, args: argparse.Namespace, stop: asyncio.Event
+) -> list[tuple[float, str]]:
+    return await script_process(server.ws_url, args.mnist, args.script_images, args.pen_digits, args.timeout, stop)
 
 
 async def _sweep(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> dict[str, Any]:

@@ -94,6 +94,7 @@ async def run_load(
         "rate_per_client": workload.rate,
         "points_per_snapshot": workload.points,
         "window_s": round(window, 2),
+        "window_monotonic": [start, start + window],
         "snapshots": snapshots,
         "submits": submits,
         "predictions_per_s": round((recorder.snapshots.answered + recorder.submits.answered) / max(window, 1e-9), 1),

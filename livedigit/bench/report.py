@@ -28,6 +28,8 @@ def format_report(report: dict[str, Any]) -> str:
         ]
     if report.get("runs"):
         lines += _runs_table(report["runs"], ceiling)
+    if report.get("script"):
+        lines += _script(report["script"])
     sweep = report.get("sweep")
     if sweep:
         for mode, data in sweep["modes"].items():
@@ -41,6 +43,32 @@ def format_report(report: dict[str, Any]) -> str:
             bound = " (at least; batching never reached the knee)" if sweep["ratio_is_lower_bound"] else ""
             lines.append(f"knee ratio batched/unbatched: {sweep['ratio']}{bound}")
     return "\n".join(lines)
+
+
+def _script(script: dict[str, Any]) -> list[str]:
+    """The figures of ``--script``: throughputs, the drawers' runs, and the ratios between them."""
+    ceiling, ratio = script["ceiling"], script["ratios"]
+    lone, lifted, beside = script["lone_default"], script["lone_lifted"], script["script_beside_drawers"]
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    return [
+        f"a script classifying {script['count']} {script['images']} images, over and over:",
+        f"  model alone (preprocess+runtime, this process)  {ceiling['ceiling_per_s']:>8.0f} /s",
+        f"  script alone, default settings                   {lone['images_per_s']:>8.0f} /s  {lone['outcomes']}",
+        f"  script alone, per-client limits lifted           {lifted['images_per_s']:>8.0f} /s  {lifted['outcomes']}",
+        f"  script beside the drawers                        {beside['images_per_s']:>8.0f} /s  {beside['outcomes']}",
+        "",
+        *_runs_table([script["drawers_alone"], script["drawers_with_script"]], None),
+        "",
+        f"  default / lifted: {share(ratio['default_over_lifted'])};"
+        f" default / model alone: {share(ratio['default_over_ceiling'])}",
+        f"  drawers' p99: {ratio['drawers_p99_alone_ms']} ms alone, {ratio['drawers_p99_with_script_ms']} ms with"
+        f" the script (+{ratio['drawers_p99_added_ms']} ms)",
+        f"  script beside the drawers / (script alone - drawers' predictions/s):"
+        f" {share(ratio['script_over_capacity_left'])}; / script alone: {share(ratio['script_over_lone'])}",
+    ]
 
 
 def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> list[str]:
