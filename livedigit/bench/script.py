@@ -41,6 +41,7 @@ LIFTED = [
     "--submit-rate", "0",
     "--snapshot-rate", "0",
     "--message-rate", "0",
+    "--address-byte-rate", "0",
     "--client-queue-share", "1",
     "--max-pending-submits", "100000",
     "--max-connections-per-client", "100000",
