@@ -174,6 +174,7 @@ async def test_connecting_to_nothing_raises_connection_closed(start_server):
     assert refused.value.code is None and "cannot connect" in str(refused.value)
 
 
+@pytest.mark.slow
 async def test_reconnect_survives_a_server_restart(start_server):
     server = start_server()
     client = LiveDigitClient(server.ws_url, reconnect=True, retries=40, backoff=0.1, max_backoff=1.0)

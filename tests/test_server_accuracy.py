@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from wsutil import open_ws, replies
 
 from livedigit.config import DEFAULT_MODEL
@@ -15,6 +16,7 @@ from livedigit.verdict import card_rule
 SAMPLE = 300
 
 
+@pytest.mark.slow
 async def test_pen_digits_over_the_websocket_match_offline_predictions(  # type: ignore[no-untyped-def]
     app_server, pen_test, model_runtime
 ) -> None:

@@ -92,6 +92,7 @@ def labelled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     assert "Traceback" not in server.log(), server.tail()
 
 
+@pytest.mark.slow
 async def test_a_label_is_stored_once_committed_and_exported_as_sent(labelled: Labelled) -> None:
     server = labelled.server
     me = writer()
@@ -245,6 +246,7 @@ async def test_every_malformed_label_gets_its_documented_error_and_the_connectio
     assert [label_id(row) for row in rows_of(labelled.export(), me)] == [good["label_id"]]
 
 
+@pytest.mark.slow
 async def test_a_slow_database_holds_back_only_the_replies_behind_the_label(labelled: Labelled) -> None:
     """While another client holds the write lock, a label waits its ``--label-timeout`` and is answered
     ``unavailable``; the same connection's later submit is answered after it (in order), and another
@@ -324,6 +326,7 @@ async def test_a_database_out_of_reach_refuses_labels_but_not_predictions(start_
     assert "labels database" in server.log() and "Traceback" not in server.log()
 
 
+@pytest.mark.slow
 def test_serve_on_heroku_without_a_database_url_warns_at_start(start_server) -> None:  # type: ignore[no-untyped-def]
     on_heroku = start_server(env={"DYNO": "web.1"})
     warnings = [line for line in on_heroku.log().splitlines() if "without DATABASE_URL" in line]
