@@ -13,6 +13,19 @@ width; MNIST's training digits, minus the last 5,000, are used as they are (see 
 are measured as ``extra_pen_test``. On-the-fly augmentation adds small rotations, shears, zooms, shifts
 and thicker or thinner ink.
 
+Three additions teach what a person drawing on the page needs, beyond whole digits:
+
+* **Prefixes** (``--prefix-cuts``): each pen-digits training digit cut after a share of its points, as
+  the page sends it while the pen moves, carrying the final label at ``--prefix-weight``. A live
+  snapshot is a partial drawing; a network that never saw one reads a half-drawn 4 as a 6.
+* **Negatives** (``--negative-seeds``): drawings that are not digits (``train/negatives.py``, the
+  ``fit`` half's fonts and shapes with other jitter seeds; the held-out fonts are never used), with the
+  uniform distribution over the ten digits as their target, so the model spreads its belief on them and
+  the verdict rule can call them ``not_a_digit``.
+* **Distillation** (``--teacher``): the whole digits' target is mixed with a trained model's softened
+  probabilities (``--teacher-share`` of it, at ``--teacher-temperature``), computed once on the
+  un-augmented images; a small network learns more from a teacher's graded beliefs than from labels.
+
 After training, the verdict rule is fitted on the validation digits and the fitting negatives
 (``train/calibrate.py``), and every figure of the card is measured through the serving path
 (``train/evaluate.py``); the test splits (MNIST test, the 14 pen-digits test writers) only measure.
@@ -38,7 +51,7 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.preprocess import SIZE, STROKE_WIDTH, Pixels, preprocess, render_strokes
 from livedigit.runtime import load_runtime
-from train import calibrate, evaluate
+from train import calibrate, evaluate, negatives
 from train.data import MNIST_VALIDATION, load_mnist, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +71,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="more digits in the pen-digits layout, e.g. from 'livedigit labels export' (repeatable)",
     )
     parser.add_argument("--pen-copies", type=int, default=4, help="augmented renderings per pen-digits train digit")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="separable", help="network (see build_model)")
+    parser.add_argument(
+        "--prefix-cuts",
+        default="0.4,0.55,0.7,0.85",
+        help="shares of its points each pen-digits train digit is also cut at (comma-separated; '' for none)",
+    )
+    parser.add_argument("--prefix-weight", type=float, default=0.5, help="loss weight of a cut digit")
+    parser.add_argument(
+        "--negative-seeds", type=int, default=4, help="copies of the fitting negatives, each with its own jitter"
+    )
+    parser.add_argument("--negative-weight", type=float, default=0.5, help="loss weight of a negative")
+    parser.add_argument("--teacher", default=None, help="model base path (.tflite) whose beliefs are distilled")
+    parser.add_argument("--teacher-share", type=float, default=0.5, help="share of the target the teacher sets")
+    parser.add_argument("--teacher-temperature", type=float, default=2.0, help="softening of the teacher's beliefs")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
@@ -112,13 +139,61 @@ def render_pen(
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def build_model():  # type: ignore[no-untyped-def]
-    """A small CNN: full resolution only for the cheap first layer; the capacity sits at 14x14 and 7x7."""
+def render_prefixes(
+    digits: list[pendigits.PenDigit], cuts: list[float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each stroke-drawn digit cut after each share in ``cuts`` of its points (as the page sends a drawing
+    while the pen moves), rendered with a random pen width; the final label. Cuts that are empty or a dot
+    are left out, as the server answers ``empty`` for them."""
+    images, labels = [], []
+    for digit in digits:
+        if digit.pixels is not None:
+            continue
+        total = sum(len(stroke) for stroke in digit.strokes)
+        for cut in cuts:
+            strokes = pendigits.prefix(digit.strokes, math.ceil(cut * total))
+            image = render_strokes(strokes, pendigits.SURFACE, width=STROKE_WIDTH * rng.uniform(0.8, 1.25))
+            if image is not None:
+                images.append(image)
+                labels.append(digit.label)
+    if not images:
+        return np.zeros((0, SIZE, SIZE), np.float32), np.zeros(0, np.int64)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def make_negatives(seeds: int) -> np.ndarray:
+    """The fitting half of ``train/negatives.py`` made with jitter seeds 1..``seeds`` (seed 0 is what the
+    verdict rule is fitted on), preprocessed as the server would."""
+    found = []
+    for seed in range(1, seeds + 1):
+        for negative in negatives.negatives("fit", seed=seed):
+            image = preprocess(negative.image)
+            if image is not None:
+                found.append(image)
+    return np.stack(found) if found else np.zeros((0, SIZE, SIZE), np.float32)
+
+
+ARCHITECTURES = ("separable", "cnn")
+
+
+def build_model(arch: str = "separable"):  # type: ignore[no-untyped-def]
+    """A small CNN: full resolution only for the cheap first layer; the capacity sits at 14x14 and 7x7.
+
+    ``cnn`` uses full 3x3 convolutions there (14.8 M multiply-adds); ``separable`` replaces each with a
+    3x3 depthwise and a 1x1 pointwise convolution (3.1 M), the same receptive field at a fifth of the
+    work, which is what a server running every live snapshot of every person pays for.
+    """
     import keras
     from keras import layers
 
     def conv(x, filters):  # type: ignore[no-untyped-def]
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        if arch == "separable" and x.shape[-1] > 1:
+            x = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+            x = layers.Conv2D(filters, 1, use_bias=False)(x)
+        else:
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         return layers.ReLU()(x)
 
@@ -129,6 +204,8 @@ def build_model():  # type: ignore[no-untyped-def]
     x = conv(x, 64)
     x = layers.MaxPooling2D()(x)
     x = conv(x, 128)
+    if arch == "separable":
+        x = conv(x, 128)
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.3)(x)
@@ -137,7 +214,7 @@ def build_model():  # type: ignore[no-untyped-def]
     x = layers.ReLU()(x)
     x = layers.Dropout(0.3)(x)
     outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="livedigit_cnn")
+    return keras.Model(inputs, outputs, name=f"livedigit_{arch}")
 
 
 def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
@@ -145,7 +222,11 @@ def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
     total = 0
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind == "Conv2D":
+        if kind == "DepthwiseConv2D":
+            _, height, width, channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += height * width * kh * kw * channels
+        elif kind == "Conv2D":
             _, height, width, out_channels = layer.output.shape
             kh, kw = layer.kernel_size
             total += height * width * kh * kw * layer.input.shape[-1] * out_channels
@@ -230,27 +311,57 @@ def main(argv: list[str] | None = None) -> int:
         extra_test += test_part
 
     print(f"normalizing {len(x_train)} MNIST images ...", flush=True)
-    train_images, train_labels = normalize_all(x_train), y_train.astype(np.int64)
+    mnist_images = normalize_all(x_train)
     count = len(pen_train) + len(extra_train)
     print(f"rendering {count} pen-digits train drawings x{args.pen_copies + 1} ...", flush=True)
     pen_images, pen_labels = render_pen(pen_train + extra_train, args.pen_copies, rng)
-    train_images = np.concatenate([train_images, pen_images])
-    train_labels = np.concatenate([train_labels, pen_labels])
+    whole_images = np.concatenate([mnist_images, pen_images])
+    whole_labels = np.concatenate([y_train.astype(np.int64), pen_labels])
+    whole_targets = np.eye(10, dtype=np.float32)[whole_labels]
+    if args.teacher:
+        print(f"distilling {args.teacher} on {len(whole_images)} whole digits ...", flush=True)
+        teacher = load_runtime(Path(args.teacher).with_suffix(".tflite"), "litert")
+        beliefs = np.concatenate(
+            [teacher.predict(whole_images[start : start + 1024]) for start in range(0, len(whole_images), 1024)]
+        )
+        softened = np.exp(np.log(np.clip(beliefs, 1e-12, 1.0)) / args.teacher_temperature)
+        softened /= softened.sum(axis=1, keepdims=True)
+        whole_targets = (1 - args.teacher_share) * whole_targets + args.teacher_share * softened.astype(np.float32)
+    cuts = [float(cut) for cut in args.prefix_cuts.split(",") if cut.strip()]
+    print(f"rendering the pen-digits train drawings cut at {cuts} ...", flush=True)
+    prefix_images, prefix_labels = render_prefixes(pen_train + extra_train, cuts, rng)
+    print(f"making {args.negative_seeds} x the fitting negatives ...", flush=True)
+    negative_images = make_negatives(0 if args.quick else args.negative_seeds)
+    train_images = np.concatenate([whole_images, prefix_images, negative_images])
+    train_targets = np.concatenate(
+        [
+            whole_targets,
+            np.eye(10, dtype=np.float32)[prefix_labels],
+            np.full((len(negative_images), 10), 0.1, dtype=np.float32),
+        ]
+    )
+    train_weights = np.concatenate(
+        [
+            np.ones(len(whole_images), np.float32),
+            np.full(len(prefix_images), args.prefix_weight, np.float32),
+            np.full(len(negative_images), args.negative_weight, np.float32),
+        ]
+    )
     trained_at = time.time()
 
     steps = math.ceil(len(train_images) / args.batch_size)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((train_images[..., None], train_labels))
+        tf.data.Dataset.from_tensor_slices((train_images[..., None], train_targets, train_weights))
         .shuffle(len(train_images), seed=args.seed, reshuffle_each_iteration=True)
         .batch(args.batch_size)
         .enumerate()
         .map(
-            lambda i, batch: (augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003), batch[1]),
+            lambda i, batch: (augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003), batch[1], batch[2]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .prefetch(tf.data.AUTOTUNE)
     )
-    model = build_model()
+    model = build_model(args.arch)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=steps * args.epochs - steps // 2 if args.epochs > 1 else steps,
@@ -259,16 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, use_ema=True, ema_momentum=0.999),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss="categorical_crossentropy",
     )
-    print(f"training on {len(train_images)} images for {args.epochs} epochs", flush=True)
+    print(
+        f"training on {len(train_images)} images ({len(whole_images)} whole digits, {len(prefix_images)} cut, "
+        f"{len(negative_images)} negatives) for {args.epochs} epochs",
+        flush=True,
+    )
     model.fit(dataset, epochs=args.epochs, verbose=2 if not sys.stdout.isatty() else 1)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keras_path, tflite_path, card_path = (out / f"{args.name}{ext}" for ext in (".keras", ".tflite", ".json"))
-    model.compile(loss="sparse_categorical_crossentropy")  # drops the optimizer state from the archive
+    model.compile(loss="categorical_crossentropy")  # drops the optimizer state from the archive
     model.save(keras_path)
     with tempfile.TemporaryDirectory() as saved_model:
         model.export(saved_model, format="tf_saved_model", verbose=False)
@@ -299,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"pen_digits train split minus its {pendigits.VALIDATION_WRITERS} validation writers "
                 f"({len(pen_train)} digits, {len({d.writer for d in pen_train})} writers) "
                 f"x{args.pen_copies + 1} renderings",
+                f"the same pen digits cut at {cuts} of their points ({len(prefix_images)}, weight "
+                f"{args.prefix_weight})",
+                f"negatives: the fitting half of train/negatives.py with jitter seeds 1-{args.negative_seeds} "
+                f"({len(negative_images)}, uniform target, weight {args.negative_weight})",
             ]
             + (
                 [
@@ -310,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
                 else []
             ),
             "samples": len(train_images),
+            "architecture": args.arch,
+            "teacher": (
+                {"model": Path(args.teacher).name, "share": args.teacher_share, "temperature": args.teacher_temperature}
+                if args.teacher
+                else None
+            ),
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
