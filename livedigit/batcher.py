@@ -1,10 +1,10 @@
 """Dynamic batching: one queue per process in front of one model, shared by every connection.
 
 The model is run as soon as it is free, on whatever is queued (up to ``max_batch``). Two stages keep the
-CPU busy: while the model thread runs batch *k*, a preprocessing thread turns the drawings of batch
+CPU busy: while the model thread runs batch *k*, a preprocessing worker turns the drawings of batch
 *k+1* into model inputs, so neither the event loop nor the model waits on the other. Preprocessing is
-mostly Python holding the GIL, so one preprocessing thread is the default: a second one measured slower
-(the threads only contend for the GIL); the model call releases it. A batch waits
+mostly Python holding the GIL, so it runs in a process of its own (:mod:`livedigit.workers`), where it
+does not hold up the event loop; the model call releases the GIL and stays in a thread. A batch waits
 for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a lone client is
 never delayed.
 
@@ -53,10 +53,11 @@ import numpy as np
 
 from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
-from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, cost, preprocess
+from livedigit.preprocess import SIZE, Image, Limits, cost
 from livedigit.runtime import CLASSES, Runtime
 from livedigit.verdict import VerdictRule
-from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Verdict, Work
+from livedigit.wire import DropReason, Failed, Failure, Outcome, Scored, Shed, Verdict, Work
+from livedigit.workers import PreprocessPool, WorkerDied
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -113,13 +114,12 @@ class Job:
     abandoned: bool = False
     """Set on the event loop when the owner disconnected; workers skip the job."""
     model_input: np.ndarray | None = None
-    outcome: Outcome | None = None
     preprocess_seconds: float = 0.0
     prepared: float = field(default=0.0)
 
 
 class Batcher:
-    """Owns the queue, the preprocessing threads and the model thread; see the module docstring."""
+    """Owns the queue, the preprocessing workers and the model thread; see the module docstring."""
 
     def __init__(
         self,
@@ -134,7 +134,7 @@ class Batcher:
         submit_share: float = 0.25,
         live_batch_ms: float = 2.5,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
-        preprocess_threads: int = 1,
+        preprocess_workers: int = 1,
         verdict: VerdictRule | None = None,
     ) -> None:
         self.runtime = runtime
@@ -153,7 +153,7 @@ class Batcher:
         self.submit_share = min(1.0, max(0.0, submit_share))
         self.live_batch_seconds = max(0.0, live_batch_ms) / 1000.0
         self.snapshot_deadline = snapshot_deadline
-        self.preprocess_threads = max(1, preprocess_threads)
+        self._workers = PreprocessPool(preprocess_workers, limits, metrics.worker_restarts.inc)
         self._submits: FairQueue[Job] = FairQueue()
         self._snapshots: dict[Hashable, Job] = {}
         self._taken: set[Job] = set()
@@ -161,7 +161,6 @@ class Batcher:
         self._handoff: asyncio.Queue[list[Job]] = asyncio.Queue(maxsize=1)
         self._tasks: list[asyncio.Task[None]] = []
         self._model_thread: ThreadPoolExecutor | None = None
-        self._preprocess_pool: ThreadPoolExecutor | None = None
         self._running = False
         self._healthy = False
         self._gap: float | None = None
@@ -205,16 +204,19 @@ class Batcher:
         return self._running and self._healthy
 
     async def start(self) -> None:
-        """Start the threads, run the model once (so the first client does not pay for it), start serving.
+        """Start the workers and the model thread, run the model once (so the first client does not pay for
+        it), start serving.
 
         Raises whatever the model raises on the warm-up batch; the batcher is then not started.
         """
         loop = asyncio.get_running_loop()
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="livedigit-model")
-        self._preprocess_pool = ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="livedigit-preprocess")
         try:
             started = time.perf_counter()
-            await loop.run_in_executor(self._model_thread, self._predict, [np.zeros((SIZE, SIZE), np.float32)])
+            await asyncio.gather(
+                loop.run_in_executor(self._model_thread, self._predict, [np.zeros((SIZE, SIZE), np.float32)]),
+                self._workers.start(),
+            )
             self._image_seconds = time.perf_counter() - started
         except BaseException:
             self._shutdown_threads()
@@ -301,7 +303,7 @@ class Batcher:
             await self._linger(loop)
             jobs = self._take(time.perf_counter())
             try:
-                ready = await self._preprocess(loop, jobs)
+                ready = await self._preprocess(jobs)
             except Exception:  # A defect; the jobs still get an answer and the batcher keeps serving.
                 logger.exception("preprocessing a batch of %d failed", len(jobs))
                 self._fail(jobs, Failure.PREPROCESS_FAILED)
@@ -361,22 +363,41 @@ class Batcher:
         logger.info("the model answers again; ready")
         self._healthy = True
 
-    async def _preprocess(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[Job]:
-        """Preprocess ``jobs`` in the pool; answer the empty and invalid ones; return those for the model."""
-        chunks = [jobs[start :: self.preprocess_threads] for start in range(self.preprocess_threads)]
-        await asyncio.gather(
-            *(loop.run_in_executor(self._preprocess_pool, self._prepare, chunk) for chunk in chunks if chunk)
+    async def _preprocess(self, jobs: list[Job]) -> list[Job]:
+        """Preprocess ``jobs`` in the workers; answer the empty and invalid ones; return those for the model."""
+        wanted = []
+        for job in jobs:
+            if job.abandoned or job.image is None:
+                self._resolve(job, Shed(DropReason.STALE))
+            else:
+                wanted.append(job)
+        lanes = self._workers.lanes
+        chunks = [wanted[start::lanes] for start in range(lanes)]
+        results = await asyncio.gather(
+            *(self._workers.run([job.image for job in chunk if job.image is not None]) for chunk in chunks if chunk),
+            return_exceptions=True,
         )
         ready = []
-        for job in jobs:
-            if job.abandoned:
-                self._resolve(job, Shed(DropReason.STALE))
+        for chunk, result in zip((chunk for chunk in chunks if chunk), results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, WorkerDied):
+                    raise result
+                self._fail(chunk, Failure.PREPROCESS_FAILED)
                 continue
-            self.metrics.preprocess.observe(job.preprocess_seconds)
-            if job.outcome is not None:
-                self._resolve(job, job.outcome)
-            else:
-                ready.append(job)
+            prepared_at = time.perf_counter()
+            for job, prepared in zip(chunk, result, strict=True):
+                job.image = None
+                job.prepared = prepared_at
+                job.preprocess_seconds = prepared.cpu_seconds
+                if job.abandoned:
+                    self._resolve(job, Shed(DropReason.STALE))
+                    continue
+                self.metrics.preprocess.observe(prepared.cpu_seconds)
+                if prepared.outcome is not None:
+                    self._resolve(job, prepared.outcome)
+                else:
+                    job.model_input = prepared.model_input
+                    ready.append(job)
         return ready
 
     # Helpers.
@@ -447,25 +468,6 @@ class Batcher:
         self._taken.update(jobs)
         return jobs
 
-    def _prepare(self, jobs: list[Job]) -> None:
-        """Worker thread: preprocess each job that is still wanted; failures become outcomes."""
-        for job in jobs:
-            if job.abandoned or job.image is None:
-                continue
-            started = time.perf_counter()
-            try:
-                job.model_input = preprocess(job.image, self.limits)
-                if job.model_input is None:
-                    job.outcome = NoDigit()
-            except PreprocessError as exc:
-                job.outcome = Failed(Failure.BAD_IMAGE, str(exc))
-            except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
-                logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
-                job.outcome = Failed(Failure.BAD_IMAGE)
-            job.image = None
-            job.prepared = time.perf_counter()
-            job.preprocess_seconds = job.prepared - started
-
     def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict]]:
         """Model thread: one call, with its output checked so a broken model cannot send garbage, then
         calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once."""
@@ -510,7 +512,7 @@ class Batcher:
         self._last_arrival = now
 
     def _shutdown_threads(self) -> None:
-        for pool in (self._model_thread, self._preprocess_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-        self._model_thread = self._preprocess_pool = None
+        if self._model_thread is not None:
+            self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._model_thread = None
+        self._workers.shutdown()

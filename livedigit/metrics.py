@@ -103,6 +103,11 @@ class Metrics:
             registry=registry,
         )
         self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
+        self.worker_restarts = Counter(
+            "livedigit_worker_restarts",
+            "Preprocessing workers that died and were replaced (their images were answered 'internal')",
+            registry=registry,
+        )
         self.labels = Counter(
             "livedigit_labels",
             "Labels this process stored, by model name and version, and whether they confirmed the model's "

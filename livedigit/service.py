@@ -108,6 +108,7 @@ class Service:
             max_pending_per_client=self.settings.max_pending_submits_per_client,
             submit_share=self.settings.submit_share,
             live_batch_ms=self.settings.live_batch_ms,
+            preprocess_workers=self.settings.preprocess_workers,
             verdict=_verdict_rule(self._card),
         )
         try:
