@@ -77,6 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FLAG",
         help="any other serve flag, e.g. --server-arg=--snapshot-rate=60 (repeatable)",
     )
+    served.add_argument(
+        "--server-program",
+        metavar="COMMAND",
+        help="run the server as COMMAND serve ... instead of this interpreter's livedigit, to measure another "
+        "version with the same load, e.g. 'env PYTHONPATH=/tmp/old python -m livedigit'",
+    )
     refs = parser.add_argument_group("reference points")
     refs.add_argument("--ceiling", action="store_true", help="(a) the model alone in this process, batched")
     refs.add_argument("--unbatched", action="store_true", help="(b) the same load on a server with --max-batch 1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from livedigit.bench.measure import Target, run_load
 from livedigit.bench.report import format_report
 from livedigit.bench.resources import machine
 from livedigit.bench.script import LIFTED, ratios, script_images, script_process, summary
-from livedigit.bench.served import ServerProcess, server_for
+from livedigit.bench.served import DEFAULT_PROGRAM, ServerProcess, server_for
 from livedigit.bench.workload import Workload
 from livedigit.client import as_image, websocket_url
 from livedigit.config import DEFAULT_MODEL
@@ -116,6 +117,11 @@ def _server_flags(args: argparse.Namespace, max_batch: int | None = None) -> lis
     return flags + list(args.server_arg)
 
 
+def _program(args: argparse.Namespace) -> list[str]:
+    """How the bench runs ``livedigit``: ``--server-program``, or this interpreter's package."""
+    return shlex.split(args.server_program) if args.server_program else list(DEFAULT_PROGRAM)
+
+
 def _workload(args: argparse.Namespace, clients: int | None = None, duration: float | None = None) -> Workload:
     digits = args.digits if duration is None else None
     warmup = 0.0 if digits is not None else args.warmup
@@ -151,13 +157,13 @@ async def _runs(args: argparse.Namespace, digits: list[pendigits.PenDigit], repo
         if args.http:
             report["runs"].append(await run_load(target, workload, digits, "http", "http", args.quiet))
         return
-    with server_for(workload.clients, workload.rate, _server_flags(args)) as server:
+    with server_for(workload.clients, workload.rate, _server_flags(args), _program(args)) as server:
         _say(args, f"server started on {server.http_url} with {' '.join(server.args)}")
         report["runs"].append(await run_load(_target(server), workload, digits, "websocket", "websocket", args.quiet))
         if args.http or args.references:
             report["runs"].append(await run_load(_target(server), workload, digits, "http", "http", args.quiet))
     if args.unbatched or args.references:
-        with server_for(workload.clients, workload.rate, _server_flags(args, max_batch=1)) as server:
+        with server_for(workload.clients, workload.rate, _server_flags(args, max_batch=1), _program(args)) as server:
             report["runs"].append(
                 await run_load(_target(server), workload, digits, "websocket", "unbatched", args.quiet)
             )
@@ -184,7 +190,7 @@ async def _script(args: argparse.Namespace, digits: list[pendigits.PenDigit]) ->
     # Default settings, but for the cap on connections per address: the bench's people share one.
     shared = ["--log-level", "warning", "--max-connections-per-client", str(workload.clients + 16)]
     with tempfile.TemporaryDirectory(prefix="livedigit-bench-") as logs:
-        with ServerProcess([*shared, *_server_flags(args)]).start(Path(logs)) as server:
+        with ServerProcess([*shared, *_server_flags(args)], program=_program(args)).start(Path(logs)) as server:
             _say(args, f"(a) the script alone on {server.http_url} with the default settings")
             result["lone_default"] = await _lone_script(server, args)
             _say(args, f"(b) {workload.clients} people drawing, alone")
@@ -199,7 +205,9 @@ async def _script(args: argparse.Namespace, digits: list[pendigits.PenDigit]) ->
             )
             stop.set()
             result["script_beside_drawers"] = summary(await script, *result["drawers_with_script"]["window_monotonic"])
-        with ServerProcess([*shared, *LIFTED, *_server_flags(args)]).start(Path(logs)) as server:
+        with ServerProcess([*shared, *LIFTED, *_server_flags(args)], program=_program(args)).start(
+            Path(logs)
+        ) as server:
             _say(args, "(a) the script alone with every per-client limit lifted")
             result["lone_lifted"] = await _lone_script(server, args)
     result["ratios"] = ratios(result)
@@ -228,7 +236,7 @@ async def _sweep(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> 
         max_batch, transport = modes[mode]
         steps: list[dict[str, Any]] = []
         knee: dict[str, Any] = {"last_good": None, "first_bad": None, "reason": None}
-        with server_for(max(counts), args.rate, _server_flags(args, max_batch=max_batch)) as server:
+        with server_for(max(counts), args.rate, _server_flags(args, max_batch=max_batch), _program(args)) as server:
             for clients in counts:
                 run = await run_load(
                     _target(server),

@@ -54,6 +54,10 @@ def wait_until_ready(process: subprocess.Popen[bytes], http_url: str, timeout: f
     return False
 
 
+DEFAULT_PROGRAM = (sys.executable, "-m", "livedigit")
+"""How a server is run unless told otherwise: this interpreter's ``livedigit`` package."""
+
+
 @dataclass
 class ServerProcess:
     """``python -m livedigit serve --host 127.0.0.1 --port PORT *args`` with ``env`` added to the
@@ -64,7 +68,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "livedigit"])
+    program: list[str] = field(default_factory=lambda: list(DEFAULT_PROGRAM))
     """How ``livedigit`` is run: this interpreter's package, or another install's command (with ``cwd``)."""
     cwd: Path | None = None
 
@@ -130,9 +134,11 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_for(clients: int, rate: float, flags: list[str]) -> Iterator[ServerProcess]:
-    """A server for ``clients`` people sending ``rate`` frames/s each, with ``flags`` added; its log is
-    removed when it stops.
+def server_for(
+    clients: int, rate: float, flags: list[str], program: list[str] | None = None
+) -> Iterator[ServerProcess]:
+    """A server for ``clients`` people sending ``rate`` frames/s each, with ``flags`` added (run as
+    ``program``, by default this interpreter's ``livedigit``); its log is removed when it stops.
 
     Every simulated person connects from 127.0.0.1, so the limits per client address are raised to what
     that many people would have from their own addresses: connections, and the HTTP prediction rate.
@@ -151,6 +157,6 @@ def server_for(clients: int, rate: float, flags: list[str]) -> Iterator[ServerPr
     ]
     with (
         tempfile.TemporaryDirectory(prefix="livedigit-bench-") as logs,
-        ServerProcess([*limits, *flags]).start(Path(logs)) as server,
+        ServerProcess([*limits, *flags], program=program or list(DEFAULT_PROGRAM)).start(Path(logs)) as server,
     ):
         yield server
