@@ -74,10 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arch", choices=ARCHITECTURES, default="separable", help="network (see build_model)")
     parser.add_argument(
         "--prefix-cuts",
-        default="0.4,0.55,0.7,0.85",
+        default="0.6,0.75,0.9",
         help="shares of its points each pen-digits train digit is also cut at (comma-separated; '' for none)",
     )
-    parser.add_argument("--prefix-weight", type=float, default=0.5, help="loss weight of a cut digit")
+    parser.add_argument("--prefix-weight", type=float, default=0.3, help="loss weight of a cut digit")
     parser.add_argument(
         "--negative-seeds", type=int, default=4, help="copies of the fitting negatives, each with its own jitter"
     )
