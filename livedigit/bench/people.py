@@ -216,13 +216,13 @@ async def websocket_people(
     lost: set[int] = set()
     try:
         for when, index, kind, tail, label in frames:
+            page = pages[index]
+            if page is None:  # it never connected: the connection error is counted
+                continue
             due = origin + when
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(max(delay, TICK_S))
-            page = pages[index]
-            if page is None:
-                continue
             gone = page.gone()
             if gone is not None:
                 if index not in lost:
