@@ -208,8 +208,9 @@ async def websocket_people(
         except (OSError, TimeoutError, LiveDigitError) as exc:
             if page is not None:
                 page.close()
-            message = str(exc) if isinstance(exc, LiveDigitError) else f"cannot connect to {url}: {exc!r}"
-            recorder.connection_errors[message] += 1
+            if not isinstance(exc, LiveDigitError):  # worded as LiveDigitClient words it
+                exc = ConnectionClosed(None, f"cannot connect to {url}: {exc or 'no hello in time'}")
+            recorder.connection_errors[str(exc)] += 1
             return None
 
     pages = await asyncio.gather(*(open_page() for _ in range(workload.clients)))
