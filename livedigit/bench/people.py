@@ -1,7 +1,10 @@
 """The simulated people: each replays its own schedule of frames over a WebSocket, or over HTTP.
 
 A person is open-loop: it sends every frame when it falls due, whatever the replies do, as a person keeps
-drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives.
+drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives. The
+WebSocket people are :class:`Page` protocols sent to by one scheduler (:func:`websocket_people`), so that
+the bench, which shares the server's cores, costs it as little CPU per message as it can; the HTTP
+people are a task each.
 """
 
 from __future__ import annotations
