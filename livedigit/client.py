@@ -212,6 +212,23 @@ def image_fields(image: Image) -> dict[str, Any]:
     return fields
 
 
+def request_tail(kind: Work, image: Image, preview: bool = False) -> str:
+    """A JSON snapshot or submit of ``image`` without its id: what follows ``{"id": N, `` in the message.
+
+    The message is encoded once however often it is sent (a resend, or the bench's simulated pages, which
+    send the same prefixes of the same digits many times); :func:`with_id` completes it.
+    """
+    body = {"type": kind, **image_fields(image)}
+    if preview:
+        body["preview"] = True
+    return json.dumps(body)[1:]
+
+
+def with_id(request_id: int, tail: str) -> str:
+    """The JSON message of :func:`request_tail` with its ``id``, which the reply will carry."""
+    return f'{{"id": {request_id}, {tail}'
+
+
 def binary_frame(kind: Work, request_id: int, pixels: np.ndarray, preview: bool = False) -> bytes:
     """A snapshot or submit of a uint8 raster as the protocol's binary frame (12-byte header + pixels)."""
     height, width = pixels.shape
@@ -646,11 +663,8 @@ class LiveDigitClient:
     async def _request(self, kind: Work, image: Image, preview: bool) -> Reply:
         if self.binary and isinstance(image, Pixels) and max(image.array.shape) <= 0xFFFF:
             return parse_reply(await self._exchange(lambda rid: binary_frame(kind, rid, image.array, preview)))
-        body = {"type": kind, **image_fields(image)}
-        if preview:
-            body["preview"] = True
-        encoded = json.dumps(body)[1:]
-        return parse_reply(await self._exchange(lambda rid: f'{{"id": {rid}, {encoded}'))
+        tail = request_tail(kind, image, preview)
+        return parse_reply(await self._exchange(lambda rid: with_id(rid, tail)))
 
     async def _exchange(self, frame_for: Any) -> dict[str, Any]:
         """Send one frame and return its raw reply, reconnecting and resending as configured."""

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import subprocess
 import sys
+import time
 
 import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection
 
 from livedigit import cli
 from livedigit.bench.ceiling import model_ceiling
-from livedigit.bench.workload import drawing
+from livedigit.bench.measure import BENCH_LATE_MS, Target, run_load
+from livedigit.bench.people import timeline, websocket_people
+from livedigit.bench.recorder import Recorder
+from livedigit.bench.report import format_report
+from livedigit.bench.workload import Workload, drawing, schedule
+from livedigit.client import LiveDigitClient
+from livedigit.wire import VERSION, Empty
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +191,55 @@ def test_bench_script_mode_reports_the_ratios_of_one_run(pen_path, mnist_path, t
     assert ratios["default_over_lifted"] == pytest.approx(lone / script["lone_lifted"]["images_per_s"], abs=1e-3)
     assert ratios["default_over_ceiling"] == pytest.approx(lone / script["ceiling"]["ceiling_per_s"], abs=1e-3)
     assert ratios["drawers_p99_alone_ms"] == script["drawers_alone"]["snapshots"]["latency_ms"]["p99"]
+
+
+async def test_the_bench_sends_what_the_client_sends(pen_test):
+    """The bench's pages send, byte for byte, the messages LiveDigitClient sends for the same frames (so
+    the server's work per frame is the same), and count each reply once."""
+    received: list[list[str]] = []
+
+    async def page(socket: ServerConnection) -> None:
+        messages: list[str] = []
+        received.append(messages)
+        await socket.send(json.dumps({"type": "hello", "protocol": VERSION}))
+        async for message in socket:
+            messages.append(str(message))
+            await socket.send(json.dumps(Empty(json.loads(message)["id"], False).to_wire()))
+
+    digits = pen_test[:3]
+    workload = Workload(1, 200.0, 8, 3600.0, 0.0, 3, 5.0, 0)
+    async with websockets.serve(page, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        recorder = Recorder(0.0, math.inf)
+        await websocket_people(url, workload, timeline(workload, [digits], [3], [0.0], 3600.0), 0.0, recorder)
+        async with LiveDigitClient(url) as client:
+            for _, kind, strokes, _ in schedule(workload, digits, 3, 0.0, 3600.0):
+                await (client.submit(strokes) if kind == "submit" else client.snapshot(strokes))
+    bench, reference = received
+    assert bench == reference and len(bench) > 6
+    assert recorder.submits.sent == recorder.submits.empty == 3
+    assert recorder.snapshots.sent == recorder.snapshots.empty == len(bench) - 3
+
+
+async def test_the_report_warns_when_the_bench_itself_falls_behind(server, pen_test):
+    """A bench whose event loop is held up sends its frames late: the run says the bench was the
+    bottleneck, and the report prints a warning."""
+
+    async def hog() -> None:
+        while True:
+            time.sleep(0.04)  # the loop is held, as by a bench short of CPU
+            await asyncio.sleep(0.02)
+
+    workload = Workload(2, 10.0, 8, 2.0, 0.5, None, 10.0, 0)
+    holding = asyncio.ensure_future(hog())
+    try:
+        run = await run_load(
+            Target(server.ws_url, server.http_url, server.pid), workload, pen_test, "websocket", "late", True
+        )
+    finally:
+        holding.cancel()
+    check_run(run, 2)
+    bench = run["bench"]
+    assert run["client_lag_ms"]["p99"] > BENCH_LATE_MS
+    assert "late" in bench["bottleneck"] and bench["cpu_us_per_message"] > 0
+    assert "warning: the bench itself may have been the bottleneck of late" in format_report({"runs": [run]})

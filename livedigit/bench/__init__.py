@@ -8,7 +8,8 @@ shows up as latency and dropped snapshots rather than as a quietly reduced load.
 
 The report gives offered and achieved rates, client-measured round-trip percentiles for snapshots and
 submits, dropped snapshots by reason, errors, the batch sizes the server formed (from ``/metrics``), the
-server's CPU and resident memory, and the accuracy of the submits. Reference points in the same run:
+server's CPU and resident memory, the accuracy of the submits, and the bench's own CPU per message, with a
+warning when the bench itself may have limited the run. Reference points in the same run:
 the model alone in this process (the ceiling), the server with batching disabled (``--max-batch 1``),
 and one HTTP request per prediction (``POST /api/predict``, one at a time per client). ``--sweep`` adds
 clients step by step to find the knee, the load at which p99 live latency passes ``--knee-ms``, with

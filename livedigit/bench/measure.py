@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import random
 import sys
 import time
@@ -17,11 +18,19 @@ import numpy as np
 
 from livedigit import pendigits
 from livedigit.bench.ceiling import reference_digit_us
-from livedigit.bench.people import DRAIN_S, http_person, websocket_person
+from livedigit.bench.people import DRAIN_S, http_person, timeline, websocket_people
 from livedigit.bench.recorder import Recorder, percentiles
 from livedigit.bench.resources import ResourceWatch
 from livedigit.bench.scrape import batch_sizes, histogram, scrape, server_latency
 from livedigit.bench.workload import Workload, deal, quotas
+
+BENCH_BUSY_PERCENT = 90.0
+"""CPU of the bench's own process over the window (% of one core) from which the bench, not the server,
+may have been what limited a run: its event loop is one thread, so it cannot use more than one core."""
+
+BENCH_LATE_MS = 10.0
+"""p99 of how late the bench sent its frames (after they fell due) above which it did not keep the load's
+schedule: a tenth of the interval between a page's frames at 10/s."""
 
 
 @dataclass
@@ -43,26 +52,35 @@ async def run_load(
 ) -> dict[str, Any]:
     """Run ``workload`` against ``target`` over ``transport`` ("websocket" or "http") and summarize it."""
     speed_before = await asyncio.to_thread(reference_digit_us, digits)
+    hands = deal(digits, workload.clients, workload.seed)
+    shares = quotas(workload)
+    longest = workload.duration if workload.digits is None else 24 * 3600.0
+    interval = 1.0 / workload.rate
+    phase = random.Random(workload.seed).random
+    phases = [phase() * interval for _ in range(workload.clients)]
+    frames = timeline(workload, hands, shares, phases, workload.warmup + longest) if transport == "websocket" else []
     loop_started = time.monotonic()
     watch = ResourceWatch(target.http_url, target.pid)
     metrics_before = scrape(target.http_url)
-    hands = deal(digits, workload.clients, workload.seed)
-    shares = quotas(workload)
-    start = loop_started + 0.5 + workload.warmup
-    longest = workload.duration if workload.digits is None else 24 * 3600.0
+    origin = loop_started + 0.5
+    start = origin + workload.warmup
     end = start + longest
     recorder = Recorder(start, end)
-    interval = 1.0 / workload.rate
-    phases = random.Random(workload.seed).random
-    person = websocket_person if transport == "websocket" else http_person
-    url = target.ws_url if transport == "websocket" else target.http_url
+    own: dict[str, os.times_result] = {}
+    loop = asyncio.get_running_loop()
+    loop.call_later(start - time.monotonic(), lambda: own.setdefault("start", os.times()))
+    if workload.digits is None:
+        loop.call_later(end - time.monotonic(), lambda: own.setdefault("end", os.times()))
     with collector_paused():
-        people = [
-            asyncio.ensure_future(
-                person(url, workload, hands[i], shares[i], loop_started + 0.5 + phases() * interval, end, recorder)
-            )
-            for i in range(workload.clients)
-        ]
+        if transport == "websocket":
+            people = [asyncio.ensure_future(websocket_people(target.ws_url, workload, frames, origin, recorder))]
+        else:
+            people = [
+                asyncio.ensure_future(
+                    http_person(target.http_url, workload, hands[i], shares[i], origin + phases[i], end, recorder)
+                )
+                for i in range(workload.clients)
+            ]
         watch.begin()
         measuring = False
         limit = time.monotonic() + workload.warmup + longest + workload.timeout + 2 * DRAIN_S + 5.0
@@ -77,6 +95,7 @@ async def run_load(
             else:
                 _progress(label, recorder, time.monotonic() - start, workload)
         watch.finish()
+        own.setdefault("end", os.times())  # a run of --digits ends with its last reply
         for p in people:
             p.cancel()
         await asyncio.gather(*people, return_exceptions=True)
@@ -100,6 +119,8 @@ async def run_load(
         "predictions_per_s": round((recorder.snapshots.answered + recorder.submits.answered) / max(window, 1e-9), 1),
         "connection_errors": dict(recorder.connection_errors),
         "client_lag_ms": percentiles(recorder.lag_ms),
+        # An HTTP person's submit waits for its request in flight: that lateness is the design's, not the bench's.
+        "bench": bench_cost(own, recorder, percentiles(recorder.lag_ms)["p99"] if transport == "websocket" else None),
         "batch_sizes": batch_sizes(histogram(metrics_before, "batch_size"), histogram(metrics_after, "batch_size")),
         "server_latency_ms": server_latency(
             histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
@@ -107,6 +128,28 @@ async def run_load(
         ),
         "server": watch.summary(),
         "reference_digit_us": {"before": speed_before, "after": speed_after},
+    }
+
+
+def bench_cost(own: dict[str, os.times_result], recorder: Recorder, late_p99_ms: float | None) -> dict[str, Any]:
+    """The bench's own CPU over the window (``own``: its process times at the window's start and end), per
+    message it sent, and ``bottleneck``: why the bench itself may have limited the run, or ``None``."""
+    sent = recorder.snapshots.sent + recorder.submits.sent
+    start, end = own.get("start"), own.get("end")
+    if start is None or end is None or end.elapsed <= start.elapsed:
+        return {"cpu_percent": None, "cpu_us_per_message": None, "system_us_per_message": None, "bottleneck": None}
+    user, system = end.user - start.user, end.system - start.system
+    cpu_percent = round(100.0 * (user + system) / (end.elapsed - start.elapsed), 1)
+    reasons = []
+    if cpu_percent >= BENCH_BUSY_PERCENT:
+        reasons.append(f"its process used {cpu_percent}% of a core (its event loop has one)")
+    if late_p99_ms is not None and late_p99_ms > BENCH_LATE_MS:
+        reasons.append(f"it sent its frames late, p99 {late_p99_ms} ms after they fell due")
+    return {
+        "cpu_percent": cpu_percent,
+        "cpu_us_per_message": round(1e6 * (user + system) / sent, 1) if sent else None,
+        "system_us_per_message": round(1e6 * system / sent, 1) if sent else None,
+        "bottleneck": " and ".join(reasons) or None,
     }
 
 

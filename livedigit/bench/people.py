@@ -1,30 +1,46 @@
 """The simulated people: each replays its own schedule of frames over a WebSocket, or over HTTP.
 
 A person is open-loop: it sends every frame when it falls due, whatever the replies do, as a person keeps
-drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives.
+drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives. The
+WebSocket people are :class:`Page` protocols sent to by one scheduler (:func:`websocket_people`), so that
+the bench, which shares the server's cores, costs it as little CPU per message as it can; the HTTP
+people are a task each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import ssl
 import time
-from collections.abc import Callable
+from typing import cast
 
 import httpx
+import msgspec
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import WebSocketURI, parse_uri
 
 from livedigit import pendigits
 from livedigit.bench.recorder import Recorder
-from livedigit.bench.workload import Strokes, Workload, schedule
-from livedigit.client import ConnectionClosed, LiveDigitClient, LiveDigitError, ServerError
-from livedigit.wire import Dropped, Empty, Prediction, ReplyType
+from livedigit.bench.workload import Drawing, Strokes, Workload, schedule
+from livedigit.client import ConnectionClosed, LiveDigitError, ServerError, as_image, parse_reply, request_tail, with_id
+from livedigit.wire import VERSION, Dropped, Empty, Prediction, ReplyType
 
 DRAIN_S = 5.0
 """How long a run waits after its end for replies still in flight, beyond which they count as lost."""
 
-KEPT_TASKS = 256
-"""Requests a WebSocket person keeps before it forgets those already answered."""
+TICK_S = 0.002
+"""The WebSocket scheduler's shortest sleep: once awake, it sends every frame due by then, so a frame goes
+out up to this late (the report's client lag shows by how much). Each wake of an idle process costs the
+bench 70-110 us of CPU on the 2-vCPU machine, more than sending a frame, and uvloop rounds a sleep under
+1 ms down to none at all, so waking for each frame would either cost that per frame or spin."""
+
+_decode = msgspec.json.Decoder().decode
+"""JSON to the dicts and lists ``json.loads`` makes, in a sixth of its time (2 us against 12 for a
+prediction reply): decoding the replies was the largest part of the bench's own work per message."""
 
 
 async def sleep_until(when: float) -> None:
@@ -34,59 +50,198 @@ async def sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def websocket_person(
+class Page(asyncio.Protocol):
+    """One simulated page's WebSocket, spoken through the sans-I/O protocol of ``websockets``.
+
+    It costs the bench no task and no future per message: a frame goes out from the scheduler's call to
+    :meth:`send`, and each reply is parsed and counted in the transport's callback that brings it. The
+    messages are those of :class:`~livedigit.client.LiveDigitClient` (ids counting from 1, the JSON of
+    :func:`~livedigit.client.request_tail`), so the server does the same work for them. The server never
+    fragments its messages, so each text frame is one whole reply.
+    """
+
+    def __init__(self, uri: WebSocketURI, recorder: Recorder, timeout: float) -> None:
+        self.protocol = ClientProtocol(uri, max_size=None)
+        self.recorder = recorder
+        self.timeout = timeout
+        self.hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending: dict[int, tuple[str, float, float, int]] = {}
+        """(kind, scheduled, sent at, label) of each request not yet answered, by id."""
+        self.ids = itertools.count(1)
+        self.closed: str | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self._message(bytes(event.data))
+        if self.protocol.handshake_exc is not None and not self.hello.done():
+            self.hello.set_exception(ConnectionClosed(None, f"handshake refused: {self.protocol.handshake_exc}"))
+        self._flush()  # pongs and the answer to a close frame
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        close = self.protocol.close_rcvd
+        self.closed = (
+            str(ConnectionClosed(close.code, close.reason))
+            if close is not None
+            else str(ConnectionClosed(None, "the connection broke without a close frame"))
+        )
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionClosed(None, self.closed))
+
+    def gone(self) -> str | None:
+        """Why the connection can take no more messages (the server closed it, or it broke); else ``None``."""
+        if self.closed is None and self.protocol.state is not State.OPEN:
+            close = self.protocol.close_rcvd
+            return str(ConnectionClosed(close.code if close else None, close.reason if close else "closing"))
+        return self.closed
+
+    def send(self, kind: str, tail: str, scheduled: float, label: int) -> None:
+        """Send one request due at ``scheduled`` and remember it until its reply comes."""
+        now = time.monotonic()
+        self.recorder.sent(kind, scheduled, now - scheduled)
+        request_id = next(self.ids)
+        self.pending[request_id] = (kind, scheduled, now, label)
+        self.protocol.send_text(with_id(request_id, tail).encode())
+        self._flush()
+
+    def lose_pending(self) -> None:
+        """Count every request still unanswered as lost (the run is over)."""
+        pending, self.pending = self.pending, {}
+        for kind, scheduled, sent_at, _ in pending.values():
+            self.recorder.reply(kind, scheduled, sent_at, None)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.protocol.state is State.OPEN:
+                self.protocol.send_close(1000)
+                self._flush()
+            self.transport.close()
+
+    def _message(self, data: bytes) -> None:
+        reply = _decode(data)
+        if not self.hello.done():
+            if isinstance(reply, dict) and reply.get("type") == ReplyType.HELLO and reply.get("protocol") == VERSION:
+                self.hello.set_result(None)
+            else:
+                self.hello.set_exception(LiveDigitError(f"no livedigit protocol {VERSION} hello: {reply!r}"))
+            return
+        entry = self.pending.pop(reply.get("id"), None)
+        if entry is None:
+            return
+        kind, scheduled, sent_at, label = entry
+        outcome: object
+        if time.monotonic() - sent_at > self.timeout:
+            outcome = None  # as late as a reply the client has stopped waiting for
+        else:
+            try:
+                outcome = parse_reply(reply)
+            except LiveDigitError as exc:  # a ServerError, or a reply of no known type
+                outcome = exc
+        self.recorder.reply(kind, scheduled, sent_at, outcome, label if kind == "submit" else None)
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            for data in self.protocol.data_to_send():
+                if data:
+                    self.transport.write(data)
+
+
+def timeline(
+    workload: Workload,
+    hands: list[list[pendigits.PenDigit]],
+    quotas: list[int | None],
+    phases: list[float],
+    end: float,
+) -> list[tuple[float, int, str, str, int]]:
+    """Every page's frames in the order they fall due, each message encoded already, and each frame once
+    for all the pages that send it: (when, page, kind, the message without its id, label), with times
+    from the moment the run begins. Built before the run, so that none of it is the bench's cost per
+    frame, nor delays the first frames; page ``i`` draws ``hands[i]`` from ``phases[i]`` until ``end``.
+    """
+    drawings: dict[int, Drawing] = {}
+    tails: dict[int, str] = {}
+    frames = []
+    for page, (hand, quota, phase) in enumerate(zip(hands, quotas, phases, strict=True)):
+        for when, kind, strokes, label in schedule(workload, hand, quota, phase, end, drawings):
+            key = id(strokes) * 2 + (kind == "submit")
+            tail = tails.get(key)
+            if tail is None:
+                tail = tails[key] = request_tail("submit" if kind == "submit" else "snapshot", as_image(strokes))
+            frames.append((when, page, kind, tail, label))
+    frames.sort()
+    return frames
+
+
+async def websocket_people(
     url: str,
     workload: Workload,
-    digits: list[pendigits.PenDigit],
-    quota: int | None,
-    first: float,
-    end: float,
+    frames: list[tuple[float, int, str, str, int]],
+    origin: float,
     recorder: Recorder,
 ) -> None:
-    """The page's design: one WebSocket, snapshots sent without waiting for earlier replies."""
-    tasks: list[asyncio.Future[object]] = []
+    """The page's design: each person on a WebSocket of its own, snapshots sent without waiting for the
+    replies to earlier ones; ``frames`` is the :func:`timeline` of ``workload.clients`` pages, its times
+    counted from the monotonic time ``origin``.
+
+    One scheduler sends every page's frames: it sleeps until the next frame is due, then sends all the
+    frames due by then, from every page, rather than waking a task per page and frame.
+    """
+    uri = parse_uri(url)
+    loop = asyncio.get_running_loop()
+
+    async def open_page() -> Page | None:
+        page: Page | None = None
+        try:
+            async with asyncio.timeout(workload.timeout):
+                _, page = await loop.create_connection(
+                    lambda: Page(uri, recorder, workload.timeout),
+                    uri.host,
+                    uri.port,
+                    ssl=_tls() if uri.secure else None,
+                )
+                await page.hello
+            return page
+        except (OSError, TimeoutError, LiveDigitError) as exc:
+            if page is not None:
+                page.close()
+            if not isinstance(exc, LiveDigitError):  # worded as LiveDigitClient words it
+                exc = ConnectionClosed(None, f"cannot connect to {url}: {exc or 'no hello in time'}")
+            recorder.connection_errors[str(exc)] += 1
+            return None
+
+    pages = await asyncio.gather(*(open_page() for _ in range(workload.clients)))
+    lost: set[int] = set()
     try:
-        client = LiveDigitClient(url, timeout=workload.timeout, open_timeout=workload.timeout)
-        await client.connect()
-    except LiveDigitError as exc:
-        recorder.connection_errors[str(exc)] += 1
-        return
-    try:
-        for when, kind, strokes, label in schedule(workload, digits, quota, first, end):
-            await sleep_until(when)
-            now = time.monotonic()
-            recorder.sent(kind, when, now - when)
-            request: asyncio.Future[object] = (
-                client.send_snapshot(strokes) if kind == "snapshot" else asyncio.ensure_future(client.submit(strokes))
-            )
-            request.add_done_callback(_recording(recorder, kind, when, now, label))
-            tasks.append(request)
-            if len(tasks) > KEPT_TASKS:
-                tasks = [task for task in tasks if not task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=workload.timeout + DRAIN_S)
-    except ConnectionClosed as exc:
-        recorder.connection_errors[str(exc)] += 1
+        for when, index, kind, tail, label in frames:
+            page = pages[index]
+            if page is None:  # it never connected: the connection error is counted
+                continue
+            due = origin + when
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(max(delay, TICK_S))
+            gone = page.gone()
+            if gone is not None:
+                if index not in lost:
+                    lost.add(index)
+                    recorder.connection_errors[gone] += 1
+                continue
+            page.send(kind, tail, due, label)
+        drain = time.monotonic() + workload.timeout + DRAIN_S
+        while time.monotonic() < drain and any(page is not None and page.pending for page in pages):
+            await asyncio.sleep(0.05)
     finally:
-        for task in tasks:
-            task.cancel()
-        await client.close()
-
-
-def _recording(
-    recorder: Recorder, kind: str, scheduled: float, sent_at: float, label: int
-) -> Callable[[asyncio.Future[object]], None]:
-    def record(request: asyncio.Future[object]) -> None:
-        outcome: object
-        if request.cancelled():
-            outcome = None
-        elif request.exception() is not None:
-            outcome = request.exception()
-        else:
-            outcome = request.result()
-        recorder.reply(kind, scheduled, sent_at, outcome, label if kind == "submit" else None)
-
-    return record
+        for page in pages:
+            if page is not None:
+                page.lose_pending()
+                page.close()
 
 
 @functools.cache

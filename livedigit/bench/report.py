@@ -134,6 +134,12 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
                 f"{speed['before']} us before and {speed['after']} us after); compare its figures "
                 f"with care"
             )
+        if (run.get("bench") or {}).get("bottleneck"):
+            lines.append(
+                f"  warning: the bench itself may have been the bottleneck of {run['name']}: "
+                f"{run['bench']['bottleneck']} ({run['bench']['cpu_us_per_message']} us of its CPU per message); "
+                f"its figures may describe the bench rather than the server"
+            )
         disturbed = max(machine.get("others_percent", 0.0), machine.get("steal_percent", 0.0))
         if disturbed > DISTURBED_PERCENT:
             lines.append(

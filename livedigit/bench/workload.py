@@ -62,16 +62,26 @@ def quotas(workload: Workload) -> list[int | None]:
 
 
 def schedule(
-    workload: Workload, digits: list[pendigits.PenDigit], quota: int | None, first: float, end: float
+    workload: Workload,
+    digits: list[pendigits.PenDigit],
+    quota: int | None,
+    first: float,
+    end: float,
+    drawings: dict[int, Drawing] | None = None,
 ) -> Iterator[tuple[float, str, Strokes, int]]:
-    """(when, kind, strokes, label) for one client: its frames at ``rate`` until ``end`` or its quota."""
+    """(when, kind, strokes, label) for one client: its frames at ``rate`` until ``end`` or its quota.
+
+    ``drawings`` (by ``id`` of the digit) shares the cut digits between clients: every client that draws
+    a digit then yields the very same frame objects, which lets a caller encode each frame once.
+    """
+    drawings = {} if drawings is None else drawings
     interval = 1.0 / workload.rate
     tick = 0
     done = 0
     for digit in (digits[i % len(digits)] for i in range(len(digits) * 1000)):
         if quota is not None and done >= quota:
             return
-        item = drawing(digit, workload.points)
+        item = drawings.get(id(digit)) or drawings.setdefault(id(digit), drawing(digit, workload.points))
         for frame in item.frames:
             when = first + tick * interval
             if when >= end:
