@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from livedigit import threadnames
 from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
 from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, cost, preprocess
@@ -210,8 +211,8 @@ class Batcher:
         Raises whatever the model raises on the warm-up batch; the batcher is then not started.
         """
         loop = asyncio.get_running_loop()
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="livedigit-model")
-        self._preprocess_pool = ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="livedigit-preprocess")
+        self._model_thread = threadnames.pool(1, threadnames.MODEL)
+        self._preprocess_pool = threadnames.pool(self.preprocess_threads, threadnames.PREPROCESS)
         try:
             started = time.perf_counter()
             await loop.run_in_executor(self._model_thread, self._predict, [np.zeros((SIZE, SIZE), np.float32)])
