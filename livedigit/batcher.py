@@ -116,6 +116,9 @@ class Job:
     model_input: np.ndarray | None = None
     outcome: Outcome | None = None
     preprocess_seconds: float = 0.0
+    """Wall time of its preprocessing (GIL waits included): what its reply waited for."""
+    preprocess_cpu_seconds: float = 0.0
+    """CPU time of its preprocessing, of the thread that did it: what it cost."""
     prepared: float = field(default=0.0)
 
 
@@ -333,7 +336,7 @@ class Batcher:
             for job in live:
                 self.metrics.model_wait.observe(started - job.prepared)
             try:
-                probabilities, verdicts = await loop.run_in_executor(
+                probabilities, verdicts, cpu_seconds = await loop.run_in_executor(
                     self._model_thread, self._predict, [job.model_input for job in live]
                 )
             except Exception:
@@ -345,6 +348,7 @@ class Batcher:
             self._healthy = True
             seconds = time.perf_counter() - started
             self.metrics.inference.observe(seconds)
+            self.metrics.inference_cpu.observe(cpu_seconds)
             self.metrics.batch_size.observe(len(live))
             # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
             per_image = max(seconds, sum(job.preprocess_seconds for job in live)) / len(live)
@@ -374,6 +378,7 @@ class Batcher:
                 self._resolve(job, Shed(DropReason.STALE))
                 continue
             self.metrics.preprocess.observe(job.preprocess_seconds)
+            self.metrics.preprocess_cpu.observe(job.preprocess_cpu_seconds)
             if job.outcome is not None:
                 self._resolve(job, job.outcome)
             else:
@@ -453,7 +458,7 @@ class Batcher:
         for job in jobs:
             if job.abandoned or job.image is None:
                 continue
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 job.model_input = preprocess(job.image, self.limits)
                 if job.model_input is None:
@@ -466,15 +471,19 @@ class Batcher:
             job.image = None
             job.prepared = time.perf_counter()
             job.preprocess_seconds = job.prepared - started
+            job.preprocess_cpu_seconds = time.thread_time() - cpu
 
-    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict]]:
+    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict], float]:
         """Model thread: one call, with its output checked so a broken model cannot send garbage, then
-        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once."""
+        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once; and the CPU time
+        this thread spent on it (a runtime's own threads, with ``--threads`` above 1, not counted)."""
+        cpu = time.thread_time()
         batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
         if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
-        return self.verdict.judge(probabilities)
+        calibrated, verdicts = self.verdict.judge(probabilities)
+        return calibrated, verdicts, time.thread_time() - cpu
 
     def _fail(self, jobs: list[Job], why: Failure) -> None:
         failure = Failed(why)

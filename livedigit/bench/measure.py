@@ -20,7 +20,7 @@ from livedigit.bench.ceiling import reference_digit_us
 from livedigit.bench.people import DRAIN_S, http_person, websocket_person
 from livedigit.bench.recorder import Recorder, percentiles
 from livedigit.bench.resources import ResourceWatch
-from livedigit.bench.scrape import batch_sizes, histogram, scrape, server_latency
+from livedigit.bench.scrape import batch_sizes, histogram, scrape, server_latency, stage_cpu
 from livedigit.bench.workload import Workload, deal, quotas
 
 
@@ -87,6 +87,8 @@ async def run_load(
     submits = recorder.submits.summary(max(window, 1e-9))
     answered = recorder.submits.predicted + recorder.submits.empty
     submits["accuracy"] = round(recorder.submits.correct / answered, 4) if answered else None
+    server = watch.summary()
+    frames = recorder.snapshots.answered + recorder.submits.answered
     return {
         "name": label,
         "transport": transport,
@@ -105,8 +107,25 @@ async def run_load(
             histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
             histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"}),
         ),
-        "server": watch.summary(),
+        "server": server,
+        "cpu_per_answer_ms": cpu_per_answer(server, frames, stage_cpu(metrics_before, metrics_after, frames)),
         "reference_digit_us": {"before": speed_before, "after": speed_after},
+    }
+
+
+def cpu_per_answer(
+    server: dict[str, Any], answered: int, stages: dict[str, dict[str, float | None]] | None
+) -> dict[str, Any] | None:
+    """The server's CPU per answered frame (a prediction or ``empty``), in ms: in all, by thread (where
+    the bench reads the server's process) and by batcher stage (from its metrics)."""
+    if not answered:
+        return None
+    seconds, threads = server.get("cpu_seconds"), server.get("thread_cpu_seconds")
+    return {
+        "answered": answered,
+        "total": None if seconds is None else round(1000.0 * seconds / answered, 3),
+        "threads": None if threads is None else {name: round(1000.0 * t / answered, 3) for name, t in threads.items()},
+        "stages": stages,
     }
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ class ResourceWatch:
         self.cpu_percent: float | None = None
         self.loop_cpu_percent: float | None = None
         self._loop_start: float | None = None
+        self.cpu_seconds: float | None = None
+        self.thread_cpu_seconds: dict[str, float] | None = None
+        """The server's CPU over the window by thread name (``livedigit``, ``livedigit-prep``, ...)."""
+        self._threads_start: dict[str, float] | None = None
         self.bench_cpu_percent: float | None = None
         self.machine: dict[str, float] = {}
         self._bench_start = (time.monotonic(), _own_cpu_seconds())
@@ -60,6 +65,7 @@ class ResourceWatch:
         cpu = self._cpu_seconds()
         self._cpu_start = (time.monotonic(), cpu) if cpu is not None else None
         self._loop_start = self._main_thread_seconds()
+        self._threads_start = thread_cpu_seconds(self.process.pid) if self.process is not None else None
         self._bench_start = (time.monotonic(), _own_cpu_seconds())
         self._machine_start = psutil.cpu_times()
 
@@ -74,10 +80,15 @@ class ResourceWatch:
         now = time.monotonic()
         cpu = self._cpu_seconds()
         if self._cpu_start is not None and cpu is not None and now > self._cpu_start[0]:
+            self.cpu_seconds = round(cpu - self._cpu_start[1], 3)
             self.cpu_percent = round(100.0 * (cpu - self._cpu_start[1]) / (now - self._cpu_start[0]), 1)
             loop = self._main_thread_seconds()
             if loop is not None and self._loop_start is not None:
                 self.loop_cpu_percent = round(100.0 * (loop - self._loop_start) / (now - self._cpu_start[0]), 1)
+        threads = thread_cpu_seconds(self.process.pid) if self.process is not None else None
+        if threads is not None and self._threads_start is not None:
+            start = self._threads_start
+            self.thread_cpu_seconds = {name: round(spent - start.get(name, 0.0), 3) for name, spent in threads.items()}
         bench_cpu = _own_cpu_seconds()
         self.bench_cpu_percent = round(100.0 * (bench_cpu - self._bench_start[1]) / (now - self._bench_start[0]), 1)
         self.machine = _machine_load(self._machine_start, psutil.cpu_times(), now - self._bench_start[0])
@@ -90,12 +101,40 @@ class ResourceWatch:
         return {
             "source": "psutil" if self.process is not None else ("metrics" if self.rss else None),
             "cpu_percent": self.cpu_percent,
+            "cpu_seconds": self.cpu_seconds,
             "event_loop_cpu_percent": self.loop_cpu_percent,
+            "thread_cpu_seconds": self.thread_cpu_seconds,
             "rss_mb_max": round(max(self.rss) / 2**20, 1) if self.rss else None,
             "rss_mb_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1) if self.rss else None,
             "bench_client_cpu_percent": self.bench_cpu_percent,
             "machine": self.machine,
         }
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""Units of the CPU times in ``/proc`` per second."""
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float] | None:
+    """User and system CPU time of each thread of process ``pid`` so far, summed by the thread's name as
+    the system shows it (the server names its threads: :mod:`livedigit.threadnames`); ``None`` without
+    Linux's ``/proc``. A thread that ended is not counted, and a thread's time is only as fine as a
+    clock tick (10 ms), so this is for windows of seconds."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    totals: defaultdict[str, float] = defaultdict(float)
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # "TID (name) state ...": the name may hold spaces and parentheses; utime and stime are the
+        # 14th and 15th fields, the 12th and 13th after the name.
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        totals[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return dict(totals)
 
 
 def _own_cpu_seconds() -> float:
