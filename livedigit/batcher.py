@@ -48,13 +48,14 @@ import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from livedigit import threadnames
 from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
-from livedigit.preprocess import SIZE, Image, Limits, PreprocessError, cost, preprocess
+from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, PreprocessError, Strokes, cost, preprocess
 from livedigit.runtime import CLASSES, Runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import DropReason, Failed, Failure, NoDigit, Outcome, Scored, Shed, Verdict, Work
@@ -96,12 +97,26 @@ THROUGHPUT_SMOOTHING = 0.2
 model or preprocessing): the pace at which the batcher serves images."""
 
 
+class Deferred(Protocol):
+    """A drawing decoded only when a batch takes it (:class:`livedigit.protocol.Undecoded`, a live
+    snapshot): one replaced by a newer snapshot before then costs nothing more."""
+
+    @property
+    def cost(self) -> int:
+        """Its preprocessing work in drawn snapshots, known without decoding it."""
+        ...
+
+    def decode(self) -> Image | Failed:
+        """The drawing, or why it cannot be served (the reply to give); called in a preprocessing thread."""
+        ...
+
+
 @dataclass(eq=False)
 class Job:
     """One image on its way through the batcher."""
 
     kind: Work
-    image: Image | None
+    image: Image | Deferred | None
     owner: Hashable | None
     client: Hashable
     """The client address: submits are served round robin over addresses (:mod:`livedigit.fairness`)."""
@@ -245,7 +260,7 @@ class Batcher:
         self._shutdown_threads()
 
     def enqueue(
-        self, kind: Work, image: Image, owner: Hashable | None = None, client: Hashable = None
+        self, kind: Work, image: Image | Deferred, owner: Hashable | None = None, client: Hashable = None
     ) -> asyncio.Future[Outcome]:
         """Queue one image; the returned future resolves once with its :data:`Outcome`.
 
@@ -256,6 +271,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         now = time.perf_counter()
+        work = cost(image) if isinstance(image, Pixels | Png | Strokes) else image.cost
         if not self._running:
             future.set_result(Failed(Failure.NOT_READY))
             return future
@@ -266,7 +282,7 @@ class Batcher:
             overtaken = self._snapshots.pop(owner, None) if owner is not None else None
             if overtaken is not None:
                 self._resolve(overtaken, Shed(DropReason.STALE))
-            self._submits.push(Job(kind, image, owner, client, cost(image), future, now, now))
+            self._submits.push(Job(kind, image, owner, client, work, future, now, now))
         else:
             if owner is None:
                 raise ValueError("a snapshot needs an owner (its connection)")
@@ -275,7 +291,7 @@ class Batcher:
             if previous is not None:
                 since = previous.since
                 self._resolve(previous, Shed(DropReason.STALE))
-            self._snapshots[owner] = Job(kind, image, owner, client, cost(image), future, now, since)
+            self._snapshots[owner] = Job(kind, image, owner, client, work, future, now, since)
             self._last_snapshot = now
         self._note_arrival(now)
         self._work.set()
@@ -460,9 +476,13 @@ class Batcher:
                 continue
             started, cpu = time.perf_counter(), time.thread_time()
             try:
-                job.model_input = preprocess(job.image, self.limits)
-                if job.model_input is None:
-                    job.outcome = NoDigit()
+                image = job.image if isinstance(job.image, Pixels | Png | Strokes) else job.image.decode()
+                if isinstance(image, Failed):
+                    job.outcome = image
+                else:
+                    job.model_input = preprocess(image, self.limits)
+                    if job.model_input is None:
+                        job.outcome = NoDigit()
             except PreprocessError as exc:
                 job.outcome = Failed(Failure.BAD_IMAGE, str(exc))
             except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.

@@ -130,7 +130,7 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
             if bucket is not None and not bucket.take():
                 reply = protocol.rate_limited(request.id, bucket.rate, bucket.retry_after(), "labels")
                 return Ticket(request, received, reply=reply)
-        assert image is not None and request.correction is not None
+        assert isinstance(image, Pixels | Png | Strokes) and request.correction is not None
         return Ticket(request, received, storing=service.spawn(_store(service, request.id, image, request.correction)))
     assert service.batcher is not None and image is not None
     kind: Work = "snapshot" if request.kind == "snapshot" else "submit"

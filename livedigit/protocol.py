@@ -9,8 +9,12 @@ Every limit that does not need the decoded image applies here, before the reques
 sides, the PNG and raster sizes, the stroke and point counts. Strokes leave this module as compact numpy
 arrays, so what a queued request holds is bounded by the limits, not by how the JSON spelled it. What
 costs CPU (PNG decoding, rasterising, normalizing) is left to :mod:`livedigit.preprocess` in the
-batcher's worker threads. A frame that cannot become a request raises :class:`ProtocolError`, which
-carries the error code, a message for the user and the ``id`` to echo when one could be read.
+batcher's worker threads. The one exception is a WebSocket snapshot of strokes: only its type, id and
+``preview`` are read on arrival, and its drawing is decoded, checked and answered by this same parse
+when a batch takes it (:class:`Undecoded`), since latest wins replaces most snapshots before then (its
+frame, within ``max_message_bytes``, is what it holds meanwhile). A frame that cannot become a request
+raises :class:`ProtocolError`, which carries the error code, a message for the user and the ``id`` to
+echo when one could be read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
+from livedigit.preprocess import COST_POINTS, Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
 from livedigit.verdict import ranked
 from livedigit.wire import (
     BINARY_BATCH,
@@ -63,6 +67,7 @@ FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
     Failure.NOT_READY: (ErrorCode.OVERLOADED, "the server is not ready; try again"),
     Failure.SHUTTING_DOWN: (ErrorCode.OVERLOADED, "the server is shutting down; try again"),
     Failure.BAD_IMAGE: (ErrorCode.BAD_IMAGE, "this image could not be processed"),
+    Failure.BAD_MESSAGE: (ErrorCode.BAD_MESSAGE, "this message could not be read"),
     Failure.PREPROCESS_FAILED: (ErrorCode.INTERNAL, "this message could not be processed; try again"),
     Failure.MODEL_FAILED: (ErrorCode.INTERNAL, "the model failed on this message's batch; try again"),
 }
@@ -107,7 +112,7 @@ class Request:
 
     kind: Kind
     id: MessageId = None
-    image: Image | None = None
+    image: Image | Undecoded | None = None
     preview: bool = False
     correction: Correction | None = None
     items: tuple[Request | ProtocolError, ...] = ()
@@ -176,10 +181,52 @@ class _LabelMessage(_LabelBody, kw_only=True):
     id: int | str | None = None
 
 
+class _Envelope(msgspec.Struct):
+    """A text frame without its drawing: the fields its reply needs, and which image forms it holds
+    (left undecoded). A live snapshot is read this far when it arrives (see :class:`Undecoded`)."""
+
+    type: str | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | None = None
+    preview: bool = False
+    strokes: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    pixels: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    png: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    image: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Undecoded:
+    """A WebSocket snapshot of strokes whose drawing is decoded only when a batch takes it.
+
+    Latest wins: most live snapshots queued while the model is busy are replaced by a newer one from the
+    same connection before a batch takes them, and are answered ``dropped``/``stale`` without their
+    points ever being decoded and checked. The one that is taken is decoded by :meth:`decode` in the
+    preprocessing thread with :func:`parse_text`, so its reply (an error included) is what it would have
+    been when it arrived. What it holds is its frame, bounded by ``max_message_bytes``.
+    """
+
+    text: str | bytes
+    limits: Limits
+    cost: int
+    """Its preprocessing work in drawn snapshots (:func:`livedigit.preprocess.cost`), from its brackets:
+    a point is one, so this is at least the points' cost."""
+
+    def decode(self) -> Image | Failed:
+        """The drawing, or the failure that answers the snapshot with the error parsing it raises."""
+        try:
+            image = parse_text(self.text, self.limits).image
+        except ProtocolError as error:
+            failure = Failure.BAD_IMAGE if error.code == ErrorCode.BAD_IMAGE else Failure.BAD_MESSAGE
+            return Failed(failure, error.message)
+        assert image is not None and not isinstance(image, Undecoded)
+        return image
+
+
 LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SIDE * LEGACY_SIDE - 1}}}", re.ASCII)
 """784 decimal integers of one to three ASCII digits, separated by commas, spaces allowed around each."""
 
 _MESSAGE = msgspec.json.Decoder(_Message)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
 _BODY = msgspec.json.Decoder(_Body)
 _ITEM = msgspec.json.Decoder(_Item)
 _LABEL_MESSAGE = msgspec.json.Decoder(_LabelMessage)
@@ -189,10 +236,15 @@ _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
 
 
-def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
-    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images."""
+def parse_text(
+    text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS, defer_snapshots: bool = False
+) -> Request:
+    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images. With
+    ``defer_snapshots``, a snapshot of strokes keeps its drawing :class:`Undecoded`."""
     if (ping := _check_arrays(text, limits, "frame", max_items)) is not None:
         return ping
+    if defer_snapshots and (snapshot := _undecoded_snapshot(text, limits)) is not None:
+        return snapshot
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -218,6 +270,22 @@ def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITE
     except ProtocolError as error:
         error.id = message_id
         raise
+
+
+def _undecoded_snapshot(text: str | bytes, limits: Limits) -> Request | None:
+    """A snapshot of strokes with its drawing :class:`Undecoded`; ``None`` for any other frame, or one
+    whose type, id or preview is not valid, which the full parse answers at once."""
+    try:
+        envelope = _ENVELOPE.decode(text)
+        message_id = _message_id(envelope.id)
+    except (msgspec.MsgspecError, RecursionError, ProtocolError):
+        return None
+    others = (envelope.pixels, envelope.png, envelope.image)
+    if envelope.type != "snapshot" or envelope.strokes is msgspec.UNSET or any(o is not msgspec.UNSET for o in others):
+        return None
+    brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
+    drawing = Undecoded(text, limits, max(1, math.ceil(brackets / COST_POINTS)))
+    return Request("snapshot", message_id, drawing, envelope.preview)
 
 
 def parse_body(body: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:

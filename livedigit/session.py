@@ -185,7 +185,7 @@ class Session:
         text = message.get("text")
         items = self.service.settings.max_batch_items
         if text is not None:
-            parse = functools.partial(protocol.parse_text, text, max_items=items)
+            parse = functools.partial(protocol.parse_text, text, max_items=items, defer_snapshots=True)
         else:
             parse = functools.partial(protocol.parse_binary, message.get("bytes") or b"", max_items=items)
         return pipeline.handle(self.service, self.caller, parse, received)

@@ -24,6 +24,7 @@ from wsutil import (
 )
 
 from livedigit.preprocess import Pixels, preprocess
+from livedigit.protocol import ProtocolError, parse_text
 
 
 async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # type: ignore[no-untyped-def]
@@ -176,6 +177,39 @@ async def test_a_flood_of_snapshots_keeps_only_the_latest(app_server) -> None:  
     assert {a["type"] for a in answers} == {"prediction", "dropped"}
     assert len(stale) >= 56  # at most the one in the model, one taken next, and the newest were computed
     assert final["type"] == "prediction"
+
+
+async def test_a_replaced_snapshot_is_dropped_before_its_drawing_is_read(app_server) -> None:  # type: ignore[no-untyped-def]
+    """Latest wins before decoding: a snapshot replaced while the model is busy is answered stale without
+    its points ever being read, so even a broken one costs nothing; the newest is read when a batch
+    takes it and answered as it would have been on arrival."""
+    live = app_server(snapshot_burst=1000)
+    model = live.runtime
+    broken = [[[0, 0], [1e10, 5]]]  # a coordinate beyond 1e9: bad_image, once read
+    last = json.dumps({"type": "snapshot", "id": 40, "strokes": [[["a", 1]]]})  # bad_message, once read
+    ws, _ = await open_ws(live.ws_url)
+    async with ws:
+        model.pause()
+        await ws.send(json.dumps({"type": "snapshot", "id": 0, "strokes": ONE}))
+        assert await asyncio.to_thread(model.blocked.wait, 10)
+        for index in range(1, 40):
+            await ws.send(json.dumps({"type": "snapshot", "id": index, "strokes": broken}))
+        await ws.send(last)
+        while sum(sample(live.service, "livedigit_messages_total", {"type": k}) for k in ("snapshot", "invalid")) < 41:
+            await asyncio.sleep(0.01)
+        model.resume()
+        answers = await replies(ws, 41)
+    assert [a["id"] for a in answers] == list(range(41))
+    assert answers[0]["type"] == "prediction"
+    stale = [a for a in answers[1:-1] if a["type"] == "dropped" and a["reason"] == "stale"]
+    assert len(stale) >= 37  # at most one was taken into the batch after the model's and read
+    for answer in answers[1:-1]:
+        if answer["type"] == "error":
+            assert answer["code"] == "bad_image" and "within \u00b11e9" in answer["message"]
+    with pytest.raises(ProtocolError) as refused:
+        parse_text(last, live.service.limits)
+    assert answers[-1] == {"type": "error", "id": 40, "code": "bad_message", "message": refused.value.message}
+    assert sample(live.service, "livedigit_preprocess_seconds_count") <= 3
 
 
 async def test_submits_are_answered_while_snapshots_flood(app_server) -> None:  # type: ignore[no-untyped-def]
