@@ -279,9 +279,7 @@ class Batcher:
             if not self.room(client):
                 future.set_result(Failed(Failure.BUSY, retry_after=self.retry_after(client)))
                 return future
-            overtaken = self._snapshots.pop(owner, None) if owner is not None else None
-            if overtaken is not None:
-                self._resolve(overtaken, Shed(DropReason.STALE))
+            self.supersede(owner)
             self._submits.push(Job(kind, image, owner, client, work, future, now, now))
         else:
             if owner is None:
@@ -296,6 +294,12 @@ class Batcher:
         self._note_arrival(now)
         self._work.set()
         return future
+
+    def supersede(self, owner: Hashable | None) -> None:
+        """A submit of ``owner`` arrived: its queued snapshot, if any, is answered ``dropped``/``stale``."""
+        overtaken = self._snapshots.pop(owner, None) if owner is not None else None
+        if overtaken is not None:
+            self._resolve(overtaken, Shed(DropReason.STALE))
 
     def forget(self, owner: Hashable) -> None:
         """Release everything of a connection that went away: nothing of it is computed or kept."""

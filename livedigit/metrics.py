@@ -121,6 +121,11 @@ class Metrics:
             registry=registry,
         )
         self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
+        self.submits_reused = Counter(
+            "livedigit_submits_reused",
+            "Submits answered with the result of their connection's last scored snapshot of the same drawing",
+            registry=registry,
+        )
         self.labels = Counter(
             "livedigit_labels",
             "Labels this process stored, by model name and version, and whether they confirmed the model's "

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -118,6 +120,10 @@ class Request:
     items: tuple[Request | ProtocolError, ...] = ()
     whole: bool = False
     """For a batch: admit all of its items or none (a tensor of ``/v2`` infer cannot be half answered)."""
+    drawing: bytes | None = None
+    """For a WebSocket snapshot or submit of strokes: a digest of its ``strokes`` and ``surface`` exactly as
+    sent. Equal digests mean the same drawing, so a submit can be answered with the result of the
+    snapshot that carried it (:mod:`livedigit.pipeline`)."""
 
     @property
     def final(self) -> bool:
@@ -192,6 +198,7 @@ class _Envelope(msgspec.Struct):
     pixels: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     png: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     image: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    surface: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,15 +243,49 @@ _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
 
 
-def parse_text(
-    text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS, defer_snapshots: bool = False
-) -> Request:
-    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images. With
-    ``defer_snapshots``, a snapshot of strokes keeps its drawing :class:`Undecoded`."""
+def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS, live: bool = False) -> Request:
+    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images.
+
+    ``live`` (a connection's frames, as the server reads them): a snapshot of strokes keeps its drawing
+    :class:`Undecoded`, and a snapshot or submit of strokes carries the digest of its drawing."""
     if (ping := _check_arrays(text, limits, "frame", max_items)) is not None:
         return ping
-    if defer_snapshots and (snapshot := _undecoded_snapshot(text, limits)) is not None:
-        return snapshot
+    if not live:
+        return _parse_text(text, limits, max_items)
+    envelope, drawing = _strokes_envelope(text)
+    if envelope is not None and envelope.type == "snapshot":
+        brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
+        undecoded = Undecoded(text, limits, max(1, math.ceil(brackets / COST_POINTS)))
+        return Request("snapshot", _message_id(envelope.id), undecoded, envelope.preview, drawing=drawing)
+    request = _parse_text(text, limits, max_items)
+    if drawing is not None and request.kind == "submit":
+        return dataclasses.replace(request, drawing=drawing)
+    return request
+
+
+def _strokes_envelope(text: str | bytes) -> tuple[_Envelope | None, bytes | None]:
+    """The frame's envelope and the digest of its drawing, when it is a snapshot or submit of strokes with
+    a valid id and preview; ``(None, None)`` otherwise (the full parse answers it as it always did)."""
+    try:
+        envelope = _ENVELOPE.decode(text)
+        _message_id(envelope.id)
+    except (msgspec.MsgspecError, RecursionError, ProtocolError):
+        return None, None
+    others = (envelope.pixels, envelope.png, envelope.image)
+    if (
+        envelope.type not in ("snapshot", "submit")
+        or isinstance(envelope.strokes, msgspec.UnsetType)
+        or any(other is not msgspec.UNSET for other in others)
+    ):
+        return None, None
+    digest = hashlib.blake2b(bytes(envelope.strokes), digest_size=16)
+    if not isinstance(envelope.surface, msgspec.UnsetType):
+        digest.update(b"|" + bytes(envelope.surface))
+    return envelope, digest.digest()
+
+
+def _parse_text(text: str | bytes, limits: Limits, max_items: int) -> Request:
+    """:func:`parse_text` of every frame in full, after its brackets were counted."""
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:
@@ -270,22 +311,6 @@ def parse_text(
     except ProtocolError as error:
         error.id = message_id
         raise
-
-
-def _undecoded_snapshot(text: str | bytes, limits: Limits) -> Request | None:
-    """A snapshot of strokes with its drawing :class:`Undecoded`; ``None`` for any other frame, or one
-    whose type, id or preview is not valid, which the full parse answers at once."""
-    try:
-        envelope = _ENVELOPE.decode(text)
-        message_id = _message_id(envelope.id)
-    except (msgspec.MsgspecError, RecursionError, ProtocolError):
-        return None
-    others = (envelope.pixels, envelope.png, envelope.image)
-    if envelope.type != "snapshot" or envelope.strokes is msgspec.UNSET or any(o is not msgspec.UNSET for o in others):
-        return None
-    brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
-    drawing = Undecoded(text, limits, max(1, math.ceil(brackets / COST_POINTS)))
-    return Request("snapshot", message_id, drawing, envelope.preview)
 
 
 def parse_body(body: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:

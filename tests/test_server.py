@@ -212,6 +212,29 @@ async def test_a_replaced_snapshot_is_dropped_before_its_drawing_is_read(app_ser
     assert sample(live.service, "livedigit_preprocess_seconds_count") <= 3
 
 
+async def test_a_submit_of_the_last_snapshots_drawing_is_answered_with_its_result(app_server) -> None:  # type: ignore[no-untyped-def]
+    """The page submits what its last snapshot showed: that answer is known, and given again without
+    preprocessing or running the model; a submit of any other drawing is computed."""
+    live = app_server()
+    service = live.service
+    ws, _ = await open_ws(live.ws_url)
+    async with ws:
+        snapshot = await ask(ws, {"type": "snapshot", "id": 1, "strokes": SEVEN, "surface": [100, 140]})
+        images = sample(service, "livedigit_preprocess_seconds_count")
+        submit = await ask(ws, {"type": "submit", "id": 2, "strokes": SEVEN, "surface": [100, 140], "preview": True})
+        assert sample(service, "livedigit_preprocess_seconds_count") == images
+        assert sample(service, "livedigit_batch_size_sum") == images
+        assert sample(service, "livedigit_submits_reused_total") == 1
+        moved = await ask(ws, {"type": "submit", "id": 3, "strokes": SEVEN, "surface": [200, 140]})
+        assert sample(service, "livedigit_preprocess_seconds_count") == images + 1
+    assert snapshot["type"] == submit["type"] == "prediction"
+    assert (submit["id"], submit["final"], snapshot["final"]) == (2, True, False)
+    for field in ("digit", "confidence", "probabilities", "verdict"):
+        assert submit[field] == snapshot[field], field
+    assert "preview" in submit and "preview" not in snapshot
+    assert moved["type"] == "prediction" and moved["final"] is True
+
+
 async def test_submits_are_answered_while_snapshots_flood(app_server) -> None:  # type: ignore[no-untyped-def]
     live = app_server(snapshot_burst=1000, submit_burst=100)
     model = live.runtime
