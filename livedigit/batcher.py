@@ -51,13 +51,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from livedigit import threadnames
 from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
-from livedigit.preprocess import SIZE, Image, Limits, cost
+from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, Strokes, cost
 from livedigit.runtime import CLASSES, Runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import DropReason, Failed, Failure, Outcome, Scored, Shed, Verdict, Work
-from livedigit.workers import PreprocessPool, WorkerDied
+from livedigit.workers import Deferred, PreprocessPool, WorkerDied
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -101,7 +102,7 @@ class Job:
     """One image on its way through the batcher."""
 
     kind: Work
-    image: Image | None
+    image: Image | Deferred | None
     owner: Hashable | None
     client: Hashable
     """The client address: submits are served round robin over addresses (:mod:`livedigit.fairness`)."""
@@ -115,6 +116,9 @@ class Job:
     """Set on the event loop when the owner disconnected; workers skip the job."""
     model_input: np.ndarray | None = None
     preprocess_seconds: float = 0.0
+    """Wall time of its preprocessing (GIL waits included): what its reply waited for."""
+    preprocess_cpu_seconds: float = 0.0
+    """CPU time of its preprocessing, of the thread that did it: what it cost."""
     prepared: float = field(default=0.0)
 
 
@@ -210,7 +214,7 @@ class Batcher:
         Raises whatever the model raises on the warm-up batch; the batcher is then not started.
         """
         loop = asyncio.get_running_loop()
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="livedigit-model")
+        self._model_thread = threadnames.pool(1, threadnames.MODEL)
         try:
             started = time.perf_counter()
             await asyncio.gather(
@@ -243,7 +247,7 @@ class Batcher:
         self._shutdown_threads()
 
     def enqueue(
-        self, kind: Work, image: Image, owner: Hashable | None = None, client: Hashable = None
+        self, kind: Work, image: Image | Deferred, owner: Hashable | None = None, client: Hashable = None
     ) -> asyncio.Future[Outcome]:
         """Queue one image; the returned future resolves once with its :data:`Outcome`.
 
@@ -254,6 +258,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         now = time.perf_counter()
+        work = cost(image) if isinstance(image, Pixels | Png | Strokes) else image.cost
         if not self._running:
             future.set_result(Failed(Failure.NOT_READY))
             return future
@@ -261,10 +266,8 @@ class Batcher:
             if not self.room(client):
                 future.set_result(Failed(Failure.BUSY, retry_after=self.retry_after(client)))
                 return future
-            overtaken = self._snapshots.pop(owner, None) if owner is not None else None
-            if overtaken is not None:
-                self._resolve(overtaken, Shed(DropReason.STALE))
-            self._submits.push(Job(kind, image, owner, client, cost(image), future, now, now))
+            self.supersede(owner)
+            self._submits.push(Job(kind, image, owner, client, work, future, now, now))
         else:
             if owner is None:
                 raise ValueError("a snapshot needs an owner (its connection)")
@@ -273,11 +276,17 @@ class Batcher:
             if previous is not None:
                 since = previous.since
                 self._resolve(previous, Shed(DropReason.STALE))
-            self._snapshots[owner] = Job(kind, image, owner, client, cost(image), future, now, since)
+            self._snapshots[owner] = Job(kind, image, owner, client, work, future, now, since)
             self._last_snapshot = now
         self._note_arrival(now)
         self._work.set()
         return future
+
+    def supersede(self, owner: Hashable | None) -> None:
+        """A submit of ``owner`` arrived: its queued snapshot, if any, is answered ``dropped``/``stale``."""
+        overtaken = self._snapshots.pop(owner, None) if owner is not None else None
+        if overtaken is not None:
+            self._resolve(overtaken, Shed(DropReason.STALE))
 
     def forget(self, owner: Hashable) -> None:
         """Release everything of a connection that went away: nothing of it is computed or kept."""
@@ -334,7 +343,7 @@ class Batcher:
             for job in live:
                 self.metrics.model_wait.observe(started - job.prepared)
             try:
-                probabilities, verdicts = await loop.run_in_executor(
+                probabilities, verdicts, cpu_seconds = await loop.run_in_executor(
                     self._model_thread, self._predict, [job.model_input for job in live]
                 )
             except Exception:
@@ -346,6 +355,7 @@ class Batcher:
             self._healthy = True
             seconds = time.perf_counter() - started
             self.metrics.inference.observe(seconds)
+            self.metrics.inference_cpu.observe(cpu_seconds)
             self.metrics.batch_size.observe(len(live))
             # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
             per_image = max(seconds, sum(job.preprocess_seconds for job in live)) / len(live)
@@ -384,15 +394,16 @@ class Batcher:
                     raise result
                 self._fail(chunk, Failure.PREPROCESS_FAILED)
                 continue
-            prepared_at = time.perf_counter()
             for job, prepared in zip(chunk, result, strict=True):
                 job.image = None
-                job.prepared = prepared_at
-                job.preprocess_seconds = prepared.cpu_seconds
+                job.prepared = time.perf_counter()
+                job.preprocess_seconds = prepared.seconds
+                job.preprocess_cpu_seconds = prepared.cpu_seconds
                 if job.abandoned:
                     self._resolve(job, Shed(DropReason.STALE))
                     continue
-                self.metrics.preprocess.observe(prepared.cpu_seconds)
+                self.metrics.preprocess.observe(prepared.seconds)
+                self.metrics.preprocess_cpu.observe(prepared.cpu_seconds)
                 if prepared.outcome is not None:
                     self._resolve(job, prepared.outcome)
                 else:
@@ -468,14 +479,17 @@ class Batcher:
         self._taken.update(jobs)
         return jobs
 
-    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict]]:
+    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict], float]:
         """Model thread: one call, with its output checked so a broken model cannot send garbage, then
-        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once."""
+        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once; and the CPU time
+        this thread spent on it (a runtime's own threads, with ``--threads`` above 1, not counted)."""
+        cpu = time.thread_time()
         batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
         if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
-        return self.verdict.judge(probabilities)
+        calibrated, verdicts = self.verdict.judge(probabilities)
+        return calibrated, verdicts, time.thread_time() - cpu
 
     def _fail(self, jobs: list[Job], why: Failure) -> None:
         failure = Failed(why)

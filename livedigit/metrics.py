@@ -2,7 +2,9 @@
 
 A registry per app (not the process-wide default) lets tests and benchmarks run several apps in one
 process without their numbers mixing. The histograms split a message's time into the parts that can be
-tuned separately: waiting in the queue, preprocessing, waiting for the model, and inference.
+tuned separately: waiting in the queue, preprocessing, waiting for the model, and inference. Those are
+wall times, what a client waits; the two stages also export the CPU time of the thread that did the
+work (``*_cpu_seconds``), what an image or a batch costs whatever else holds the GIL meanwhile.
 """
 
 from __future__ import annotations
@@ -82,7 +84,14 @@ class Metrics:
         )
         self.preprocess = Histogram(
             "livedigit_preprocess_seconds",
-            "Preprocessing one image (decode, rasterise, normalize)",
+            "Preprocessing one image (decode, rasterise, normalize), wall time: its part of the reply's "
+            "latency, waits for the GIL included",
+            buckets=TIME_BUCKETS,
+            registry=registry,
+        )
+        self.preprocess_cpu = Histogram(
+            "livedigit_preprocess_cpu_seconds",
+            "Preprocessing one image, CPU time of the preprocessing thread: what the image costs",
             buckets=TIME_BUCKETS,
             registry=registry,
         )
@@ -93,7 +102,16 @@ class Metrics:
             registry=registry,
         )
         self.inference = Histogram(
-            "livedigit_inference_seconds", "One model call (a whole batch)", buckets=TIME_BUCKETS, registry=registry
+            "livedigit_inference_seconds",
+            "One model call (a whole batch), wall time: its part of the replies' latency",
+            buckets=TIME_BUCKETS,
+            registry=registry,
+        )
+        self.inference_cpu = Histogram(
+            "livedigit_inference_cpu_seconds",
+            "One model call (a whole batch), CPU time of the model thread: what the batch costs",
+            buckets=TIME_BUCKETS,
+            registry=registry,
         )
         self.latency = Histogram(
             "livedigit_reply_latency_seconds",
@@ -106,6 +124,11 @@ class Metrics:
         self.worker_restarts = Counter(
             "livedigit_worker_restarts",
             "Preprocessing workers that died and were replaced (their images were answered 'internal')",
+            registry=registry,
+        )
+        self.submits_reused = Counter(
+            "livedigit_submits_reused",
+            "Submits answered with the result of their connection's last scored snapshot of the same drawing",
             registry=registry,
         )
         self.labels = Counter(

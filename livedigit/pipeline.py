@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from livedigit.labels.store import InvalidLabel, Label, StorageError, StorageUna
 from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, ink_from_png
 from livedigit.protocol import Correction, ProtocolError, Request
 from livedigit.ratelimit import TokenBucket
-from livedigit.wire import DropReason, ErrorCode, Failed, Failure, MessageId, Outcome, Work
+from livedigit.wire import DropReason, ErrorCode, Failed, Failure, MessageId, Outcome, Scored, Work
 
 if TYPE_CHECKING:
     from livedigit.service import Service
@@ -62,6 +63,23 @@ class Caller:
     """``ws`` or ``http``: HTTP messages are counted under their transport, WebSocket ones by type."""
     labels: TokenBucket | None = None
     """The connection's own label bucket; every label also draws from its address's (``Service.label_clients``)."""
+    recent: Recent | None = None
+    """A WebSocket connection's last scored snapshot, to answer a submit of the same drawing with it."""
+
+
+@dataclass(slots=True)
+class Recent:
+    """The digest of the drawing of a connection's last scored snapshot (:attr:`Request.drawing`) and
+    what the model answered for it. A person submits the drawing the last snapshot showed, so that
+    submit's answer is already known: it is given without preprocessing or running the model again."""
+
+    drawing: bytes | None = None
+    outcome: Scored | None = None
+
+    def note(self, drawing: bytes, future: asyncio.Future[Outcome]) -> None:
+        """Remember a snapshot's drawing once its outcome is known, if the model scored it."""
+        if not future.cancelled() and isinstance(outcome := future.result(), Scored):
+            self.drawing, self.outcome = drawing, outcome
 
 
 @dataclass(slots=True)
@@ -125,16 +143,26 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
         refusal = _over_rate(service, caller, request.id)
         if refusal is not None:
             return Ticket(request, received, reply=refusal)
+        recent = caller.recent
+        if recent is not None and recent.outcome is not None and request.drawing == recent.drawing:
+            assert service.batcher is not None
+            service.batcher.supersede(caller.owner)  # as a computed submit would overtake it
+            metrics.submits_reused.inc()
+            known: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            known.set_result(recent.outcome)
+            return Ticket(request, received, outcome=known)
     if request.kind == "label":
         for bucket in (caller.labels, service.label_clients.bucket(caller.client)):
             if bucket is not None and not bucket.take():
                 reply = protocol.rate_limited(request.id, bucket.rate, bucket.retry_after(), "labels")
                 return Ticket(request, received, reply=reply)
-        assert image is not None and request.correction is not None
+        assert isinstance(image, Pixels | Png | Strokes) and request.correction is not None
         return Ticket(request, received, storing=service.spawn(_store(service, request.id, image, request.correction)))
     assert service.batcher is not None and image is not None
     kind: Work = "snapshot" if request.kind == "snapshot" else "submit"
     future = service.batcher.enqueue(kind, image, owner=caller.owner, client=caller.client)
+    if kind == "snapshot" and caller.recent is not None and request.drawing is not None:
+        future.add_done_callback(functools.partial(caller.recent.note, request.drawing))
     return Ticket(request, received, outcome=future)
 
 

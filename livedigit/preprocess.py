@@ -313,7 +313,7 @@ def render_strokes(
 PIXEL_CENTRES = np.arange(SIZE, dtype=np.float32) + 0.5
 """Where the centres of a row's pixels lie, in pixels from its edge."""
 PIXEL_INDICES = np.arange(SIZE, dtype=np.float64)
-
+"""Each pixel's index along a row, the coordinates of a centre of mass (as ``scipy.ndimage`` takes them)."""
 
 SEGMENTS_AT_ONCE = 64
 """Segments whose distances :func:`_coverage` takes in one pass, over the pixels near them only."""

@@ -9,14 +9,20 @@ Every limit that does not need the decoded image applies here, before the reques
 sides, the PNG and raster sizes, the stroke and point counts. Strokes leave this module as compact numpy
 arrays, so what a queued request holds is bounded by the limits, not by how the JSON spelled it. What
 costs CPU (PNG decoding, rasterising, normalizing) is left to :mod:`livedigit.preprocess` in the
-batcher's worker threads. A frame that cannot become a request raises :class:`ProtocolError`, which
-carries the error code, a message for the user and the ``id`` to echo when one could be read.
+batcher's worker threads. The one exception is a WebSocket snapshot of strokes: only its type, id and
+``preview`` are read on arrival, and its drawing is decoded, checked and answered by this same parse
+when a batch takes it (:class:`Undecoded`), since latest wins replaces most snapshots before then (its
+frame, within ``max_message_bytes``, is what it holds meanwhile). A frame that cannot become a request
+raises :class:`ProtocolError`, which carries the error code, a message for the user and the ``id`` to
+echo when one could be read.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
+from livedigit.preprocess import COST_POINTS, Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
 from livedigit.verdict import ranked
 from livedigit.wire import (
     BINARY_BATCH,
@@ -63,6 +69,7 @@ FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
     Failure.NOT_READY: (ErrorCode.OVERLOADED, "the server is not ready; try again"),
     Failure.SHUTTING_DOWN: (ErrorCode.OVERLOADED, "the server is shutting down; try again"),
     Failure.BAD_IMAGE: (ErrorCode.BAD_IMAGE, "this image could not be processed"),
+    Failure.BAD_MESSAGE: (ErrorCode.BAD_MESSAGE, "this message could not be read"),
     Failure.PREPROCESS_FAILED: (ErrorCode.INTERNAL, "this message could not be processed; try again"),
     Failure.MODEL_FAILED: (ErrorCode.INTERNAL, "the model failed on this message's batch; try again"),
 }
@@ -107,12 +114,16 @@ class Request:
 
     kind: Kind
     id: MessageId = None
-    image: Image | None = None
+    image: Image | Undecoded | None = None
     preview: bool = False
     correction: Correction | None = None
     items: tuple[Request | ProtocolError, ...] = ()
     whole: bool = False
     """For a batch: admit all of its items or none (a tensor of ``/v2`` infer cannot be half answered)."""
+    drawing: bytes | None = None
+    """For a WebSocket snapshot or submit of strokes: a digest of its ``strokes`` and ``surface`` exactly as
+    sent. Equal digests mean the same drawing, so a submit can be answered with the result of the
+    snapshot that carried it (:mod:`livedigit.pipeline`)."""
 
     @property
     def final(self) -> bool:
@@ -176,10 +187,53 @@ class _LabelMessage(_LabelBody, kw_only=True):
     id: int | str | None = None
 
 
+class _Envelope(msgspec.Struct):
+    """A text frame without its drawing: the fields its reply needs, and which image forms it holds
+    (left undecoded). A live snapshot is read this far when it arrives (see :class:`Undecoded`)."""
+
+    type: str | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | None = None
+    preview: bool = False
+    strokes: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    pixels: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    png: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    image: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    surface: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Undecoded:
+    """A WebSocket snapshot of strokes whose drawing is decoded only when a batch takes it.
+
+    Latest wins: most live snapshots queued while the model is busy are replaced by a newer one from the
+    same connection before a batch takes them, and are answered ``dropped``/``stale`` without their
+    points ever being decoded and checked. The one that is taken is decoded by :meth:`decode` in the
+    preprocessing thread with :func:`parse_text`, so its reply (an error included) is what it would have
+    been when it arrived. What it holds is its frame, bounded by ``max_message_bytes``.
+    """
+
+    text: str | bytes
+    limits: Limits
+    cost: int
+    """Its preprocessing work in drawn snapshots (:func:`livedigit.preprocess.cost`), from its brackets:
+    a point is one, so this is at least the points' cost."""
+
+    def decode(self) -> Image | Failed:
+        """The drawing, or the failure that answers the snapshot with the error parsing it raises."""
+        try:
+            image = parse_text(self.text, self.limits).image
+        except ProtocolError as error:
+            failure = Failure.BAD_IMAGE if error.code == ErrorCode.BAD_IMAGE else Failure.BAD_MESSAGE
+            return Failed(failure, error.message)
+        assert image is not None and not isinstance(image, Undecoded)
+        return image
+
+
 LEGACY_FORMAT = re.compile(rf" *[0-9]{{1,3}} *(?:, *[0-9]{{1,3}} *){{{LEGACY_SIDE * LEGACY_SIDE - 1}}}", re.ASCII)
 """784 decimal integers of one to three ASCII digits, separated by commas, spaces allowed around each."""
 
 _MESSAGE = msgspec.json.Decoder(_Message)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
 _BODY = msgspec.json.Decoder(_Body)
 _ITEM = msgspec.json.Decoder(_Item)
 _LABEL_MESSAGE = msgspec.json.Decoder(_LabelMessage)
@@ -189,10 +243,49 @@ _SCALAR = msgspec.json.Decoder(int | str | bool | None)
 _ENCODER = msgspec.json.Encoder()
 
 
-def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
-    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images."""
+def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS, live: bool = False) -> Request:
+    """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images.
+
+    ``live`` (a connection's frames, as the server reads them): a snapshot of strokes keeps its drawing
+    :class:`Undecoded`, and a snapshot or submit of strokes carries the digest of its drawing."""
     if (ping := _check_arrays(text, limits, "frame", max_items)) is not None:
         return ping
+    if not live:
+        return _parse_text(text, limits, max_items)
+    envelope, drawing = _strokes_envelope(text)
+    if envelope is not None and envelope.type == "snapshot":
+        brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
+        undecoded = Undecoded(text, limits, max(1, math.ceil(brackets / COST_POINTS)))
+        return Request("snapshot", _message_id(envelope.id), undecoded, envelope.preview, drawing=drawing)
+    request = _parse_text(text, limits, max_items)
+    if drawing is not None and request.kind == "submit":
+        return dataclasses.replace(request, drawing=drawing)
+    return request
+
+
+def _strokes_envelope(text: str | bytes) -> tuple[_Envelope | None, bytes | None]:
+    """The frame's envelope and the digest of its drawing, when it is a snapshot or submit of strokes with
+    a valid id and preview; ``(None, None)`` otherwise (the full parse answers it as it always did)."""
+    try:
+        envelope = _ENVELOPE.decode(text)
+        _message_id(envelope.id)
+    except (msgspec.MsgspecError, RecursionError, ProtocolError):
+        return None, None
+    others = (envelope.pixels, envelope.png, envelope.image)
+    if (
+        envelope.type not in ("snapshot", "submit")
+        or isinstance(envelope.strokes, msgspec.UnsetType)
+        or any(other is not msgspec.UNSET for other in others)
+    ):
+        return None, None
+    digest = hashlib.blake2b(bytes(envelope.strokes), digest_size=16)
+    if not isinstance(envelope.surface, msgspec.UnsetType):
+        digest.update(b"|" + bytes(envelope.surface))
+    return envelope, digest.digest()
+
+
+def _parse_text(text: str | bytes, limits: Limits, max_items: int) -> Request:
+    """:func:`parse_text` of every frame in full, after its brackets were counted."""
     try:
         message = _MESSAGE.decode(text)
     except msgspec.ValidationError as exc:

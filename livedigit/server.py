@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from livedigit import threadnames
 from livedigit.app import LiveDigitApp, create_app
 from livedigit.config import Settings
 from livedigit.httpprotocol import RequestLimits, bounded_protocol
@@ -188,6 +189,7 @@ def page_address(host: str, port: int) -> str:
 def run(settings: Settings) -> int:
     """Serve until SIGTERM or Ctrl+C; a non-zero exit when the model cannot be loaded."""
     return_large_buffers_to_the_system()
+    threadnames.name_this_thread(threadnames.EVENT_LOOP)  # also when started as ``python -m livedigit``
     server = Server(config(settings))
     warning = ephemeral_storage_warning(settings)
     if warning:

@@ -25,7 +25,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from livedigit import pipeline, protocol
-from livedigit.pipeline import Caller, Ticket
+from livedigit.pipeline import Caller, Recent, Ticket
 from livedigit.ratelimit import TokenBucket
 from livedigit.security import origin_allowed
 from livedigit.service import Service
@@ -103,6 +103,7 @@ class Session:
             submits=TokenBucket(settings.submit_rate, settings.submit_burst),
             snapshots=TokenBucket(settings.snapshot_rate, settings.snapshot_burst),
             labels=TokenBucket(settings.label_rate, settings.label_burst),
+            recent=Recent(),
         )
         self.frame_bucket = TokenBucket(settings.message_rate, max(1, round(settings.message_rate)))
         self.address_bytes = service.address_bytes.bucket(client)
@@ -185,7 +186,7 @@ class Session:
         text = message.get("text")
         items = self.service.settings.max_batch_items
         if text is not None:
-            parse = functools.partial(protocol.parse_text, text, max_items=items)
+            parse = functools.partial(protocol.parse_text, text, max_items=items, live=True)
         else:
             parse = functools.partial(protocol.parse_binary, message.get("bytes") or b"", max_items=items)
         return pipeline.handle(self.service, self.caller, parse, received)

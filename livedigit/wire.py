@@ -181,6 +181,8 @@ class Failure(StrEnum):
     """The server stopped while the image waited."""
     BAD_IMAGE = "bad_image"
     """Preprocessing refused the image; ``Failed.detail`` says why."""
+    BAD_MESSAGE = "bad_message"
+    """A snapshot decoded only when taken into a batch was not a valid message; ``Failed.detail`` says why."""
     PREPROCESS_FAILED = "preprocess_failed"
     """Preprocessing raised where it should not (a defect), for this batch."""
     MODEL_FAILED = "model_failed"

@@ -22,22 +22,35 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from livedigit.preprocess import Image, Limits, PreprocessError, preprocess
+from livedigit import threadnames
+from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, preprocess
 from livedigit.wire import Failed, Failure, NoDigit
 
 logger = logging.getLogger("livedigit.workers")
 
-PROCESS_NAME = "livedigit-prep"
-"""The OS name of a preprocessing worker (or thread), as ``top``, ``ps`` and ``/proc/*/comm`` show it."""
-
-_PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
+"""``prctl``'s option that has the kernel signal a process when its parent dies (``linux/prctl.h``)."""
+
+
+class Deferred(Protocol):
+    """A drawing decoded only when a batch takes it (:class:`livedigit.protocol.Undecoded`, a live
+    snapshot): one replaced by a newer snapshot before then costs nothing more."""
+
+    @property
+    def cost(self) -> int:
+        """Its preprocessing work in drawn snapshots, known without decoding it."""
+        ...
+
+    def decode(self) -> Image | Failed:
+        """The drawing, or why it cannot be served (the reply to give); called where it is prepared."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,54 +59,48 @@ class Prepared:
 
     model_input: np.ndarray | None
     outcome: NoDigit | Failed | None
+    seconds: float
+    """Wall time it took, waits for the interpreter lock or a core included."""
     cpu_seconds: float
-    """CPU time the preparing thread spent on it (not the time it waited for the lock or a core)."""
+    """CPU time the preparing thread spent on it: what it cost."""
 
 
 class WorkerDied(RuntimeError):
     """The process preparing a batch died; its images get ``internal`` and a new worker takes over."""
 
 
-def prepare(images: Sequence[Image], limits: Limits) -> list[Prepared]:
-    """Preprocess each image; refusals and defects become outcomes, so one image never fails the others."""
+def prepare(images: Sequence[Image | Deferred], limits: Limits) -> list[Prepared]:
+    """Decode (a :class:`Deferred` snapshot) and preprocess each image; refusals and defects become
+    outcomes, so one image never fails the others."""
     prepared = []
     for image in images:
-        started = time.thread_time()
+        started, cpu = time.perf_counter(), time.thread_time()
         model_input: np.ndarray | None = None
         outcome: NoDigit | Failed | None = None
         try:
-            model_input = preprocess(image, limits)
-            if model_input is None:
-                outcome = NoDigit()
+            decoded = image if isinstance(image, Pixels | Png | Strokes) else image.decode()
+            if isinstance(decoded, Failed):
+                outcome = decoded
+            else:
+                model_input = preprocess(decoded, limits)
+                if model_input is None:
+                    outcome = NoDigit()
         except PreprocessError as exc:
             outcome = Failed(Failure.BAD_IMAGE, str(exc))
         except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
             logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
             outcome = Failed(Failure.BAD_IMAGE)
-        prepared.append(Prepared(model_input, outcome, time.thread_time() - started))
+        prepared.append(Prepared(model_input, outcome, time.perf_counter() - started, time.thread_time() - cpu))
     return prepared
-
-
-def name_thread(name: str) -> None:
-    """Give the calling thread an OS name (Linux; up to 15 bytes), so ``top -H`` tells threads apart."""
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
-def _libc() -> ctypes.CDLL | None:
-    """The C library's symbols, already loaded into every Linux process."""
-    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def _initialize_worker() -> None:
     """In each worker process: its name, no terminal or platform signals, and death with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    name_thread(PROCESS_NAME)
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    threadnames.name_this_thread(threadnames.PREPROCESS)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class PreprocessPool:
@@ -115,7 +122,7 @@ class PreprocessPool:
         """Start the workers and have them import everything, so the first batch does not pay for it."""
         await asyncio.gather(*(self.run([]) for _ in range(self.lanes)))
 
-    async def run(self, images: Sequence[Image]) -> list[Prepared]:
+    async def run(self, images: Sequence[Image | Deferred]) -> list[Prepared]:
         """Prepare ``images`` in one worker; raises :class:`WorkerDied` if that worker dies meanwhile.
 
         A worker found dead before it was given the images (it died idle) is replaced at once and the
@@ -154,5 +161,5 @@ class PreprocessPool:
                     self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_initialize_worker
                 )
             else:
-                self._executor = ThreadPoolExecutor(1, initializer=name_thread, initargs=(PROCESS_NAME,))
+                self._executor = threadnames.pool(1, threadnames.PREPROCESS)
         return self._executor

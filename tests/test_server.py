@@ -24,6 +24,7 @@ from wsutil import (
 )
 
 from livedigit.preprocess import Pixels, preprocess
+from livedigit.protocol import ProtocolError, parse_text
 
 
 async def test_hello_and_a_submit_through_livedigit_serve(server) -> None:  # type: ignore[no-untyped-def]
@@ -176,6 +177,62 @@ async def test_a_flood_of_snapshots_keeps_only_the_latest(app_server) -> None:  
     assert {a["type"] for a in answers} == {"prediction", "dropped"}
     assert len(stale) >= 56  # at most the one in the model, one taken next, and the newest were computed
     assert final["type"] == "prediction"
+
+
+async def test_a_replaced_snapshot_is_dropped_before_its_drawing_is_read(app_server) -> None:  # type: ignore[no-untyped-def]
+    """Latest wins before decoding: a snapshot replaced while the model is busy is answered stale without
+    its points ever being read, so even a broken one costs nothing; the newest is read when a batch
+    takes it and answered as it would have been on arrival."""
+    live = app_server(snapshot_burst=1000)
+    model = live.runtime
+    broken = [[[0, 0], [1e10, 5]]]  # a coordinate beyond 1e9: bad_image, once read
+    last = json.dumps({"type": "snapshot", "id": 40, "strokes": [[["a", 1]]]})  # bad_message, once read
+    ws, _ = await open_ws(live.ws_url)
+    async with ws:
+        model.pause()
+        await ws.send(json.dumps({"type": "snapshot", "id": 0, "strokes": ONE}))
+        assert await asyncio.to_thread(model.blocked.wait, 10)
+        for index in range(1, 40):
+            await ws.send(json.dumps({"type": "snapshot", "id": index, "strokes": broken}))
+        await ws.send(last)
+        while sum(sample(live.service, "livedigit_messages_total", {"type": k}) for k in ("snapshot", "invalid")) < 41:
+            await asyncio.sleep(0.01)
+        model.resume()
+        answers = await replies(ws, 41)
+    assert [a["id"] for a in answers] == list(range(41))
+    assert answers[0]["type"] == "prediction"
+    stale = [a for a in answers[1:-1] if a["type"] == "dropped" and a["reason"] == "stale"]
+    assert len(stale) >= 37  # at most one was taken into the batch after the model's and read
+    for answer in answers[1:-1]:
+        if answer["type"] == "error":
+            assert answer["code"] == "bad_image" and "within \u00b11e9" in answer["message"]
+    with pytest.raises(ProtocolError) as refused:
+        parse_text(last, live.service.limits)
+    assert answers[-1] == {"type": "error", "id": 40, "code": "bad_message", "message": refused.value.message}
+    assert sample(live.service, "livedigit_preprocess_seconds_count") <= 3
+
+
+async def test_a_submit_of_the_last_snapshots_drawing_is_answered_with_its_result(app_server) -> None:  # type: ignore[no-untyped-def]
+    """The page submits what its last snapshot showed: that answer is known, and given again without
+    preprocessing or running the model; a submit of any other drawing is computed."""
+    live = app_server()
+    service = live.service
+    ws, _ = await open_ws(live.ws_url)
+    async with ws:
+        snapshot = await ask(ws, {"type": "snapshot", "id": 1, "strokes": SEVEN, "surface": [100, 140]})
+        images = sample(service, "livedigit_preprocess_seconds_count")
+        submit = await ask(ws, {"type": "submit", "id": 2, "strokes": SEVEN, "surface": [100, 140], "preview": True})
+        assert sample(service, "livedigit_preprocess_seconds_count") == images
+        assert sample(service, "livedigit_batch_size_sum") == images
+        assert sample(service, "livedigit_submits_reused_total") == 1
+        moved = await ask(ws, {"type": "submit", "id": 3, "strokes": SEVEN, "surface": [200, 140]})
+        assert sample(service, "livedigit_preprocess_seconds_count") == images + 1
+    assert snapshot["type"] == submit["type"] == "prediction"
+    assert (submit["id"], submit["final"], snapshot["final"]) == (2, True, False)
+    for field in ("digit", "confidence", "probabilities", "verdict"):
+        assert submit[field] == snapshot[field], field
+    assert "preview" in submit and "preview" not in snapshot
+    assert moved["type"] == "prediction" and moved["final"] is True
 
 
 async def test_submits_are_answered_while_snapshots_flood(app_server) -> None:  # type: ignore[no-untyped-def]

@@ -175,6 +175,16 @@ async def test_metrics_count_what_happened(app_server) -> None:  # type: ignore[
         "livedigit_queue_wait_seconds_count 2.0",
         "livedigit_model_wait_seconds_count 2.0",
         "livedigit_inference_seconds_count 2.0",
+        "livedigit_preprocess_cpu_seconds_count 2.0",
+        "livedigit_inference_cpu_seconds_count 2.0",
         "livedigit_ready 1.0",
     ):
         assert line in metrics, line
+    sums = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in metrics.splitlines())
+        if name.endswith("_seconds_sum")
+    }
+    # The stages' CPU time is the working thread's own: above zero, and never above the wall time around it.
+    for stage in ("preprocess", "inference"):
+        assert 0 < sums[f"livedigit_{stage}_cpu_seconds_sum"] <= sums[f"livedigit_{stage}_seconds_sum"] + 1e-4

@@ -121,3 +121,13 @@ def test_start_up_ends_with_the_address_to_open(start_server) -> None:  # type: 
     assert lines[running + 1].endswith(f"open http://127.0.0.1:{server.port}/ in a browser"), lines
     later = lines[running + 2 :]
     assert not any("startup" in line or "Uvicorn running" in line or "loaded with" in line for line in later), lines
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+def test_the_server_threads_carry_their_names_for_top(server) -> None:  # type: ignore[no-untyped-def]
+    """``top -H`` tells the event loop and the model apart: each shows its own name. (Preprocessing is a
+    process of its own, ``livedigit-prep``: tests/test_workers.py.)"""
+    status, _, answer = http_json(server.http_url + "/api/predict", {"strokes": SEVEN})
+    assert status == 200 and answer["type"] == "prediction"
+    names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{server.pid}/task").iterdir()]
+    assert (Path(f"/proc/{server.pid}/comm").read_text().strip(), names.count("livedigit-model")) == ("livedigit", 1)

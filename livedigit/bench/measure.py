@@ -21,7 +21,7 @@ from livedigit.bench.ceiling import reference_digit_us
 from livedigit.bench.people import DRAIN_S, http_person, timeline, websocket_people
 from livedigit.bench.recorder import Recorder, percentiles
 from livedigit.bench.resources import ResourceWatch
-from livedigit.bench.scrape import batch_sizes, histogram, scrape, server_latency
+from livedigit.bench.scrape import batch_sizes, histogram, scrape, server_latency, stage_cpu
 from livedigit.bench.workload import Workload, deal, quotas
 
 BENCH_BUSY_PERCENT = 90.0
@@ -106,6 +106,8 @@ async def run_load(
     submits = recorder.submits.summary(max(window, 1e-9))
     answered = recorder.submits.predicted + recorder.submits.empty
     submits["accuracy"] = round(recorder.submits.correct / answered, 4) if answered else None
+    server = watch.summary()
+    answered_frames = recorder.snapshots.answered + recorder.submits.answered
     return {
         "name": label,
         "transport": transport,
@@ -126,7 +128,10 @@ async def run_load(
             histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
             histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"}),
         ),
-        "server": watch.summary(),
+        "server": server,
+        "cpu_per_answer_ms": cpu_per_answer(
+            server, answered_frames, stage_cpu(metrics_before, metrics_after, answered_frames)
+        ),
         "reference_digit_us": {"before": speed_before, "after": speed_after},
     }
 
@@ -150,6 +155,22 @@ def bench_cost(own: dict[str, os.times_result], recorder: Recorder, late_p99_ms:
         "cpu_us_per_message": round(1e6 * (user + system) / sent, 1) if sent else None,
         "system_us_per_message": round(1e6 * system / sent, 1) if sent else None,
         "bottleneck": " and ".join(reasons) or None,
+    }
+
+
+def cpu_per_answer(
+    server: dict[str, Any], answered: int, stages: dict[str, dict[str, float | None]] | None
+) -> dict[str, Any] | None:
+    """The server's CPU per answered frame (a prediction or ``empty``), in ms: in all, by thread (where
+    the bench reads the server's process) and by batcher stage (from its metrics)."""
+    if not answered:
+        return None
+    seconds, threads = server.get("cpu_seconds"), server.get("thread_cpu_seconds")
+    return {
+        "answered": answered,
+        "total": None if seconds is None else round(1000.0 * seconds / answered, 3),
+        "threads": None if threads is None else {name: round(1000.0 * t / answered, 3) for name, t in threads.items()},
+        "stages": stages,
     }
 
 

@@ -119,6 +119,9 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             f"lag p99 {run['client_lag_ms']['p99']} ms, other processes {machine.get('others_percent', '-')}%"
             f", steal {machine.get('steal_percent', '-')}%"
         )
+        cpu = run.get("cpu_per_answer_ms")
+        if cpu:
+            detail.append(_cpu_detail(cpu))
         if ceiling:
             detail.append(
                 f"predictions/s {run['predictions_per_s']} = "
@@ -147,6 +150,23 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
                 f"{run['name']}; its figures do not describe this server alone"
             )
     return lines
+
+
+def _cpu_detail(cpu: dict[str, Any]) -> str:
+    """Server CPU per answered frame: in all, by thread (busiest first), and by batcher stage."""
+    parts = [f"server cpu per answered frame {_num(cpu['total'], '.3f')} ms"]
+    if cpu["threads"]:
+        busiest = sorted(cpu["threads"].items(), key=lambda item: -item[1])
+        parts.append("by thread " + ", ".join(f"{name} {ms:.3f}" for name, ms in busiest if ms > 0))
+    if cpu["stages"]:
+        parts.append(
+            "by stage (cpu of its thread) "
+            + ", ".join(
+                f"{stage} {_num(figures['ms_per_answer'], '.3f')} ({_num(figures['ms_per_image'], '.3f')} ms/image)"
+                for stage, figures in cpu["stages"].items()
+            )
+        )
+    return "; ".join(parts)
 
 
 def _ms(value: float | None) -> str:

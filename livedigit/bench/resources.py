@@ -3,10 +3,12 @@ machine the figures were measured on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from livedigit.bench.scrape import metric, scrape
 
 
 class ResourceWatch:
-    """The server's CPU use and resident memory over the measured window.
+    """The server's CPU use and resident memory over the measured window, its worker processes included.
 
     For a server the bench started, psutil reads its process directly (sampled every second); for
     ``--url`` it reads the ``process_*`` gauges of ``/metrics`` when the server exports them.
@@ -30,21 +32,52 @@ class ResourceWatch:
         self.cpu_percent: float | None = None
         self.loop_cpu_percent: float | None = None
         self._loop_start: float | None = None
+        self.cpu_seconds: float | None = None
+        self.thread_cpu_seconds: dict[str, float] | None = None
+        """The server's CPU over the window by thread name (``livedigit``, ``livedigit-prep``, ...)."""
+        self._threads_start: dict[str, float] | None = None
         self.bench_cpu_percent: float | None = None
         self.machine: dict[str, float] = {}
         self._bench_start = (time.monotonic(), _own_cpu_seconds())
         self._machine_start = psutil.cpu_times()
 
+    def _tree(self) -> list[psutil.Process]:
+        """The server's process and its children (its preprocessing worker): everything the dyno runs."""
+        if self.process is None:
+            return []
+        try:
+            return [self.process, *self.process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.process]
+
     def _cpu_seconds(self) -> float | None:
         if self.process is not None:
-            times = self.process.cpu_times()
-            return times.user + times.system
+            total = 0.0
+            for process in self._tree():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+            return total
         return metric(scrape(self.http_url), "process_cpu_seconds_total")
 
     def _rss_bytes(self) -> float | None:
         if self.process is not None:
-            return float(self.process.memory_info().rss)
+            total = 0.0
+            for process in self._tree():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += process.memory_info().rss
+            return total
         return metric(scrape(self.http_url), "process_resident_memory_bytes")
+
+    def _thread_cpu_seconds(self) -> dict[str, float] | None:
+        """:func:`thread_cpu_seconds` over the server's processes, summed by thread name."""
+        if self.process is None:
+            return None
+        totals: defaultdict[str, float] = defaultdict(float)
+        for process in self._tree():
+            for name, seconds in (thread_cpu_seconds(process.pid) or {}).items():
+                totals[name] += seconds
+        return dict(totals)
 
     def _main_thread_seconds(self) -> float | None:
         """CPU time of the server's main thread, the one running the event loop (its id is the pid)."""
@@ -60,6 +93,7 @@ class ResourceWatch:
         cpu = self._cpu_seconds()
         self._cpu_start = (time.monotonic(), cpu) if cpu is not None else None
         self._loop_start = self._main_thread_seconds()
+        self._threads_start = self._thread_cpu_seconds()
         self._bench_start = (time.monotonic(), _own_cpu_seconds())
         self._machine_start = psutil.cpu_times()
 
@@ -74,10 +108,15 @@ class ResourceWatch:
         now = time.monotonic()
         cpu = self._cpu_seconds()
         if self._cpu_start is not None and cpu is not None and now > self._cpu_start[0]:
+            self.cpu_seconds = round(cpu - self._cpu_start[1], 3)
             self.cpu_percent = round(100.0 * (cpu - self._cpu_start[1]) / (now - self._cpu_start[0]), 1)
             loop = self._main_thread_seconds()
             if loop is not None and self._loop_start is not None:
                 self.loop_cpu_percent = round(100.0 * (loop - self._loop_start) / (now - self._cpu_start[0]), 1)
+        threads = self._thread_cpu_seconds()
+        if threads is not None and self._threads_start is not None:
+            start = self._threads_start
+            self.thread_cpu_seconds = {name: round(spent - start.get(name, 0.0), 3) for name, spent in threads.items()}
         bench_cpu = _own_cpu_seconds()
         self.bench_cpu_percent = round(100.0 * (bench_cpu - self._bench_start[1]) / (now - self._bench_start[0]), 1)
         self.machine = _machine_load(self._machine_start, psutil.cpu_times(), now - self._bench_start[0])
@@ -90,12 +129,40 @@ class ResourceWatch:
         return {
             "source": "psutil" if self.process is not None else ("metrics" if self.rss else None),
             "cpu_percent": self.cpu_percent,
+            "cpu_seconds": self.cpu_seconds,
             "event_loop_cpu_percent": self.loop_cpu_percent,
+            "thread_cpu_seconds": self.thread_cpu_seconds,
             "rss_mb_max": round(max(self.rss) / 2**20, 1) if self.rss else None,
             "rss_mb_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1) if self.rss else None,
             "bench_client_cpu_percent": self.bench_cpu_percent,
             "machine": self.machine,
         }
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""Units of the CPU times in ``/proc`` per second."""
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float] | None:
+    """User and system CPU time of each thread of process ``pid`` so far, summed by the thread's name as
+    the system shows it (the server names its threads: :mod:`livedigit.threadnames`); ``None`` without
+    Linux's ``/proc``. A thread that ended is not counted, and a thread's time is only as fine as a
+    clock tick (10 ms), so this is for windows of seconds."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    totals: defaultdict[str, float] = defaultdict(float)
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # "TID (name) state ...": the name may hold spaces and parentheses; utime and stime are the
+        # 14th and 15th fields, the 12th and 13th after the name.
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        totals[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return dict(totals)
 
 
 def _own_cpu_seconds() -> float:

@@ -1,7 +1,8 @@
 """The server's ``GET /metrics``: scraped before and after a run, and the run's own part of its histograms.
 
-The batch sizes the server formed and its own receive-to-send time come from the difference of two
-scrapes, so a server that has run before (``--url``, a sweep's earlier steps) reports this run alone.
+The batch sizes the server formed, its own receive-to-send time and the CPU time of its two batcher
+stages come from the difference of two scrapes, so a server that has run before (``--url``, a sweep's
+earlier steps) reports this run alone.
 """
 
 from __future__ import annotations
@@ -109,3 +110,31 @@ def server_latency(before: Histogram | None, after: Histogram | None) -> dict[st
         for ms in (50, 100)
     }
     return {"count": int(count), "p50": quantile(0.5), "p99": quantile(0.99), **over}
+
+
+STAGES = {"preprocess": "preprocess_cpu_seconds", "model": "inference_cpu_seconds"}
+"""Each stage of the batcher and the histogram of its CPU time (of the thread doing the work)."""
+
+
+def stage_cpu(
+    before: list[Metric] | None, after: list[Metric] | None, answered: int
+) -> dict[str, dict[str, float | None]] | None:
+    """The CPU time each stage spent during the run: in all, per image it handled and per answered frame
+    (``answered``), in ms; ``None`` when the server does not export the histograms."""
+    images = histogram(after, "batch_size")
+    if images is None:
+        return None
+    _, model_images, _ = _difference(histogram(before, "batch_size"), images)
+    stages: dict[str, dict[str, float | None]] = {}
+    for stage, suffix in STAGES.items():
+        spent = histogram(after, suffix)
+        if spent is None:
+            return None
+        _, seconds, count = _difference(histogram(before, suffix), spent)
+        handled = count if stage == "preprocess" else model_images
+        stages[stage] = {
+            "seconds": round(seconds, 3),
+            "ms_per_image": round(1000.0 * seconds / handled, 3) if handled else None,
+            "ms_per_answer": round(1000.0 * seconds / answered, 3) if answered else None,
+        }
+    return stages

@@ -54,6 +54,7 @@ import sqlalchemy.exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from livedigit import threadnames
 from livedigit.labels import database
 from livedigit.preprocess import Pixels, PreprocessError, Strokes, ink_from_pixels
 
@@ -269,7 +270,7 @@ class LabelStore:
         """
         if self._thread is not None:
             raise RuntimeError("the label store is already started")
-        self._thread = threading.Thread(target=self._run, name="livedigit-labels", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=threadnames.LABELS, daemon=True)
         self._thread.start()
         await asyncio.to_thread(self._health.first_attempt.wait, self.timeout + 2 * database.CONNECT_TIMEOUT)
 
@@ -356,6 +357,7 @@ class LabelStore:
     # The writer thread.
 
     def _run(self) -> None:
+        threadnames.name_this_thread(threadnames.LABELS)
         try:
             self._loop()
         except Exception:
