@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server-program",
         metavar="COMMAND",
         help="run the server as COMMAND serve ... instead of this interpreter's livedigit, to measure another "
-        "version with the same load, e.g. 'env PYTHONPATH=/tmp/old python -m livedigit'",
+        "version with the same load, e.g. 'env -C /tmp/old python -m livedigit' (python -m imports from "
+        "its directory first)",
     )
     refs = parser.add_argument_group("reference points")
     refs.add_argument("--ceiling", action="store_true", help="(a) the model alone in this process, batched")
