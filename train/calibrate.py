@@ -6,9 +6,9 @@
 Minutes, not a training run: the model is only run on the validation digits and the fitting negatives,
 through the serving preprocessing. Nothing here reads a test split.
 
-* **Temperature**: the one that maximises the log-likelihood of the validation digits (the six
-  validation writers of the pen-digits ``train`` split, as strokes, and the last 5,000 MNIST training
-  digits).
+* **Temperature**: the one that maximises the log-likelihood of the drawn validation digits (the six
+  validation writers of the pen-digits ``train`` split, as strokes): the served confidence is for people
+  drawing.
 * **not_a_digit**: for each temperature in :data:`REJECT_TEMPERATURES`, the threshold below which at most
   ``--digit-rejection`` of each validation set falls; of these, the pair that sends the most fitting
   negatives (:mod:`train.negatives`, ``fit`` half) to ``not_a_digit``.
@@ -42,6 +42,9 @@ REJECT_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 DIGIT_REJECTION = 0.0025
 """Default share of each validation set that may fall below the ``not_a_digit`` threshold: a quarter of
 the 1% promised for people the fit never saw, whose digits are less confident than these."""
+
+TEMPERATURE_SET = "pen_digits_validation"
+"""The validation set the temperature is fitted on: the six validation writers' drawings, as strokes."""
 
 UNSURE_MARGIN = 0.5
 """Default margin: ``unsure`` when the runner-up's calibrated probability is within 0.5 of the top one's,
@@ -90,11 +93,12 @@ def fit(
         name: (outputs.probabilities[~outputs.empty], labels[~outputs.empty])
         for name, (outputs, labels) in validation.items()
     }
-    pooled = np.concatenate([probabilities for probabilities, _ in found.values()])
-    pooled_labels = np.concatenate([labels for _, labels in found.values()])
+    # The served confidence is read by people drawing: the temperature is fitted on the drawn validation
+    # digits alone. Scanned MNIST digits, about as many again and more, would pull it towards their own.
+    drawn, drawn_labels = found[TEMPERATURE_SET]
 
     def nll(temperature: float) -> float:
-        chosen = soften(pooled, temperature)[np.arange(len(pooled_labels)), pooled_labels]
+        chosen = soften(drawn, temperature)[np.arange(len(drawn_labels)), drawn_labels]
         return float(-np.mean(np.log(np.clip(chosen, 1e-300, 1.0))))
 
     searched = minimize_scalar(
@@ -117,7 +121,7 @@ def fit(
     rule = VerdictRule(temperature, best["temperature"], best["below"], unsure_margin)
     fitted = {
         "temperature": {
-            "by": "maximum log-likelihood of the validation digits",
+            "by": f"maximum log-likelihood of the {TEMPERATURE_SET} digits",
             "log_likelihood_per_digit": {"at_1": round(-nll(1.0), 6), "fitted": round(-nll(temperature), 6)},
         },
         "not_a_digit": {
