@@ -187,13 +187,16 @@ def test_exported_tflite_agrees_with_the_keras_model(exported: Path, card: dict,
 
 
 def test_exported_labels_join_training_and_testing_by_writer(exported: Path, card: dict, labels_export: Path) -> None:
-    """Train rows are rendered like pen digits (two renderings each in a quick run, pixel rows too); test
+    """Train rows are rendered like pen digits (two renderings each in a quick run, pixel rows too, and the
+    stroke rows cut short as live snapshots); test
     rows are measured through the serving path, and no writer is on both sides."""
     extra_train, extra_test = pendigits.load(labels_export, "train"), pendigits.load(labels_export, "test")
     assert extra_train and extra_test and len(extra_train) + len(extra_test) == 120
     assert not {digit.writer for digit in extra_train} & {digit.writer for digit in extra_test}
     assert any(digit.pixels is not None for digit in extra_train)
-    assert card["training"]["samples"] == 2000 + 2 * (300 + len(extra_train))
+    training = card["training"]
+    assert training["cut_digits"] > 0 and training["negatives"] == 0  # a quick run makes no negatives
+    assert training["samples"] == 2000 + 2 * (300 + len(extra_train)) + training["cut_digits"]
     assert any(item.startswith(f"extra pen digits ({len(extra_train)} digits") for item in card["training"]["data"])
     runtime = load_runtime(exported, "litert")
     guesses = runtime.predict(as_inputs([preprocess(digit.image()) for digit in extra_test])).argmax(axis=1)

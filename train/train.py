@@ -428,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                 else []
             ),
             "samples": len(train_images),
+            "cut_digits": len(prefix_images),
+            "negatives": len(negative_images),
             "architecture": args.arch,
             "teacher": (
                 {"model": Path(args.teacher).name, "share": args.teacher_share, "temperature": args.teacher_temperature}
