@@ -188,8 +188,8 @@ def test_exported_tflite_agrees_with_the_keras_model(exported: Path, card: dict,
 
 def test_exported_labels_join_training_and_testing_by_writer(exported: Path, card: dict, labels_export: Path) -> None:
     """Train rows are rendered like pen digits (two renderings each in a quick run, pixel rows too, and the
-    stroke rows cut short as live snapshots); test
-    rows are measured through the serving path, and no writer is on both sides."""
+    stroke rows cut short as live snapshots); test rows are measured through the serving path, and no
+    writer is on both sides."""
     extra_train, extra_test = pendigits.load(labels_export, "train"), pendigits.load(labels_export, "test")
     assert extra_train and extra_test and len(extra_train) + len(extra_test) == 120
     assert not {digit.writer for digit in extra_train} & {digit.writer for digit in extra_test}
