@@ -30,10 +30,9 @@ from livedigit.config import DEFAULT_MODEL
 from livedigit.preprocess import (
     BOX,
     DEFAULT_LIMITS,
-    MIN_EXTENT,
     SIZE,
     STROKE_WIDTH,
-    _validate_surface,
+    measure_drawing,
     render_strokes,
     validate_strokes,
 )
@@ -49,17 +48,11 @@ Renderer = Callable[[Sequence[np.ndarray], tuple[float, float] | None], np.ndarr
 
 def previous_renderer(strokes: Sequence[np.ndarray], surface: tuple[float, float] | None) -> np.ndarray | None:
     """The renderer as it was before (commit d3c132f): Pillow at 96 px, area-filtered down to 20 px."""
-    points = validate_strokes(strokes, DEFAULT_LIMITS)
-    surface_side = _validate_surface(surface)
-    if not points:
+    drawing = measure_drawing(strokes, surface)
+    if drawing is None:
         return None
-    everything = np.concatenate(points)
-    low = everything.min(axis=0)
-    extent = float((everything.max(axis=0) - low).max())
-    if extent <= 1e-9 * max(1.0, float(np.abs(everything).max())):
-        return None
-    if surface_side is not None and extent < MIN_EXTENT * surface_side:
-        return None
+    points, everything, low, span = drawing
+    extent = float(span.max())
     pen = max(1.0, STROKE_WIDTH * PREVIOUS_RESOLUTION)
     margin = math.ceil(pen)
     side = PREVIOUS_RESOLUTION + 2 * margin + 1

@@ -286,6 +286,29 @@ def render_strokes(
     pixel's ink is its centre's distance to the nearest segment turned into coverage
     (:func:`_coverage`): anti-aliased, and without drawing a large canvas only to shrink it.
     """
+    drawing = measure_drawing(strokes, surface, limits)
+    if drawing is None:
+        return None
+    points, everything, low, span = drawing
+    extent = float(span.max())
+    scale = BOX / (extent * (1.0 + width))  # output pixels per unit: centre line plus pen fill 20 px
+    radius = width * extent * scale / 2.0
+    ink_width, ink_height = (span * scale + 2.0 * radius).tolist()
+    columns, rows = max(1, round(ink_width)), max(1, round(ink_height))
+    placed = ((everything - low) * scale + radius).astype(np.float32)
+    # The shorter side is stretched to the whole pixels it is given, as normalize()'s resize does.
+    xs = PIXEL_CENTRES[:columns] * np.float32(ink_width / columns)
+    ys = PIXEL_CENTRES[:rows] * np.float32(ink_height / rows)
+    return _place(_coverage(placed, [len(stroke) for stroke in points], radius, xs, ys))
+
+
+def measure_drawing(
+    strokes: Sequence[Sequence[Sequence[float]] | np.ndarray],
+    surface: tuple[float, float] | None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None:
+    """Validate a drawing and measure it: its strokes, all their points, the corner of their box and the
+    box's size; ``None`` for no strokes or a dot (the rules every renderer of strokes applies)."""
     points = validate_strokes(strokes, limits)
     surface_side = _validate_surface(surface)
     if not points:
@@ -299,15 +322,7 @@ def render_strokes(
         return None
     if surface_side is not None and extent < MIN_EXTENT * surface_side:
         return None
-    scale = BOX / (extent * (1.0 + width))  # output pixels per unit: centre line plus pen fill 20 px
-    radius = width * extent * scale / 2.0
-    ink_width, ink_height = (span * scale + 2.0 * radius).tolist()
-    columns, rows = max(1, round(ink_width)), max(1, round(ink_height))
-    placed = ((everything - low) * scale + radius).astype(np.float32)
-    # The shorter side is stretched to the whole pixels it is given, as normalize()'s resize does.
-    xs = PIXEL_CENTRES[:columns] * np.float32(ink_width / columns)
-    ys = PIXEL_CENTRES[:rows] * np.float32(ink_height / rows)
-    return _place(_coverage(placed, [len(stroke) for stroke in points], radius, xs, ys))
+    return points, everything, low, span
 
 
 PIXEL_CENTRES = np.arange(SIZE, dtype=np.float32) + 0.5

@@ -248,13 +248,13 @@ def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITE
 
     ``live`` (a connection's frames, as the server reads them): a snapshot of strokes keeps its drawing
     :class:`Undecoded`, and a snapshot or submit of strokes carries the digest of its drawing."""
-    if (ping := _check_arrays(text, limits, "frame", max_items)) is not None:
+    brackets = _brackets(text)
+    if (ping := _check_arrays(text, limits, "frame", max_items, brackets)) is not None:
         return ping
     if not live:
         return _parse_text(text, limits, max_items)
     envelope, drawing = _strokes_envelope(text)
     if envelope is not None and envelope.type == "snapshot":
-        brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
         undecoded = Undecoded(text, limits, max(1, math.ceil(brackets / COST_POINTS)))
         return Request("snapshot", _message_id(envelope.id), undecoded, envelope.preview, drawing=drawing)
     request = _parse_text(text, limits, max_items)
@@ -436,7 +436,14 @@ def parse_binary(frame: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS)
     return Request(kind, message_id, Pixels(array), preview)
 
 
-def _check_arrays(text: str | bytes, limits: Limits, what: str, max_items: int = 1) -> Request | None:
+def _brackets(text: str | bytes) -> int:
+    """How many JSON arrays a frame can open: its ``[`` characters (those inside strings included)."""
+    return text.count("[") if isinstance(text, str) else text.count(b"[")
+
+
+def _check_arrays(
+    text: str | bytes, limits: Limits, what: str, max_items: int = 1, brackets: int | None = None
+) -> Request | None:
     """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
 
     Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
@@ -445,9 +452,11 @@ def _check_arrays(text: str | bytes, limits: Limits, what: str, max_items: int =
     strokes, their points, ``surface``) and brackets inside a string id, and for a batch (``items``) as
     many times that as it may hold images. Such a frame is then read as an object of undecoded values, to
     answer it as a full decoding would: its id echoed, a ``ping`` answered (its other fields do not
-    matter), a wrong type or form named.
+    matter), a wrong type or form named. ``brackets`` is :func:`_brackets` of ``text`` when the caller
+    has it already.
     """
-    brackets = text.count("[") if isinstance(text, str) else text.count(b"[")
+    if brackets is None:
+        brackets = _brackets(text)
     drawing = limits.max_points + limits.max_strokes + 4
     if brackets <= drawing + MAX_ID_LENGTH:
         return None

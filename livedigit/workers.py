@@ -128,12 +128,12 @@ class PreprocessPool:
         A worker found dead before it was given the images (it died idle) is replaced at once and the
         images go to the new one: nothing was lost, so nobody is told.
         """
-        executor = self._executor or self._new_executor()
+        executor = self._current()
         try:
             future = executor.submit(prepare, images, self.limits)
         except BrokenProcessPool:
             self._replace(executor)
-            future = self._new_executor().submit(prepare, images, self.limits)
+            future = self._current().submit(prepare, images, self.limits)
         try:
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
@@ -154,7 +154,8 @@ class PreprocessPool:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def _new_executor(self) -> Executor:
+    def _current(self) -> Executor:
+        """The pool in use, started on first use and after one broke."""
         if self._executor is None:
             if self.workers:
                 self._executor = ProcessPoolExecutor(

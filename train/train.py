@@ -52,7 +52,7 @@ from livedigit import pendigits
 from livedigit.preprocess import SIZE, STROKE_WIDTH, Pixels, preprocess, render_strokes
 from livedigit.runtime import load_runtime
 from train import calibrate, evaluate, negatives
-from train.data import MNIST_VALIDATION, load_mnist, run
+from train.data import MNIST_VALIDATION, as_served, load_mnist, run
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_LIMIT = 300
@@ -149,10 +149,9 @@ def render_prefixes(
     for digit in digits:
         if digit.pixels is not None:
             continue
-        total = sum(len(stroke) for stroke in digit.strokes)
         for cut in cuts:
-            strokes = pendigits.prefix(digit.strokes, math.ceil(cut * total))
-            image = render_strokes(strokes, pendigits.SURFACE, width=STROKE_WIDTH * rng.uniform(0.8, 1.25))
+            served = as_served(digit, cut)
+            image = render_strokes(served.strokes, served.surface, width=STROKE_WIDTH * rng.uniform(0.8, 1.25))
             if image is not None:
                 images.append(image)
                 labels.append(digit.label)
