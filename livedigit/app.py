@@ -264,7 +264,7 @@ async def v2_infer(request: Request) -> Response:
             body, request.headers.get(openinference.HEADER_LENGTH), service.limits, settings.max_batch_items
         )
     except openinference.V2Error as exc:
-        service.metrics.messages.labels("invalid").inc()
+        service.metrics.messages["invalid"].inc()
         return Response(openinference.error_body(exc.message), exc.status, media_type="application/json")
     ticket = pipeline.handle(service, _http_caller(request, service, "v2"), infer.request, received)
     reply = await ticket.resolve()

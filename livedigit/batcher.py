@@ -47,7 +47,7 @@ import math
 import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,7 +97,7 @@ THROUGHPUT_SMOOTHING = 0.2
 model or preprocessing): the pace at which the batcher serves images."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """One image on its way through the batcher."""
 
@@ -119,7 +119,7 @@ class Job:
     """Wall time of its preprocessing (GIL waits included): what its reply waited for."""
     preprocess_cpu_seconds: float = 0.0
     """CPU time of its preprocessing, of the thread that did it: what it cost."""
-    prepared: float = field(default=0.0)
+    prepared: float = 0.0
 
 
 class Batcher:

@@ -10,7 +10,7 @@ work (``*_cpu_seconds``), what an image or a batch costs whatever else holds the
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,6 +21,28 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+Child = TypeVar("Child", Counter, Histogram)
+
+
+class ByLabel(Generic[Child]):
+    """A metric with one label, its children looked up once per value.
+
+    ``labels()`` converts, checks and locks on every call, which the event loop would pay several times
+    per message; the values here come from the server's own vocabulary (message and reply types, error
+    codes, drop reasons), so the cache stays small.
+    """
+
+    def __init__(self, metric: Child) -> None:
+        self.metric: Child = metric
+        self._children: dict[str, Child] = {}
+
+    def __getitem__(self, value: str) -> Child:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self.metric.labels(value)
+        return child
 
 
 class Metrics:
@@ -37,23 +59,27 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.messages = Counter(
-            "livedigit_messages",
-            "Client messages received, by type (invalid: not parseable)",
-            ["type"],
-            registry=registry,
+        self.messages = ByLabel(
+            Counter(
+                "livedigit_messages",
+                "Client messages received, by type (invalid: not parseable)",
+                ["type"],
+                registry=registry,
+            )
         )
-        self.replies = Counter("livedigit_replies", "Replies sent, by type", ["type"], registry=registry)
+        self.replies = ByLabel(Counter("livedigit_replies", "Replies sent, by type", ["type"], registry=registry))
         self.batch_items = Counter(
             "livedigit_batch_items", "Images received in batch messages (WebSocket, HTTP, /v2)", registry=registry
         )
-        self.batch_results = Counter(
-            "livedigit_batch_results", "Results inside batch replies, by type", ["type"], registry=registry
+        self.batch_results = ByLabel(
+            Counter("livedigit_batch_results", "Results inside batch replies, by type", ["type"], registry=registry)
         )
-        self.dropped = Counter(
-            "livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"], registry=registry
+        self.dropped = ByLabel(
+            Counter("livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"], registry=registry)
         )
-        self.errors = Counter("livedigit_errors", "Replies of type 'error', by code", ["code"], registry=registry)
+        self.errors = ByLabel(
+            Counter("livedigit_errors", "Replies of type 'error', by code", ["code"], registry=registry)
+        )
         self.closes = Counter(
             "livedigit_closes", "Connections closed by the server, by close code", ["code"], registry=registry
         )
@@ -113,12 +139,14 @@ class Metrics:
             buckets=TIME_BUCKETS,
             registry=registry,
         )
-        self.latency = Histogram(
-            "livedigit_reply_latency_seconds",
-            "From receiving a message to sending its reply, by reply type",
-            ["type"],
-            buckets=TIME_BUCKETS,
-            registry=registry,
+        self.latency = ByLabel(
+            Histogram(
+                "livedigit_reply_latency_seconds",
+                "From receiving a message to sending its reply, by reply type",
+                ["type"],
+                buckets=TIME_BUCKETS,
+                registry=registry,
+            )
         )
         self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
         self.worker_restarts = Counter(
@@ -150,18 +178,18 @@ class Metrics:
     def reply(self, reply: dict[str, Any], seconds: float | None = None) -> None:
         """Count one reply as it is sent (WebSocket or HTTP)."""
         kind = reply["type"]
-        self.replies.labels(kind).inc()
+        self.replies[kind].inc()
         if kind == "dropped":
-            self.dropped.labels(reply["reason"]).inc()
+            self.dropped[reply["reason"]].inc()
         elif kind == "error":
-            self.errors.labels(reply["code"]).inc()
+            self.errors[reply["code"]].inc()
         elif kind == "batch":
             for result in reply["results"]:
-                self.batch_results.labels(result["type"]).inc()
+                self.batch_results[result["type"]].inc()
                 if result["type"] == "error":
-                    self.errors.labels(result["code"]).inc()
+                    self.errors[result["code"]].inc()
         if seconds is not None:
-            self.latency.labels(kind).observe(seconds)
+            self.latency[kind].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -129,9 +129,9 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
     try:
         request = parse(service.limits)
     except ProtocolError as exc:
-        metrics.messages.labels("invalid").inc()
+        metrics.messages["invalid"].inc()
         return Ticket(None, received, reply=protocol.error(exc.id, exc.code, exc.message))
-    metrics.messages.labels(request.kind if caller.transport == "ws" else caller.transport).inc()
+    metrics.messages[request.kind if caller.transport == "ws" else caller.transport].inc()
     if request.kind == "batch":
         return _batch(service, caller, request, received)
     image, request = request.image, dataclasses.replace(request, image=None)

@@ -21,10 +21,11 @@ import multiprocessing
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Protocol
 
 import numpy as np
@@ -103,6 +104,73 @@ def _initialize_worker() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _serve(connection: Connection, limits: Limits) -> None:
+    """A worker process: prepare each list of images sent, send back the results, until the pipe closes."""
+    _initialize_worker()
+    with connection:
+        while True:
+            try:
+                images = connection.recv()
+            except EOFError:
+                return
+            connection.send(prepare(images, limits))
+
+
+class _Worker:
+    """One worker process and the pipe it is fed through.
+
+    The event loop writes a batch into the pipe and reads the results when the pipe is readable, so a
+    batch costs it one pickle each way and no thread of the server: ``ProcessPoolExecutor`` spends two
+    threads (a feeder and a result reader), which took the interpreter lock for about 80 us per answered
+    frame. The worker answers its batches in the order they were sent. The batcher gives a worker one
+    batch at a time, so neither side can block writing into a full pipe while the other does too.
+    """
+
+    def __init__(self, limits: Limits, on_death: Callable[[_Worker], object]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=_serve, args=(theirs, limits), name=threadnames.PREPROCESS, daemon=True)
+        self.process.start()
+        theirs.close()
+        self.on_death = on_death
+        self.waiting: deque[asyncio.Future[list[Prepared]]] = deque()
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.connection.fileno(), self._readable)
+
+    @property
+    def alive(self) -> bool:
+        return not self.connection.closed and self.process.exitcode is None
+
+    def send(self, images: Sequence[Image | Deferred]) -> asyncio.Future[list[Prepared]]:
+        future: asyncio.Future[list[Prepared]] = self.loop.create_future()
+        self.connection.send(list(images))  # BrokenPipeError or OSError when the worker is gone
+        self.waiting.append(future)
+        return future
+
+    def _readable(self) -> None:
+        try:
+            prepared = self.connection.recv()
+        except (EOFError, OSError):
+            self.on_death(self)
+            return
+        future = self.waiting.popleft()
+        if not future.done():
+            future.set_result(prepared)
+
+    def stop(self, error: BaseException | None = None) -> None:
+        """Close the pipe and kill the process; batches still waiting fail with ``error``."""
+        if not self.connection.closed:
+            self.loop.remove_reader(self.connection.fileno())
+            self.connection.close()
+        self.process.kill()
+        self.process.join(1.0)
+        self.process.close()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error or WorkerDied("the preprocessing worker was stopped"))
+
+
 class PreprocessPool:
     """``workers`` preprocessing processes (or, with 0, one thread of this process)."""
 
@@ -110,8 +178,10 @@ class PreprocessPool:
         self.workers = max(0, workers)
         self.limits = limits
         self.on_restart = on_restart
-        """Called each time a pool whose worker died is replaced."""
-        self._executor: Executor | None = None
+        """Called each time a worker that died is replaced."""
+        self._processes: list[_Worker | None] = [None] * self.workers
+        self._thread: Executor | None = None
+        self._next = 0
 
     @property
     def lanes(self) -> int:
@@ -128,39 +198,40 @@ class PreprocessPool:
         A worker found dead before it was given the images (it died idle) is replaced at once and the
         images go to the new one: nothing was lost, so nobody is told.
         """
-        executor = self._current()
+        if not self.workers:
+            if self._thread is None:
+                self._thread = threadnames.pool(1, threadnames.PREPROCESS)
+            return await asyncio.get_running_loop().run_in_executor(self._thread, prepare, images, self.limits)
+        lane, self._next = self._next, (self._next + 1) % self.workers
+        worker = self._processes[lane]
+        if worker is None or not worker.alive:
+            worker = self._start(lane, worker)
         try:
-            future = executor.submit(prepare, images, self.limits)
-        except BrokenProcessPool:
-            self._replace(executor)
-            future = self._current().submit(prepare, images, self.limits)
-        try:
-            return await asyncio.wrap_future(future)
-        except BrokenProcessPool:
-            self._replace(executor)
-            raise WorkerDied("the preprocessing worker died") from None
+            future = worker.send(images)
+        except OSError:
+            future = self._start(lane, worker).send(images)
+        return await future
 
-    def _replace(self, executor: Executor) -> None:
-        """Forget a broken pool (once, however many batches found it broken); the next run starts another."""
-        if self._executor is executor:
-            self.on_restart()
-            logger.error("a preprocessing worker died; starting another")
-            self._executor = None
-            executor.shutdown(wait=False, cancel_futures=True)
+    def _start(self, lane: int, dead: _Worker | None) -> _Worker:
+        """A new worker in ``lane``, replacing ``dead`` (found dead while idle: nothing was lost)."""
+        if dead is not None:
+            dead.stop()
+        worker = self._processes[lane] = _Worker(self.limits, self._died)
+        return worker
+
+    def _died(self, worker: _Worker) -> None:
+        """A worker's pipe closed under it: its batches fail and the next run in its lane starts another."""
+        self.on_restart()
+        logger.error("a preprocessing worker died; starting another")
+        worker.stop(WorkerDied("the preprocessing worker died"))
+        self._processes = [None if current is worker else current for current in self._processes]
 
     def shutdown(self) -> None:
         """Stop the workers; what they were preparing is abandoned (the batcher answers it)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-
-    def _current(self) -> Executor:
-        """The pool in use, started on first use and after one broke."""
-        if self._executor is None:
-            if self.workers:
-                self._executor = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_initialize_worker
-                )
-            else:
-                self._executor = threadnames.pool(1, threadnames.PREPROCESS)
-        return self._executor
+        processes, self._processes = self._processes, [None] * self.workers
+        for worker in processes:
+            if worker is not None:
+                worker.stop()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False, cancel_futures=True)
