@@ -18,15 +18,17 @@ import asyncio
 import ctypes
 import logging
 import multiprocessing
+import pickle
 import signal
+import socket
+import struct
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -104,67 +106,97 @@ def _initialize_worker() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _serve(connection: Connection, limits: Limits) -> None:
-    """A worker process: prepare each list of images sent, send back the results, until the pipe closes."""
+FRAME_HEADER = struct.Struct("!I")
+"""Each pickled message between the server and a worker is preceded by its length."""
+
+
+def _serve(channel: socket.socket, limits: Limits) -> None:
+    """A worker process: prepare each list of images sent, send back the results, until the server's end
+    of the socket closes."""
     _initialize_worker()
-    with connection:
-        while True:
-            try:
-                images = connection.recv()
-            except EOFError:
-                return
-            connection.send(prepare(images, limits))
+    with channel, channel.makefile("rb") as incoming:
+        while len(header := incoming.read(FRAME_HEADER.size)) == FRAME_HEADER.size:
+            (size,) = FRAME_HEADER.unpack(header)
+            images = pickle.loads(incoming.read(size))
+            channel.sendall(_frame(prepare(images, limits)))
 
 
-class _Worker:
-    """One worker process and the pipe it is fed through.
+def _frame(message: object) -> bytes:
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return FRAME_HEADER.pack(len(payload)) + payload
 
-    The event loop writes a batch into the pipe and reads the results when the pipe is readable, so a
-    batch costs it one pickle each way and no thread of the server: ``ProcessPoolExecutor`` spends two
-    threads (a feeder and a result reader), which took the interpreter lock for about 80 us per answered
-    frame. The worker answers its batches in the order they were sent. The batcher gives a worker one
-    batch at a time, so neither side can block writing into a full pipe while the other does too.
+
+class _Worker(asyncio.Protocol):
+    """One worker process, spoken to over a socket pair on the event loop.
+
+    A batch costs the event loop one pickle each way, written and read by its transport, which never
+    blocks; ``ProcessPoolExecutor`` spends two threads of the server (a feeder and a result reader) that
+    took the interpreter lock for about 80 us per answered frame. The worker answers its batches in the
+    order they were sent. The messages are pickles: the worker is this program's own child.
     """
 
-    def __init__(self, limits: Limits, on_death: Callable[[_Worker], object]) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, limits), name=threadnames.PREPROCESS, daemon=True)
-        self.process.start()
-        theirs.close()
+    def __init__(self, on_death: Callable[[_Worker], object]) -> None:
         self.on_death = on_death
         self.waiting: deque[asyncio.Future[list[Prepared]]] = deque()
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.connection.fileno(), self._readable)
+        self.transport: asyncio.Transport | None = None
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._received = bytearray()
+
+    @classmethod
+    async def start(cls, limits: Limits, on_death: Callable[[_Worker], object]) -> _Worker:
+        ours, theirs = socket.socketpair()
+        context = multiprocessing.get_context("spawn")
+        process = context.Process(target=_serve, args=(theirs, limits), name=threadnames.PREPROCESS, daemon=True)
+        try:
+            process.start()
+        finally:
+            theirs.close()
+        _, worker = await asyncio.get_running_loop().connect_accepted_socket(lambda: cls(on_death), ours)
+        worker.process = process
+        return worker
 
     @property
     def alive(self) -> bool:
-        return not self.connection.closed and self.process.exitcode is None
+        return self.transport is not None and self.process is not None and self.process.exitcode is None
 
     def send(self, images: Sequence[Image | Deferred]) -> asyncio.Future[list[Prepared]]:
-        future: asyncio.Future[list[Prepared]] = self.loop.create_future()
-        self.connection.send(list(images))  # BrokenPipeError or OSError when the worker is gone
+        assert self.transport is not None
+        future: asyncio.Future[list[Prepared]] = asyncio.get_running_loop().create_future()
+        self.transport.write(_frame(list(images)))
         self.waiting.append(future)
         return future
 
-    def _readable(self) -> None:
-        try:
-            prepared = self.connection.recv()
-        except (EOFError, OSError):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        while len(self._received) >= FRAME_HEADER.size:
+            (size,) = FRAME_HEADER.unpack_from(self._received)
+            end = FRAME_HEADER.size + size
+            if len(self._received) < end:
+                return
+            prepared = pickle.loads(self._received[FRAME_HEADER.size : end])
+            del self._received[:end]
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(prepared)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.transport = None
             self.on_death(self)
-            return
-        future = self.waiting.popleft()
-        if not future.done():
-            future.set_result(prepared)
 
     def stop(self, error: BaseException | None = None) -> None:
-        """Close the pipe and kill the process; batches still waiting fail with ``error``."""
-        if not self.connection.closed:
-            self.loop.remove_reader(self.connection.fileno())
-            self.connection.close()
-        self.process.kill()
-        self.process.join(1.0)
-        self.process.close()
+        """Close the socket and kill the process; batches still waiting fail with ``error``."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+        if self.process is not None:
+            self.process.kill()
+            self.process.join(1.0)
+            self.process.close()
+            self.process = None
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -205,22 +237,13 @@ class PreprocessPool:
         lane, self._next = self._next, (self._next + 1) % self.workers
         worker = self._processes[lane]
         if worker is None or not worker.alive:
-            worker = self._start(lane, worker)
-        try:
-            future = worker.send(images)
-        except OSError:
-            future = self._start(lane, worker).send(images)
-        return await future
-
-    def _start(self, lane: int, dead: _Worker | None) -> _Worker:
-        """A new worker in ``lane``, replacing ``dead`` (found dead while idle: nothing was lost)."""
-        if dead is not None:
-            dead.stop()
-        worker = self._processes[lane] = _Worker(self.limits, self._died)
-        return worker
+            if worker is not None:  # found dead while idle: nothing was lost
+                worker.stop()
+            worker = self._processes[lane] = await _Worker.start(self.limits, self._died)
+        return await worker.send(images)
 
     def _died(self, worker: _Worker) -> None:
-        """A worker's pipe closed under it: its batches fail and the next run in its lane starts another."""
+        """A worker's socket closed under it: its batches fail and the next run in its lane starts another."""
         self.on_restart()
         logger.error("a preprocessing worker died; starting another")
         worker.stop(WorkerDied("the preprocessing worker died"))

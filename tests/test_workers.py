@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
+from livedigit.workers import _frame, _Worker
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)"),
@@ -86,13 +88,19 @@ def restarts(http_url: str) -> float:
 
 
 async def test_the_worker_is_a_named_child_of_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server()
+    """It prepares every image, and batches far larger than a socket's buffer either way (64 drawings of
+    1,000 points out, 64 model inputs back) go through it whole, by the same worker."""
+    server = start_server(*BIG_MESSAGES, "--max-pending-submits", "1024")
     worker = worker_of(server.pid)
     assert Path(f"/proc/{worker}/comm").read_text().strip() == "livedigit-prep"
     ws, _ = await open_ws(server.ws_url)
     await ws.send(json.dumps({"type": "submit", "id": 1, "strokes": SEVEN}))
     assert (await replies(ws, 1))[0]["digit"] == 7
-    assert worker_of(server.pid) == worker
+    for message_id in range(2, 7):
+        await ws.send(json.dumps({"type": "batch", "id": message_id, "items": [{"strokes": HEAVY} for _ in range(64)]}))
+    for answer in await replies(ws, 5):
+        assert [result["type"] for result in answer["results"]] == ["prediction"] * 64, answer["results"][:8]
+    assert worker_of(server.pid) == worker and restarts(server.http_url) == 0
 
 
 async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -160,3 +168,17 @@ async def test_with_no_workers_a_named_thread_of_the_server_preprocesses(start_s
     assert not children(server.pid)
     threads = {Path(task, "comm").read_text().strip() for task in Path(f"/proc/{server.pid}/task").iterdir()}
     assert "livedigit-prep" in threads
+
+
+async def test_results_arriving_in_pieces_are_read_whole_and_in_order() -> None:
+    """The server reads a worker's results as its socket delivers them: a frame cut anywhere, or two in
+    one read, still gives each batch its own results, in the order the batches were sent."""
+    worker = _Worker(on_death=lambda _: None)
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    worker.waiting.extend([first, second])
+    stream = _frame(["first"]) + _frame(["second", "batch"])
+    for start in range(0, len(stream), 3):
+        worker.data_received(stream[start : start + 3])
+    assert first.result() == ["first"] and second.result() == ["second", "batch"]
+    assert not worker.waiting and not worker._received
