@@ -214,6 +214,8 @@ class PreprocessPool:
         self._processes: list[_Worker | None] = [None] * self.workers
         self._thread: Executor | None = None
         self._next = 0
+        self._starting = asyncio.Lock()
+        """Held while a worker starts, so that two batches for one lane never start two."""
 
     @property
     def lanes(self) -> int:
@@ -237,9 +239,12 @@ class PreprocessPool:
         lane, self._next = self._next, (self._next + 1) % self.workers
         worker = self._processes[lane]
         if worker is None or not worker.alive:
-            if worker is not None:  # found dead while idle: nothing was lost
-                worker.stop()
-            worker = self._processes[lane] = await _Worker.start(self.limits, self._died)
+            async with self._starting:
+                worker = self._processes[lane]
+                if worker is None or not worker.alive:
+                    if worker is not None:  # found dead while idle: nothing was lost
+                        worker.stop()
+                    worker = self._processes[lane] = await _Worker.start(self.limits, self._died)
         return await worker.send(images)
 
     def _died(self, worker: _Worker) -> None:
