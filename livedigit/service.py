@@ -36,9 +36,6 @@ from livedigit.verdict import VerdictRule
 
 T = TypeVar("T")
 
-GC_THRESHOLD = 10_000
-"""Allocations between young-generation garbage collections once serving (Python's default is 700)."""
-
 
 class Connection(Protocol):
     """What shutdown needs of an open WebSocket session (:class:`livedigit.session.Session`)."""
@@ -124,9 +121,6 @@ class Service:
         # (19 ms -> 1.2 ms for the full collections of a 100-client run).
         gc.collect()
         gc.freeze()
-        # What a message allocates is freed by reference counting; a young-generation collection every
-        # 700 allocations mostly finds nothing, yet took about 5% of the event loop under load.
-        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         logger.info("model %s loaded with %s; serving", self.model_name, self.runtime_name)
 
     async def stop(self) -> None:
