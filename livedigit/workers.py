@@ -151,7 +151,13 @@ class _Worker(asyncio.Protocol):
             process.start()
         finally:
             theirs.close()
-        _, worker = await asyncio.get_running_loop().connect_accepted_socket(lambda: cls(on_death), ours)
+        try:
+            _, worker = await asyncio.get_running_loop().connect_accepted_socket(lambda: cls(on_death), ours)
+        except BaseException:
+            ours.close()
+            process.kill()
+            process.join(1.0)
+            raise
         worker.process = process
         return worker
 
