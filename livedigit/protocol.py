@@ -249,7 +249,7 @@ def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITE
     ``live`` (a connection's frames, as the server reads them): a snapshot of strokes keeps its drawing
     :class:`Undecoded`, and a snapshot or submit of strokes carries the digest of its drawing."""
     brackets = _brackets(text)
-    if (ping := _check_arrays(text, limits, "frame", max_items, brackets)) is not None:
+    if (ping := _check_arrays(text, brackets, limits, "frame", max_items)) is not None:
         return ping
     if not live:
         return _parse_text(text, limits, max_items)
@@ -316,7 +316,7 @@ def _parse_text(text: str | bytes, limits: Limits, max_items: int) -> Request:
 def parse_body(body: bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS) -> Request:
     """Parse the JSON body of ``POST /api/predict``: one image form (a submit, no id), or ``items`` (a
     batch of at most ``max_items``)."""
-    _check_arrays(body, limits, "body", max_items)
+    _check_arrays(body, _brackets(body), limits, "body", max_items)
     try:
         message = _BODY.decode(body)
     except msgspec.ValidationError as exc:
@@ -355,7 +355,7 @@ def _item(raw: msgspec.Raw, limits: Limits) -> Request | ProtocolError:
 
 def parse_label_body(body: bytes, limits: Limits) -> Request:
     """Parse the JSON body of ``POST /api/labels``: one image form and a correction, no id."""
-    _check_arrays(body, limits, "body")
+    _check_arrays(body, _brackets(body), limits, "body")
     return _label(_LABEL_BODY, body, limits, None)
 
 
@@ -441,9 +441,7 @@ def _brackets(text: str | bytes) -> int:
     return text.count("[") if isinstance(text, str) else text.count(b"[")
 
 
-def _check_arrays(
-    text: str | bytes, limits: Limits, what: str, max_items: int = 1, brackets: int | None = None
-) -> Request | None:
+def _check_arrays(text: str | bytes, brackets: int, limits: Limits, what: str, max_items: int = 1) -> Request | None:
     """Refuse, before decoding, a frame with more JSON arrays than a drawing within the limits can have.
 
     Each point is an array, so a frame under ``max_message_bytes`` can spell ten times ``max_points``
@@ -452,11 +450,8 @@ def _check_arrays(
     strokes, their points, ``surface``) and brackets inside a string id, and for a batch (``items``) as
     many times that as it may hold images. Such a frame is then read as an object of undecoded values, to
     answer it as a full decoding would: its id echoed, a ``ping`` answered (its other fields do not
-    matter), a wrong type or form named. ``brackets`` is :func:`_brackets` of ``text`` when the caller
-    has it already.
+    matter), a wrong type or form named. ``brackets`` is :func:`_brackets` of ``text``.
     """
-    if brackets is None:
-        brackets = _brackets(text)
     drawing = limits.max_points + limits.max_strokes + 4
     if brackets <= drawing + MAX_ID_LENGTH:
         return None
