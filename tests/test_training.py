@@ -63,7 +63,8 @@ def labels_export(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.Tem
 
 @pytest.fixture(scope="module")
 def exported(mnist_path: Path, pen_path: Path, labels_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Base path of a model trained by ``python -m train --quick`` with seed 3, with ``labels_export``."""
+    """Base path of a model trained by ``python -m train --quick`` with seed 3 and narrow layers, with
+    ``labels_export``."""
     out = tmp_path_factory.mktemp("trained")
     done = subprocess.run(
         [
@@ -73,6 +74,8 @@ def exported(mnist_path: Path, pen_path: Path, labels_export: Path, tmp_path_fac
             "--quick",
             "--seed",
             "3",
+            "--channels",
+            "16,24,40",
             "--data",
             str(mnist_path),
             "--pen-digits",
@@ -118,6 +121,9 @@ def test_card_describes_the_model(exported: Path, card: dict) -> None:
     assert card["parameters"] == model.count_params()
     assert isinstance(card["flops_per_sample"], int) and card["flops_per_sample"] > 2 * card["parameters"]
     assert card["training"]["seed"] == 3
+    assert card["training"]["channels"] == [16, 24, 40]
+    widths = [layer.output.shape[-1] for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert widths == [16, 24, 24, 40, 40], widths
     assert card["training"]["quick"] is True
     assert any("MNIST" in item for item in card["training"]["data"])
     assert any("pen_digits" in item for item in card["training"]["data"])
