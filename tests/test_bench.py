@@ -190,6 +190,7 @@ def test_bench_script_mode_reports_the_ratios_of_one_run(pen_path, mnist_path, t
         run = script[name]
         assert run["answered"] > 0 and set(run["outcomes"]) <= {"predicted", "empty"}, run
         assert run["images_per_s"] == pytest.approx(run["answered"] / run["window_s"], rel=0.01)
+        assert run["client_cpu_us_per_image"] > 0 and 0 < run["client_cpu_percent"] <= 100, run
     for name in ("drawers_alone", "drawers_with_script"):
         check_run(script[name], 3)
     ratios = script["ratios"]

@@ -224,7 +224,7 @@ async def _lone_script(server: ServerProcess, args: argparse.Namespace) -> dict[
 
 async def _script_process(
     server: ServerProcess, args: argparse.Namespace, stop: asyncio.Event
-) -> list[tuple[float, str]]:
+) -> list[tuple[float, str, float]]:
     return await script_process(server.ws_url, args.mnist, args.script_images, args.pen_digits, args.timeout, stop)
 
 

@@ -53,12 +53,17 @@ def _script(script: dict[str, Any]) -> list[str]:
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
 
+    def line(what: str, run: dict[str, Any]) -> str:
+        cpu = run.get("client_cpu_us_per_image")
+        own = "" if cpu is None else f"  (script process: {run['client_cpu_percent']}% CPU, {cpu} us per image)"
+        return f"  {what:<49}{run['images_per_s']:>8.0f} /s  {run['outcomes']}{own}"
+
     return [
         f"a script classifying {script['count']} {script['images']} images, over and over:",
         f"  model alone (preprocess+runtime, this process)  {ceiling['ceiling_per_s']:>8.0f} /s",
-        f"  script alone, default settings                   {lone['images_per_s']:>8.0f} /s  {lone['outcomes']}",
-        f"  script alone, per-client limits lifted           {lifted['images_per_s']:>8.0f} /s  {lifted['outcomes']}",
-        f"  script beside the drawers                        {beside['images_per_s']:>8.0f} /s  {beside['outcomes']}",
+        line("script alone, default settings", lone),
+        line("script alone, per-client limits lifted", lifted),
+        line("script beside the drawers", beside),
         "",
         *_runs_table([script["drawers_alone"], script["drawers_with_script"]], None),
         "",

@@ -61,8 +61,9 @@ def script_images(mnist: str | Path, count: int, pen_strokes: Sequence[Any]) -> 
 
 async def script_process(
     url: str, mnist: str, count: int, pen_digits: str, timeout: float, stop: asyncio.Event
-) -> list[tuple[float, str]]:
-    """Run the script in a process of its own until ``stop`` is set; when each result arrived."""
+) -> list[tuple[float, str, float]]:
+    """Run the script in a process of its own until ``stop`` is set; when each result arrived, what it was,
+    and the script process's CPU seconds by then."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "livedigit.bench.script", url, mnist, str(count), pen_digits, str(timeout),
         stdin=asyncio.subprocess.PIPE,
@@ -73,13 +74,15 @@ async def script_process(
     output, _ = await process.communicate(b"stop\n")
     if process.returncode != 0:
         raise RuntimeError(f"the script process exited with {process.returncode}")
-    return [(float(when), str(kind)) for when, kind in json.loads(output)]
+    return [(float(when), str(kind), float(cpu)) for when, kind, cpu in json.loads(output)]
 
 
-async def run_script(url: str, images: list[Any], stop: asyncio.Event, timeout: float) -> list[tuple[float, str]]:
-    """Classify ``images`` over and over until ``stop`` is set; when each result arrived (monotonic) and
-    what it was."""
-    arrivals: list[tuple[float, str]] = []
+async def run_script(
+    url: str, images: list[Any], stop: asyncio.Event, timeout: float
+) -> list[tuple[float, str, float]]:
+    """Classify ``images`` over and over until ``stop`` is set; when each result arrived (monotonic), what
+    it was, and this process's CPU seconds by then (what the script itself costs the machine)."""
+    arrivals: list[tuple[float, str, float]] = []
     async with (
         LiveDigitClient(url, timeout=timeout, headers={"X-Forwarded-For": SCRIPT_ADDRESS}) as client,
         contextlib.aclosing(client.predict_each(itertools.cycle(images), progress=False)) as results,
@@ -91,21 +94,27 @@ async def run_script(url: str, images: list[Any], stop: asyncio.Event, timeout: 
                 kind = "empty"
             else:
                 kind = f"error {result.code}"
-            arrivals.append((time.monotonic(), kind))
+            arrivals.append((time.monotonic(), kind, time.process_time()))
             if stop.is_set():
                 break
     return arrivals
 
 
-def summary(arrivals: list[tuple[float, str]], start: float, end: float) -> dict[str, Any]:
-    """The script's results that arrived between ``start`` and ``end``: how many of each, and the rate."""
-    outcomes = Counter(kind for when, kind in arrivals if start <= when < end)
+def summary(arrivals: list[tuple[float, str, float]], start: float, end: float) -> dict[str, Any]:
+    """The script's results that arrived between ``start`` and ``end``: how many of each, the rate, and
+    the script process's own CPU per result over that time (a share of the machine the server lacks)."""
+    inside = [(when, kind, cpu) for when, kind, cpu in arrivals if start <= when < end]
+    outcomes = Counter(kind for _, kind, _ in inside)
     answered = outcomes["predicted"] + outcomes["empty"]
+    elapsed = inside[-1][0] - inside[0][0] if inside else 0.0
+    cpu = inside[-1][2] - inside[0][2] if elapsed > 0 else None
     return {
         "window_s": round(end - start, 2),
         "answered": answered,
         "images_per_s": round(answered / (end - start), 1),
         "outcomes": dict(outcomes),
+        "client_cpu_percent": round(100 * cpu / elapsed, 1) if cpu is not None else None,
+        "client_cpu_us_per_image": round(1e6 * cpu / (len(inside) - 1), 1) if cpu is not None else None,
     }
 
 
