@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -300,6 +301,25 @@ async def test_concurrent_items_share_batches(make_batcher, pausable_runtime) ->
     await asyncio.gather(first, *rest)
     assert max(pausable_runtime.batch_sizes) == 8
     assert sum(pausable_runtime.batch_sizes[-4:]) == 21
+
+
+async def test_the_model_goes_on_to_the_next_batch_while_the_event_loop_is_busy(make_batcher, pausable_runtime) -> None:
+    """The model thread starts a batch that is ready as soon as it finishes the one before, without
+    waiting for the event loop (which may be busy with hundreds of sockets) to hand it over."""
+    batcher = await make_batcher(max_batch=1)
+    pausable_runtime.pause()
+    first = batcher.enqueue("submit", ink(0))
+    await model_blocked(pausable_runtime)
+    second = batcher.enqueue("submit", ink(1))
+    registry = batcher.metrics.registry
+    await until(lambda: registry.get_sample_value("livedigit_preprocess_seconds_count") == 2)  # handed over
+    calls = len(pausable_runtime.batch_sizes)  # the warm-up's so far; the first batch waits at the gate
+    pausable_runtime.resume()
+    deadline = time.monotonic() + 10
+    while len(pausable_runtime.batch_sizes) < calls + 2 and time.monotonic() < deadline:
+        time.sleep(0.001)  # the event loop is held: nothing of the batcher's on it can run
+    assert pausable_runtime.batch_sizes[calls:] == [1, 1]
+    assert all(isinstance(outcome, Scored) for outcome in await asyncio.gather(first, second))
 
 
 async def test_stop_answers_everything_still_queued(make_batcher, pausable_runtime) -> None:
