@@ -186,8 +186,8 @@ def build_model(arch: str = "separable", channels: tuple[int, int, int] = (32, 6
     ``cnn`` uses full 3x3 convolutions there (14.8 M multiply-adds at the default ``channels``);
     ``separable`` replaces each with a 3x3 depthwise and a 1x1 pointwise convolution (3.1 M), the same
     receptive field at a fifth of the work, which is what a server running every live snapshot of every
-    person pays for. ``channels`` sets the width at 28x28, 14x14 and 7x7; the 7x7 stage is where widening
-    buys the most for its cost (160 there: 3.6 M multiply-adds in all).
+    person pays for. ``channels`` sets the width at 28x28, 14x14 and 7x7 (160 at 7x7: 3.6 M multiply-adds
+    in all; docs/model.md says what that was worth).
     """
     first, middle, last = channels
     import keras
