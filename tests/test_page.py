@@ -489,8 +489,20 @@ def test_a_silent_connection_is_detected_and_replaced(server, open_page) -> None
     network = SlowNetwork(hold=lambda message: message.get("type") == "pong")
     page = open_page(server.http_url, setup=network.install)
     assert page.page.locator("#status-rtt").is_hidden()
-    page.wait_for_status("reconnecting", timeout=15_000)
-    assert "no reply" in page.page.locator("#status-text").inner_text().lower()
+    # Every status the page shows, as it shows it: the page reconnects at once, so the "no reply" status
+    # may be gone again before a test could read it.
+    page.page.evaluate(
+        """() => {
+            const status = document.getElementById("status"), text = document.getElementById("status-text");
+            window.shown = [];
+            new MutationObserver(() => window.shown.push(status.dataset.state + ": " + text.textContent))
+                .observe(status, {attributes: true, childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    page.page.wait_for_function(
+        "() => window.shown.some(s => s.startsWith('reconnecting') && s.toLowerCase().includes('no reply'))",
+        timeout=15_000,
+    )
     network.hold = lambda message: False
     page.wait_for_status("connected", timeout=15_000)
     page.page.wait_for_selector("#status-rtt:not([hidden])")
