@@ -74,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arch", choices=ARCHITECTURES, default="separable", help="network (see build_model)")
     parser.add_argument(
         "--channels",
-        default="32,64,128",
-        help="channels at 28x28, 14x14 and 7x7 (comma-separated; see build_model)",
+        type=widths,
+        default=(32, 64, 128),
+        help="channels at 28x28, 14x14 and 7x7 (comma-separated; default 32,64,128; see build_model)",
     )
     parser.add_argument(
         "--prefix-cuts",
@@ -98,6 +99,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="livedigit-cnn", help="base name of the output files")
     parser.add_argument("--quick", action="store_true", help="tiny subset and one epoch: checks the pipeline")
     return parser.parse_args(argv)
+
+
+def widths(text: str) -> tuple[int, int, int]:
+    """``--channels``: three positive widths, comma-separated."""
+    try:
+        first, middle, last = (int(width) for width in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"three comma-separated widths, got {text!r}") from None
+    if min(first, middle, last) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return first, middle, last
 
 
 def normalize_all(images: np.ndarray) -> np.ndarray:
@@ -368,13 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         .prefetch(tf.data.AUTOTUNE)
     )
-    try:
-        channels = tuple(int(width) for width in args.channels.split(","))
-    except ValueError:
-        channels = ()
-    if len(channels) != 3 or min(channels) < 1:
-        raise SystemExit(f"--channels needs three positive widths, got {args.channels!r}")
-    model = build_model(args.arch, channels)  # type: ignore[arg-type]
+    model = build_model(args.arch, args.channels)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=steps * args.epochs - steps // 2 if args.epochs > 1 else steps,
@@ -444,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             "cut_digits": len(prefix_images),
             "negatives": len(negative_images),
             "architecture": args.arch,
-            "channels": list(channels),
+            "channels": list(args.channels),
             "teacher": (
                 {"model": Path(args.teacher).name, "share": args.teacher_share, "temperature": args.teacher_temperature}
                 if args.teacher
