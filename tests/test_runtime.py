@@ -67,9 +67,13 @@ def one_by_one(runtime: Runtime, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_litert_and_tensorflow_agree(litert: Runtime, tensorflow: Runtime, images: np.ndarray) -> None:
+    """LiteRT serves the 8-bit quantized network (``train/quantize.py``), TensorFlow its float original:
+    they name the same digit, with probabilities a few hundredths apart at most."""
     from_litert, from_tensorflow = litert.predict(images), tensorflow.predict(images)
     assert from_litert.shape == from_tensorflow.shape == (len(images), 10)
-    assert np.abs(from_litert - from_tensorflow).max() < 1e-4
+    agreement = float(np.mean(from_litert.argmax(axis=1) == from_tensorflow.argmax(axis=1)))
+    assert agreement >= 0.99, agreement
+    assert np.abs(from_litert - from_tensorflow).max() < 0.1
 
 
 @pytest.mark.parametrize("size", BATCH_SIZES)

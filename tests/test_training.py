@@ -208,3 +208,51 @@ def test_exported_labels_join_training_and_testing_by_writer(exported: Path, car
     guesses = runtime.predict(as_inputs([preprocess(digit.image()) for digit in extra_test])).argmax(axis=1)
     measured = float(np.mean(guesses == [digit.label for digit in extra_test]))
     assert card["accuracy"]["extra_pen_test"] == pytest.approx(measured, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def quantized(exported: Path, mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Base path of the quick model quantized by ``python -m train.quantize``, with a fixed temperature."""
+    out = tmp_path_factory.mktemp("quantized") / "quick-int8"
+    command = [sys.executable, "-m", "train.quantize", "--model", str(exported), "--out", str(out)]
+    command += ["--data", str(mnist_path), "--pen-digits", str(pen_path), "--samples", "100", "--limit", "300"]
+    done = subprocess.run([*command, "--temperature", "1.0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def test_quantize_writes_an_8_bit_network_that_names_the_float_models_digits(
+    quantized: Path, exported: Path, mnist_path: Path
+) -> None:
+    """The served ``.tflite`` holds 8-bit weights, a quarter of the float file, and names the same digit as
+    the float ``.keras`` beside it on nearly every MNIST test digit, as its card says; the softmax stays
+    float, so the probabilities are not rounded to multiples of 1/256."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensors = Interpreter(model_path=str(quantized.with_suffix(".tflite"))).get_tensor_details()
+    assert any(tensor["dtype"] == np.int8 for tensor in tensors)
+    assert quantized.with_suffix(".tflite").stat().st_size < exported.with_suffix(".tflite").stat().st_size / 2
+    with np.load(mnist_path) as data:
+        images = as_inputs([preprocess(Pixels(image)) for image in data["x_test"]])
+    integer = load_runtime(quantized, "litert").predict(images)
+    floating = load_runtime(quantized, "tensorflow").predict(images)
+    agreement = float(np.mean(integer.argmax(axis=1) == floating.argmax(axis=1)))
+    card = json.loads(quantized.with_suffix(".json").read_text())
+    assert agreement >= 0.98
+    assert card["quantization"]["float_agreement_mnist_test"] == pytest.approx(agreement, abs=1e-4)
+    assert card["tflite_vs_keras_max_abs_difference"] == pytest.approx(np.abs(integer - floating).max(), abs=1e-4)
+    np.testing.assert_allclose(integer.sum(axis=1), 1.0, atol=1e-5)
+    assert np.any(np.abs(integer * 256 - np.rint(integer * 256)) > 1e-3)
+
+
+def test_quantize_fits_the_verdict_rule_again_and_measures_the_quantized_model(quantized: Path) -> None:
+    """The card keeps the source's training record, with the verdict rule and every figure made again on
+    the 8-bit network (the temperature kept as given)."""
+    card = json.loads(quantized.with_suffix(".json").read_text())
+    assert card["training"]["quick"] is True and card["parameters"] > 0
+    assert card["verdict"]["temperature"] == 1.0
+    assert card["verdict"]["fitted"]["temperature"]["by"] == "fixed (--temperature)"
+    assert "--temperature=1.0" in card["verdict"]["fitted"]["command"]
+    measured = card["evaluation"]["measured"]
+    assert measured["command"].startswith("python -m train.evaluate") and str(quantized) in measured["command"]
+    assert measured["rule"] == VerdictRule.from_card(card).to_card() and measured["limit"] == 300

@@ -8,7 +8,8 @@ through the serving preprocessing. Nothing here reads a test split.
 
 * **Temperature**: the one that maximises the log-likelihood of the drawn validation digits (the six
   validation writers of the pen-digits ``train`` split, as strokes): the served confidence is for people
-  drawing.
+  drawing. ``--temperature`` fixes it instead, for a model that was trained on those writers (the
+  shipped one was): on drawings it has learned, every digit is right and the fit only ever sharpens.
 * **not_a_digit**: for each temperature in :data:`REJECT_TEMPERATURES`, the threshold below which at most
   ``--digit-rejection`` of each validation set falls; of these, the pair that sends the most fitting
   negatives (:mod:`train.negatives`, ``fit`` half) to ``not_a_digit``.
@@ -58,10 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl")
     parser.add_argument("--digit-rejection", type=float, default=DIGIT_REJECTION)
     parser.add_argument("--unsure-margin", type=float, default=UNSURE_MARGIN)
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="use this calibration temperature instead of fitting one"
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per set (a quick check)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated negatives")
     parser.add_argument("--dry-run", action="store_true", help="print the rule without writing the card")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        parser.error(f"--temperature must be a positive number, got {args.temperature}")
+    return args
 
 
 def validation_outputs(
@@ -87,8 +94,9 @@ def fit(
     fitting_negatives: Outputs,
     digit_rejection: float = DIGIT_REJECTION,
     unsure_margin: float = UNSURE_MARGIN,
+    temperature: float | None = None,
 ) -> tuple[VerdictRule, dict[str, Any]]:
-    """The rule, and how it was fitted (for the card)."""
+    """The rule, and how it was fitted (for the card); a ``temperature`` given is kept, not fitted."""
     found = {
         name: (outputs.probabilities[~outputs.empty], labels[~outputs.empty])
         for name, (outputs, labels) in validation.items()
@@ -101,10 +109,12 @@ def fit(
         chosen = soften(drawn, temperature)[np.arange(len(drawn_labels)), drawn_labels]
         return float(-np.mean(np.log(np.clip(chosen, 1e-300, 1.0))))
 
-    searched = minimize_scalar(
-        lambda log_t: nll(math.exp(log_t)), bounds=(math.log(0.05), math.log(20.0)), method="bounded"
-    )
-    temperature = round(math.exp(float(searched.x)), 4)
+    fixed = temperature is not None
+    if temperature is None:
+        searched = minimize_scalar(
+            lambda log_t: nll(math.exp(log_t)), bounds=(math.log(0.05), math.log(20.0)), method="bounded"
+        )
+        temperature = round(math.exp(float(searched.x)), 4)
     negative_rows = fitting_negatives.probabilities[~fitting_negatives.empty]
     tried = []
     for reject_temperature in REJECT_TEMPERATURES:
@@ -121,7 +131,7 @@ def fit(
     rule = VerdictRule(temperature, best["temperature"], best["below"], unsure_margin)
     fitted = {
         "temperature": {
-            "by": f"maximum log-likelihood of the {TEMPERATURE_SET} digits",
+            "by": "fixed (--temperature)" if fixed else f"maximum log-likelihood of the {TEMPERATURE_SET} digits",
             "log_likelihood_per_digit": {"at_1": round(-nll(1.0), 6), "fitted": round(-nll(temperature), 6)},
         },
         "not_a_digit": {
@@ -157,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     made = negatives.negatives("fit", args.seed)
     made = [made[i] for i in subset(made, args.limit)]
     rule, fitted = fit(
-        validation, run(runtime, [n.image for n in made], "fitting negatives"), args.digit_rejection, args.unsure_margin
+        validation,
+        run(runtime, [n.image for n in made], "fitting negatives"),
+        args.digit_rejection,
+        args.unsure_margin,
+        args.temperature,
     )
     fitted["command"] = "python -m train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
     fitted["seconds"] = round(time.perf_counter() - started, 1)

@@ -30,7 +30,8 @@ After training, the verdict rule is fitted on the validation digits and the fitt
 (``train/calibrate.py``), and every figure of the card is measured through the serving path
 (``train/evaluate.py``); the test splits (MNIST test, the 14 pen-digits test writers) only measure.
 
-Writes ``<out>/<name>.keras`` (Keras model), ``<out>/<name>.tflite`` (float32, served by LiteRT) and
+Writes ``<out>/<name>.keras`` (Keras model), ``<out>/<name>.tflite`` (float32, for LiteRT; ``python -m
+train.quantize`` makes the 8-bit one that is served) and
 ``<out>/<name>.json`` (model card: architecture, parameters, FLOPs, data, seed, commit, accuracies, the
 verdict rule and the evaluation figures).
 """

@@ -1,0 +1,152 @@
+"""Quantize a trained model to 8-bit integers for serving: the same network at about a quarter of the CPU.
+
+    python -m train.quantize --model models/livedigit-cnn --data ../shared/data/mnist.npz \
+        --pen-digits ../shared/data/pen_digits.jsonl
+
+LiteRT runs an int8 convolution through XNNPACK several times as fast as a float32 one on one core, and
+the model is the largest share of the server's CPU per prediction. Weights are quantized per channel
+and activations per tensor, with ranges taken from a representative set of what the server feeds the
+model: MNIST training digits and pen-digits training drawings, whole and cut after 75% of their points
+as a live snapshot is, all through ``livedigit.preprocess``. The input stays float32 (the server's
+preprocessing output, unchanged) and the final softmax stays float32, so the ten probabilities keep
+their full resolution: an int8 softmax would round every probability to a multiple of 1/256, which the
+verdict rule's thresholds and the calibration would see.
+
+The ``.keras`` model is the float original; the ``.tflite`` written is the quantized one. The card is
+the source model's, with a ``quantization`` object (method, representative data, agreement with the
+float model on the MNIST test digits), then the verdict rule fitted again (``train/calibrate.py``) and
+every figure measured again on the quantized model (``train/evaluate.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livedigit import pendigits
+from livedigit.config import DEFAULT_MODEL
+from livedigit.preprocess import SIZE, preprocess
+from livedigit.runtime import load_runtime
+from train import calibrate, evaluate
+from train.data import MNIST_VALIDATION, as_served, load_mnist, rasters, run
+
+REPRESENTATIVE_CUT = 0.75
+"""Pen digits join the representative set whole and cut after this share of their points."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.quantize", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model base path (.keras and .json)")
+    parser.add_argument("--out", default=None, help="base path of the quantized model (default: --model)")
+    parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
+    parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl")
+    parser.add_argument("--samples", type=int, default=1000, help="representative images of each kind")
+    parser.add_argument("--seed", type=int, default=1, help="which representative images are drawn")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="calibration temperature to keep instead of fitting one (train.calibrate --temperature)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most this many images per measured set")
+    return parser.parse_args(argv)
+
+
+def representative(
+    mnist_train: np.ndarray, pen_train: list[pendigits.PenDigit], samples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Model inputs as the server makes them: ``samples`` MNIST training digits (not the validation
+    ones), and ``samples`` pen-digits training drawings whole and as many cut after 75% of their points."""
+    digits = mnist_train[:-MNIST_VALIDATION]
+    chosen = rng.choice(len(digits), size=min(samples, len(digits)), replace=False)
+    images = [preprocess(image) for image in rasters(digits[chosen])]
+    pen = [pen_train[i] for i in rng.choice(len(pen_train), size=min(samples, len(pen_train)), replace=False)]
+    images += [preprocess(as_served(digit)) for digit in pen]
+    images += [preprocess(as_served(digit, REPRESENTATIVE_CUT)) for digit in pen]
+    found = [image for image in images if image is not None]
+    return np.stack(found).astype(np.float32).reshape(-1, SIZE, SIZE, 1)
+
+
+def int8_tflite(saved_model: str, samples: np.ndarray) -> bytes:
+    """A SavedModel converted to LiteRT with int8 weights and activations, float32 input and softmax."""
+    import tensorflow as tf
+
+    def feed() -> Iterator[list[np.ndarray]]:
+        for index in range(len(samples)):
+            yield [samples[index : index + 1]]
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = feed
+    # The debugger is TensorFlow's documented way to leave chosen ops in float (selective quantization).
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=feed,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["SOFTMAX"]),
+    )
+    model: bytes = debugger.get_nondebug_quantized_model()
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    started = time.time()
+    source = Path(args.model).with_suffix("") if Path(args.model).suffix else Path(args.model)
+    out = Path(args.out).with_suffix("") if args.out else source
+    print("loading MNIST and the pen digits ...", flush=True)
+    x_train, _, x_test, y_test = load_mnist(args.data)
+    pen_train, _ = pendigits.split_writers(pendigits.load(args.pen_digits, "train"))
+    samples = representative(x_train, pen_train, args.samples, np.random.default_rng(args.seed))
+    print(f"quantizing {source}.keras with {len(samples)} representative images ...", flush=True)
+    model = keras.models.load_model(source.with_suffix(".keras"), compile=False)
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        quantized = int8_tflite(saved_model, samples)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out != source:
+        shutil.copyfile(source.with_suffix(".keras"), out.with_suffix(".keras"))
+    out.with_suffix(".tflite").write_bytes(quantized)
+
+    test = rasters(x_test)
+    floating = run(load_runtime(source, "tensorflow"), test, "MNIST test, float model")
+    integer = run(load_runtime(out, "litert"), test, "MNIST test, quantized model")
+    card: dict[str, Any] = json.loads(source.with_suffix(".json").read_text())
+    for measured in ("verdict", "evaluation"):  # fitted and measured again below, on the quantized model
+        card.pop(measured, None)
+    card["quantization"] = {
+        "method": "int8 weights (per channel) and activations, float32 input and softmax (LiteRT converter)",
+        "representative": (
+            f"{args.samples} MNIST training digits and {args.samples} pen-digits training drawings, whole and cut "
+            f"after {REPRESENTATIVE_CUT:.0%} of their points ({len(samples)} model inputs, seed {args.seed})"
+        ),
+        "float_agreement_mnist_test": round(float((floating.predicted() == integer.predicted()).mean()), 5),
+        "float_accuracy_mnist_test": round(float((floating.predicted() == y_test).mean()), 5),
+        "seconds": round(time.time() - started, 1),
+    }
+    card["tflite_vs_keras_max_abs_difference"] = float(np.abs(floating.probabilities - integer.probabilities).max())
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(card["quantization"], indent=2), flush=True)
+
+    shared = [f"--model={out}", f"--pen-digits={args.pen_digits}"] + ([f"--data={args.data}"] if args.data else [])
+    limit = [f"--limit={args.limit}"] if args.limit else []
+    temperature = [f"--temperature={args.temperature}"] if args.temperature is not None else []
+    calibrate.main([*shared, *limit, *temperature])
+    evaluate.main([*shared, *limit, "--card"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
