@@ -9,6 +9,8 @@ import struct
 import numpy as np
 from wsutil import ONE, SEVEN, ask, closed, drawing, http_json, open_ws, pixels_field, png_field, replies, sample
 
+from livedigit.batcher import PREPARING
+
 BLANK = np.zeros((28, 28), np.uint8)
 
 
@@ -122,15 +124,16 @@ async def test_batch_items_count_towards_the_per_address_queue(app_server) -> No
         live.runtime.pause()
         await crowd.send(json.dumps({"type": "submit", "id": "first", "strokes": ONE}))
         assert await asyncio.to_thread(live.runtime.blocked.wait, 10)
-        await crowd.send(json.dumps({"type": "submit", "id": "second", "strokes": ONE}))
-        await until(lambda: live.service.batcher.in_flight == 2)  # taken into the batch after the blocked one
+        for index in range(PREPARING):  # each taken into a batch being prepared, after the blocked one
+            await crowd.send(json.dumps({"type": "submit", "id": f"next-{index}", "strokes": ONE}))
+        await until(lambda: live.service.batcher.in_flight == 1 + PREPARING)
         await crowd.send(json.dumps({"type": "batch", "id": "b", "items": [{"strokes": SEVEN}] * 6}))
         await other.send(json.dumps({"type": "submit", "id": "other", "strokes": SEVEN}))
         await until(lambda: live.service.batcher.queued[1] == 5)
         live.runtime.resume()
-        first, second, answer = await replies(crowd, 3)
+        *before, answer = await replies(crowd, 2 + PREPARING)
         theirs = await asyncio.wait_for(other.recv(), 20)
-    assert first["type"] == second["type"] == "prediction"
+    assert [reply["type"] for reply in before] == ["prediction"] * (1 + PREPARING)
     results = answer["results"]
     assert [r["type"] for r in results] == ["prediction"] * 4 + ["error"] * 2
     assert {r["code"] for r in results[4:]} == {"overloaded"}

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 
-from livedigit.batcher import Batcher
+from livedigit.batcher import PREPARING, Batcher
 from livedigit.metrics import Metrics
 from livedigit.preprocess import Limits, Pixels, Strokes
 from livedigit.verdict import VerdictRule
@@ -215,17 +215,18 @@ async def test_one_address_may_queue_only_its_share_of_the_submits(make_batcher,
 
 
 async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_batcher, pausable_runtime) -> None:
+    """With the model busy and every feed holding a prepared batch, a snapshot waits in the queue."""
     batcher = await make_batcher(max_batch=1, snapshot_deadline=0.2)
     pausable_runtime.pause()
     busy = batcher.enqueue("submit", ink(0))
     await model_blocked(pausable_runtime)
-    next_batch = batcher.enqueue("submit", ink(1))
-    await until(lambda: batcher.queued == (0, 0))
-    late = batcher.enqueue("snapshot", ink(2), Owner())
+    next_batches = [batcher.enqueue("submit", ink(seed)) for seed in range(1, 1 + PREPARING)]
+    await until(lambda: batcher.queued == (0, 0) and batcher.in_flight == 1 + PREPARING)
+    late = batcher.enqueue("snapshot", ink(9), Owner())
     await asyncio.sleep(0.3)
     pausable_runtime.resume()
     assert await late == Shed(DropReason.OVERLOADED)
-    assert isinstance(await busy, Scored) and isinstance(await next_batch, Scored)
+    assert all(isinstance(outcome, Scored) for outcome in await asyncio.gather(busy, *next_batches))
 
 
 async def test_submits_beyond_the_pending_limit_are_refused(make_batcher, pausable_runtime) -> None:
