@@ -1,7 +1,7 @@
 """Quantize a trained model to 8-bit integers for serving: the same network at about a quarter of the CPU.
 
     python -m train.quantize --model models/livedigit-cnn --data ../shared/data/mnist.npz \
-        --pen-digits ../shared/data/pen_digits.jsonl
+        --pen-digits ../shared/data/pen_digits.jsonl [--temperature 1.0] [--out BASE]
 
 LiteRT runs an int8 convolution through XNNPACK several times as fast as a float32 one on one core, and
 the model is the largest share of the server's CPU per prediction. Weights are quantized per channel
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -59,7 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="calibration temperature to keep instead of fitting one (train.calibrate --temperature)",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per measured set")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        parser.error(f"--temperature must be a positive number, got {args.temperature}")
+    return args
 
 
 def representative(
