@@ -60,15 +60,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--digit-rejection", type=float, default=DIGIT_REJECTION)
     parser.add_argument("--unsure-margin", type=float, default=UNSURE_MARGIN)
     parser.add_argument(
-        "--temperature", type=float, default=None, help="use this calibration temperature instead of fitting one"
+        "--temperature", type=temperature, default=None, help="use this calibration temperature instead of fitting one"
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per set (a quick check)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated negatives")
     parser.add_argument("--dry-run", action="store_true", help="print the rule without writing the card")
-    args = parser.parse_args(argv)
-    if args.temperature is not None and not 0 < args.temperature < math.inf:
-        parser.error(f"--temperature must be a positive number, got {args.temperature}")
-    return args
+    return parser.parse_args(argv)
+
+
+def temperature(text: str) -> float:
+    """``--temperature``: a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def validation_outputs(

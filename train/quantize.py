@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -55,15 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="which representative images are drawn")
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=calibrate.temperature,
         default=None,
         help="calibration temperature to keep instead of fitting one (train.calibrate --temperature)",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per measured set")
-    args = parser.parse_args(argv)
-    if args.temperature is not None and not 0 < args.temperature < math.inf:
-        parser.error(f"--temperature must be a positive number, got {args.temperature}")
-    return args
+    return parser.parse_args(argv)
 
 
 def representative(
