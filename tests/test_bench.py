@@ -97,6 +97,8 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
     assert sum(batches["buckets"].values()) == batches["batches"]
     server = run["server"]
     assert server["source"] == "psutil" and server["rss_mb_max"] > 10 and server["cpu_percent"] > 0
+    assert 0 < server["ready_s"] < 60
+    assert f"server ready {server['ready_s']} s after its process started" in captured.out
     cpu = run["cpu_per_answer_ms"]
     assert cpu["answered"] > 0 and cpu["total"] > 0
     assert {"livedigit", "livedigit-prep", "livedigit-model"} <= set(cpu["threads"])  # the worker process too

@@ -159,14 +159,21 @@ async def _runs(args: argparse.Namespace, digits: list[pendigits.PenDigit], repo
         return
     with server_for(workload.clients, workload.rate, _server_flags(args), _program(args)) as server:
         _say(args, f"server started on {server.http_url} with {' '.join(server.args)}")
-        report["runs"].append(await run_load(_target(server), workload, digits, "websocket", "websocket", args.quiet))
+        run = await run_load(_target(server), workload, digits, "websocket", "websocket", args.quiet)
+        report["runs"].append(_started(run, server))
         if args.http or args.references:
-            report["runs"].append(await run_load(_target(server), workload, digits, "http", "http", args.quiet))
+            run = await run_load(_target(server), workload, digits, "http", "http", args.quiet)
+            report["runs"].append(_started(run, server))
     if args.unbatched or args.references:
         with server_for(workload.clients, workload.rate, _server_flags(args, max_batch=1), _program(args)) as server:
-            report["runs"].append(
-                await run_load(_target(server), workload, digits, "websocket", "unbatched", args.quiet)
-            )
+            run = await run_load(_target(server), workload, digits, "websocket", "unbatched", args.quiet)
+            report["runs"].append(_started(run, server))
+
+
+def _started(run: dict[str, Any], server: ServerProcess) -> dict[str, Any]:
+    """``run`` with how long its server took from process start to ready (``server.ready_s``)."""
+    run["server"]["ready_s"] = server.ready_seconds
+    return run
 
 
 async def _script(args: argparse.Namespace, digits: list[pendigits.PenDigit]) -> dict[str, Any]:

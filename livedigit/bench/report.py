@@ -124,6 +124,8 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             f"lag p99 {run['client_lag_ms']['p99']} ms, other processes {machine.get('others_percent', '-')}%"
             f", steal {machine.get('steal_percent', '-')}%"
         )
+        if run["server"].get("ready_s") is not None:
+            detail.append(f"server ready {run['server']['ready_s']} s after its process started")
         cpu = run.get("cpu_per_answer_ms")
         if cpu:
             detail.append(_cpu_detail(cpu))

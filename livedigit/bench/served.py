@@ -50,7 +50,7 @@ def wait_until_ready(process: subprocess.Popen[bytes], http_url: str, timeout: f
                 if response.status == 200:
                     return True
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     return False
 
 
@@ -71,6 +71,9 @@ class ServerProcess:
     program: list[str] = field(default_factory=lambda: list(DEFAULT_PROGRAM))
     """How ``livedigit`` is run: this interpreter's package, or another install's command (with ``cwd``)."""
     cwd: Path | None = None
+    ready_seconds: float | None = None
+    """Seconds from starting the process to its first 200 on ``/readyz``: how long a restarted or newly
+    scaled dyno is unable to serve (within the 50 ms between polls)."""
 
     @property
     def http_url(self) -> str:
@@ -95,11 +98,13 @@ class ServerProcess:
         inherited = {name: value for name, value in os.environ.items() if name not in DATABASE_VARIABLES}
         labels = {"LIVEDIGIT_DATA_DIR": str(log_dir / "data")}
         environment = {**inherited, "PYTHONUNBUFFERED": "1", **labels, **self.env}
+        started = time.monotonic()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=environment
             )
         if wait_until_ready(self.process, self.http_url, timeout):
+            self.ready_seconds = round(time.monotonic() - started, 2)
             return self
         exited = self.process.poll()
         self.stop()
