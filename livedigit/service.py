@@ -259,8 +259,8 @@ def model_version(base: Path) -> str:
     A hash of the served file names exactly the weights that answered, where the card's ``git_commit``
     names only the training code (two runs of one commit differ). The ``.tflite`` is hashed whichever
     runtime serves: it is the ``.keras`` beside it, exported from the same weights and quantized to 8 bits
-    (``train/quantize.py``; the two name the same digit on 99.95% of MNIST test), so both runtimes record
-    one model under one version; the ``.keras`` is hashed when there is no ``.tflite``.
+    (``train/quantize.py``; the card's ``quantization`` says how often the two name the same digit), so
+    both runtimes record one model under one version; the ``.keras`` is hashed when there is no ``.tflite``.
     """
     for suffix in (".tflite", ".keras"):
         try:

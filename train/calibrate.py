@@ -8,8 +8,9 @@ through the serving preprocessing. Nothing here reads a test split.
 
 * **Temperature**: the one that maximises the log-likelihood of the drawn validation digits (the six
   validation writers of the pen-digits ``train`` split, as strokes): the served confidence is for people
-  drawing. ``--temperature`` fixes it instead, for a model that was trained on those writers (the
-  shipped one was): on drawings it has learned, every digit is right and the fit only ever sharpens.
+  drawing. ``--temperature`` fixes it instead, for a model that was trained on those writers (as the
+  one shipped before the current model was): on drawings it has learned, every digit is right and the
+  fit only ever sharpens.
 * **not_a_digit**: for each temperature in :data:`REJECT_TEMPERATURES`, the threshold below which at most
   ``--digit-rejection`` of each validation set falls; of these, the pair that sends the most fitting
   negatives (:mod:`train.negatives`, ``fit`` half) to ``not_a_digit``.
