@@ -216,7 +216,7 @@ class PreprocessPool:
         self.workers = max(0, workers)
         self.limits = limits
         self.on_restart = on_restart
-        """Called each time a worker that died is replaced."""
+        """Called each time a worker that died is replaced, busy or idle, whichever noticed first."""
         self._processes: list[_Worker | None] = [None] * self.workers
         self._thread: Executor | None = None
         self._next = 0
@@ -248,7 +248,9 @@ class PreprocessPool:
             async with self._starting:
                 worker = self._processes[lane]
                 if worker is None or not worker.alive:
-                    if worker is not None:  # found dead while idle: nothing was lost
+                    if worker is not None:  # found dead while idle: nothing was lost, but it is a restart
+                        self.on_restart()
+                        logger.error("a preprocessing worker died while idle; starting another")
                         worker.stop()
                     worker = self._processes[lane] = await _Worker.start(self.limits, self._died)
         return await worker.send(images)
