@@ -61,7 +61,7 @@ from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, Strokes, cost
 from livedigit.runtime import CLASSES, Runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import DropReason, Failed, Failure, Outcome, Scored, Shed, Verdict, Work
-from livedigit.workers import Deferred, PreprocessPool, WorkerDied
+from livedigit.workers import Deferred, Prepared, PreprocessPool, WorkerDied
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -100,6 +100,9 @@ PREPARING = 2
 each batch's inputs went back to the event loop and on to the model thread: under load it was busy for
 less than half of the time, with a quarter of the machine idle. A batch taken early is not replaced by
 newer snapshots, so more than two would prepare frames that are already stale."""
+
+_DRAWINGS = (Pixels, Png, Strokes)
+"""The decoded images (a tuple: ``isinstance`` with a union builds the union on every call)."""
 
 THROUGHPUT_SMOOTHING = 0.2
 """Weight of the newest batch in the moving average of the seconds per image of the slower stage (the
@@ -195,6 +198,9 @@ class Batcher:
         self._probing: asyncio.Task[None] | None = None
         self._last_run = 0.0
         self._running = False
+        self._model_idle = False
+        """Set by the model thread while it waits for a batch: one handed over then is taken at once,
+        and its feed goes on without the turn of the event loop that hearing so would cost."""
         self._healthy = False
         self._gap: float | None = None
         self._last_arrival: float | None = None
@@ -287,7 +293,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         now = time.perf_counter()
-        work = cost(image) if isinstance(image, Pixels | Png | Strokes) else image.cost
+        work = cost(image) if isinstance(image, _DRAWINGS) else image.cost
         if not self._running:
             future.set_result(Failed(Failure.NOT_READY))
             return future
@@ -349,15 +355,22 @@ class Batcher:
                 continue
             if ready:
                 taken = loop.create_future()
+                idle = self._model_idle
                 self._inbox.put(_Run(ready, taken))
-                await taken
+                if not idle or self._inbox.qsize() > 1:  # else the model thread takes it at once
+                    await taken
 
     def _model_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The model thread: run each batch the feed hands over, one at a time, and pass its results to the
         event loop. It goes from one batch to the next by itself: waiting for a busy event loop to start
         each model call (and for the interpreter lock it holds) cost a batch about 0.6 ms of an idle model."""
         threadnames.name_this_thread(threadnames.MODEL)
-        while (run := self._inbox.get()) is not _STOP:
+        while True:
+            self._model_idle = True
+            run = self._inbox.get()
+            self._model_idle = False
+            if run is _STOP:
+                break
             if run.taken is not None:
                 loop.call_soon_threadsafe(_settle, run.taken, None)
             run.live = [job for job in run.jobs if not job.abandoned]
@@ -444,13 +457,10 @@ class Batcher:
             else:
                 wanted.append(job)
         lanes = self._workers.lanes
-        chunks = [wanted[start::lanes] for start in range(lanes)]
-        results = await asyncio.gather(
-            *(self._workers.run([job.image for job in chunk if job.image is not None]) for chunk in chunks if chunk),
-            return_exceptions=True,
-        )
+        chunks = [chunk for start in range(lanes) if (chunk := wanted[start::lanes])]
+        results = await self._run_chunks(chunks)
         ready = []
-        for chunk, result in zip((chunk for chunk in chunks if chunk), results, strict=True):
+        for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, WorkerDied):
                     raise result
@@ -472,6 +482,19 @@ class Batcher:
                     job.model_input = prepared.model_input
                     ready.append(job)
         return ready
+
+    async def _run_chunks(self, chunks: list[list[Job]]) -> list[list[Prepared] | BaseException]:
+        """Each chunk's images prepared in a lane of its own; a lane's failure is its chunk's result.
+
+        One chunk (one worker) is awaited directly: gathering it would cost the batch two more turns of
+        the event loop, and under overload a turn is every connection's frames read in the meantime."""
+        images = [[job.image for job in chunk if job.image is not None] for chunk in chunks]
+        if len(images) == 1:
+            try:
+                return [await self._workers.run(images[0])]
+            except Exception as exc:
+                return [exc]
+        return await asyncio.gather(*(self._workers.run(lane) for lane in images), return_exceptions=True)
 
     # Helpers.
 
