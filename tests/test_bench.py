@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import subprocess
@@ -228,6 +229,42 @@ async def test_the_bench_sends_what_the_client_sends(pen_test):
     assert bench == reference and len(bench) > 6
     assert recorder.submits.sent == recorder.submits.empty == 3
     assert recorder.snapshots.sent == recorder.snapshots.empty == len(bench) - 3
+
+
+async def test_a_paced_person_keeps_one_snapshot_unanswered(pen_test):
+    """With ``--paced``, as the page does: no snapshot goes out before the reply to the one before it; those
+    falling due meanwhile wait, the newest replacing the others (counted ``dropped``/``held``); every frame
+    is counted once, and submits never wait."""
+    arrived: list[tuple[float, dict]] = []
+    answered: dict[int, float] = {}
+
+    async def page(socket: ServerConnection) -> None:
+        async def answer(request_id: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            answered[request_id] = time.monotonic()
+            await socket.send(json.dumps(Empty(request_id, False).to_wire()))
+
+        await socket.send(json.dumps({"type": "hello", "protocol": VERSION}))
+        tasks = []
+        async for message in socket:
+            request = json.loads(message)
+            arrived.append((time.monotonic(), request))
+            tasks.append(asyncio.ensure_future(answer(request["id"], 0.03 if request["type"] == "snapshot" else 0.0)))
+        await asyncio.gather(*tasks)
+
+    workload = Workload(1, 200.0, 2, 3600.0, 0.0, 3, 5.0, 0, paced=True)
+    frames = timeline(workload, [pen_test[:3]], [3], [0.0], 3600.0)
+    async with websockets.serve(page, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        recorder = Recorder(0.0, math.inf)
+        await websocket_people(url, workload, frames, time.monotonic(), recorder)
+    snapshots = [(when, request) for when, request in arrived if request["type"] == "snapshot"]
+    for (_, earlier), (when, later) in itertools.pairwise(snapshots):
+        assert when >= answered[earlier["id"]], f"snapshot {later['id']} went out before {earlier['id']} was answered"
+    due = sum(kind == "snapshot" for _, _, kind, _, _ in frames)
+    held = recorder.snapshots.dropped["held"]
+    assert held > 0 and len(snapshots) + held == due == recorder.snapshots.sent
+    assert recorder.snapshots.empty == len(snapshots) and recorder.submits.empty == recorder.submits.sent == 3
 
 
 async def test_the_report_warns_when_the_bench_itself_falls_behind(server, pen_test):

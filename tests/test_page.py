@@ -102,6 +102,8 @@ class SlowNetwork:
         self.hold = hold
         self.held: list[str] = []
         self.delivered: list[dict] = []
+        self.sent: list[dict] = []
+        """What the page sent, in order."""
         self.routes: list[WebSocketRoute] = []
 
     def install(self, page: Page) -> None:
@@ -119,7 +121,12 @@ class SlowNetwork:
             self.delivered.append(parsed)
             socket.send(message)
 
+        def from_page(message: str | bytes) -> None:
+            self.sent.append(json.loads(message))
+            upstream.send(message)
+
         upstream.on_message(from_server)
+        socket.on_message(from_page)
 
     def release(self) -> None:
         for message in self.held:
@@ -398,26 +405,56 @@ def test_page_survives_a_server_restart(start_server, open_page, samples) -> Non
 
 def test_a_late_reply_never_replaces_a_newer_one(server, open_page, samples) -> None:
     """Even if replies arrived out of order, the page keeps the newest: here the network holds back the
-    reply to the first live snapshot and hands it to the page after the later ones."""
+    reply to the first live snapshot and hands it to the page after the final answer to the submit."""
     network = SlowNetwork()
     network.hold = lambda message: message.get("type") == "prediction" and not network.held
     page = open_page(server.http_url, setup=network.install)
     draw_with_mouse(page.page, page.fit(samples[16].strokes), pause_ms=10)  # an 8
-    wait_until(
-        page.page,
-        lambda: any(m.get("type") == "prediction" for m in network.delivered),
-        what="a reply after the held one",
-    )
-    page.page.wait_for_timeout(300)
-    newest = [m for m in network.delivered if m.get("type") == "prediction"][-1]
-    page.wait_for_bars(newest["probabilities"])
+    wait_until(page.page, lambda: bool(network.held), what="the first live reply, held")
+    assert page.submit() is not None
+    final = [m for m in network.delivered if m.get("type") == "prediction"][-1]
     stale = json.loads(network.held[0])
-    assert stale["id"] < newest["id"] and stale["probabilities"] != newest["probabilities"]
+    assert final["final"] is True and stale["id"] < final["id"] and stale["probabilities"] != final["probabilities"]
     network.hold = lambda message: False
     network.release()
     page.page.wait_for_timeout(300)
-    assert page.bars() == pytest.approx([round(p, 4) for p in newest["probabilities"]], abs=1e-3)
-    assert page.digit == newest["digit"]
+    assert page.state == "final" and page.digit == final["digit"]
+    assert page.bars() == pytest.approx([round(p, 4) for p in final["probabilities"]], abs=1e-3)
+
+
+def test_one_live_snapshot_is_unanswered_at_a_time(server, open_page, samples) -> None:
+    """While the reply to a live snapshot is late, the page sends no other; when it comes, the page sends
+    the drawing as it is by then, and shows what the model makes of that one."""
+    network = SlowNetwork()
+    network.hold = lambda message: message.get("type") == "prediction" and not network.held
+    page = open_page(server.http_url, setup=network.install)
+    strokes = page.fit(samples[16].strokes)  # an 8
+    draw_with_mouse(page.page, strokes, pause_ms=10)
+    wait_until(page.page, lambda: bool(network.held), what="the first live reply, held")
+    page.page.wait_for_timeout(500)  # several snapshot intervals: a page without the rule would send more
+
+    def snapshots() -> list[dict]:
+        return [m for m in network.sent if m["type"] == "snapshot"]
+
+    before = snapshots()
+    held = json.loads(network.held[0])
+    assert before[-1]["id"] == held["id"], "a snapshot was sent while the reply to an earlier one was awaited"
+    network.hold = lambda message: False
+    network.release()
+    wait_until(page.page, lambda: len(snapshots()) > len(before), what="the drawing sent once the late reply came")
+    newest = snapshots()[-1]
+    box = page.canvas_box()
+    end = [strokes[-1][-1][0] - box["x"], strokes[-1][-1][1] - box["y"]]
+    assert len(newest["strokes"]) == len(strokes) and newest["strokes"][-1][-1] == pytest.approx(end, abs=1.0)
+    assert newest["strokes"] != before[-1]["strokes"]
+    wait_until(
+        page.page,
+        lambda: any(m.get("id") == newest["id"] for m in network.delivered),
+        what="the reply to the newest drawing",
+    )
+    reply = next(m for m in network.delivered if m.get("id") == newest["id"])
+    page.wait_for_bars(reply["probabilities"])
+    assert len(snapshots()) == len(before) + 1, "the drawing did not change, yet another snapshot was sent"
 
 
 def test_a_correction_tapped_on_the_page_is_stored_with_its_label(start_server, open_page, samples, tmp_path) -> None:

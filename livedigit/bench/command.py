@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring starts (default 2)")
     load.add_argument("--timeout", type=float, default=10.0, help="seconds a reply may take before it counts as lost")
     load.add_argument(
+        "--paced",
+        action="store_true",
+        help="each person keeps at most one snapshot unanswered, as the page does: a snapshot falling due "
+        "meanwhile waits (a newer one replaces it, counted dropped/held) and goes out when the reply comes; "
+        "without it people are open-loop and send every frame when it falls due",
+    )
+    load.add_argument(
         "--pen-digits",
         default=str(pendigits.DEFAULT_PATH),
         help="pen_digits.jsonl; the test split is replayed (default: ../shared/data/pen_digits.jsonl)",

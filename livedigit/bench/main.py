@@ -134,6 +134,7 @@ def _workload(args: argparse.Namespace, clients: int | None = None, duration: fl
         digits,
         args.timeout,
         args.seed,
+        args.paced,
     )
 
 

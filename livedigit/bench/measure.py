@@ -114,6 +114,7 @@ async def run_load(
         "clients": workload.clients,
         "rate_per_client": workload.rate,
         "points_per_snapshot": workload.points,
+        "paced": workload.paced and transport == "websocket",
         "window_s": round(window, 2),
         "window_monotonic": [start, start + window],
         "snapshots": snapshots,

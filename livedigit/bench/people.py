@@ -1,7 +1,10 @@
 """The simulated people: each replays its own schedule of frames over a WebSocket, or over HTTP.
 
 A person is open-loop: it sends every frame when it falls due, whatever the replies do, as a person keeps
-drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives. The
+drawing; each outcome goes to the :class:`~livedigit.bench.recorder.Recorder` when it arrives. With
+``--paced`` a WebSocket person keeps at most one snapshot unanswered, as the page does: the person still
+draws on schedule, but a snapshot that falls due meanwhile waits for that reply, and a newer one replaces
+it (counted ``dropped``/``held``). Its latency counts from when it fell due, as a person waits from then. The
 WebSocket people are :class:`Page` protocols sent to by one scheduler (:func:`websocket_people`), so that
 the bench, which shares the server's cores, costs it as little CPU per message as it can; the HTTP
 people are a task each.
@@ -28,6 +31,9 @@ from livedigit.bench.recorder import Recorder
 from livedigit.bench.workload import Drawing, Strokes, Workload, schedule
 from livedigit.client import ConnectionClosed, LiveDigitError, ServerError, as_image, parse_reply, request_tail, with_id
 from livedigit.wire import VERSION, Dropped, Empty, Prediction, ReplyType
+
+HELD = "held"
+"""The drop reason of a paced person's snapshot replaced by a newer one before it could be sent."""
 
 DRAIN_S = 5.0
 """How long a run waits after its end for replies still in flight, beyond which they count as lost."""
@@ -60,10 +66,15 @@ class Page(asyncio.Protocol):
     fragments its messages, so each text frame is one whole reply.
     """
 
-    def __init__(self, uri: WebSocketURI, recorder: Recorder, timeout: float) -> None:
+    def __init__(self, uri: WebSocketURI, recorder: Recorder, timeout: float, paced: bool = False) -> None:
         self.protocol = ClientProtocol(uri, max_size=None)
         self.recorder = recorder
         self.timeout = timeout
+        self.paced = paced
+        self.live: int | None = None
+        """Paced: the id of the snapshot whose reply is awaited."""
+        self.held: tuple[str, float, int] | None = None
+        """Paced: the snapshot (message without its id, when due, label) to send when that reply comes."""
         self.hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending: dict[int, tuple[str, float, float, int]] = {}
         """(kind, scheduled, sent at, label) of each request not yet answered, by id."""
@@ -106,16 +117,36 @@ class Page(asyncio.Protocol):
         """Send one request due at ``scheduled`` and remember it until its reply comes."""
         now = time.monotonic()
         self.recorder.sent(kind, scheduled, now - scheduled)
+        if self.paced:
+            self._drop_held(now)  # a newer snapshot, or the submit of the finished drawing, replaces it
+            if kind == "snapshot" and self.live is not None:
+                self.held = (tail, scheduled, label)
+                return
+        self._send(kind, tail, scheduled, now, label)
+
+    def _send(self, kind: str, tail: str, scheduled: float, sent_at: float, label: int) -> None:
         request_id = next(self.ids)
-        self.pending[request_id] = (kind, scheduled, now, label)
+        self.pending[request_id] = (kind, scheduled, sent_at, label)
+        if self.paced and kind == "snapshot":
+            self.live = request_id
         self.protocol.send_text(with_id(request_id, tail).encode())
         self._flush()
+
+    def _drop_held(self, now: float) -> None:
+        if self.held is not None:
+            _, scheduled, _ = self.held
+            self.held = None
+            self.recorder.reply("snapshot", scheduled, now, Dropped(None, HELD))
 
     def lose_pending(self) -> None:
         """Count every request still unanswered as lost (the run is over)."""
         pending, self.pending = self.pending, {}
         for kind, scheduled, sent_at, _ in pending.values():
             self.recorder.reply(kind, scheduled, sent_at, None)
+        if self.held is not None:
+            _, scheduled, _ = self.held
+            self.held = None
+            self.recorder.reply("snapshot", scheduled, scheduled, None)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -135,6 +166,11 @@ class Page(asyncio.Protocol):
         entry = self.pending.pop(reply.get("id"), None)
         if entry is None:
             return
+        if self.live is not None and reply.get("id") == self.live:
+            self.live = None
+            if self.held is not None:
+                (tail, scheduled, label), self.held = self.held, None
+                self._send("snapshot", tail, scheduled, scheduled, label)
         kind, scheduled, sent_at, label = entry
         outcome: object
         if time.monotonic() - sent_at > self.timeout:
@@ -187,8 +223,8 @@ async def websocket_people(
     recorder: Recorder,
 ) -> None:
     """The page's design: each person on a WebSocket of its own, snapshots sent without waiting for the
-    replies to earlier ones; ``frames`` is the :func:`timeline` of ``workload.clients`` pages, its times
-    counted from the monotonic time ``origin``.
+    replies to earlier ones (paced: with at most one unanswered); ``frames`` is the :func:`timeline` of
+    ``workload.clients`` pages, its times counted from the monotonic time ``origin``.
 
     One scheduler sends every page's frames: it sleeps until the next frame is due, then sends all the
     frames due by then, from every page, rather than waking a task per page and frame.
@@ -201,7 +237,7 @@ async def websocket_people(
         try:
             async with asyncio.timeout(workload.timeout):
                 _, page = await loop.create_connection(
-                    lambda: Page(uri, recorder, workload.timeout),
+                    lambda: Page(uri, recorder, workload.timeout, workload.paced),
                     uri.host,
                     uri.port,
                     ssl=_tls() if uri.secure else None,

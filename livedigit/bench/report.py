@@ -84,6 +84,7 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
     )
     lines = [header]
     for run in runs:
+        name = run["name"] + (" paced" if run.get("paced") else "")
         snap, sub, server = run["snapshots"], run["submits"], run["server"]
         live = snap["latency_ms"]
         errors = (
@@ -95,7 +96,7 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
         )
         batches = run["batch_sizes"]
         lines.append(
-            f"{run['name']:<16}{run['clients']:>8}{snap['offered_per_s']:>11.0f}{snap['achieved_per_s']:>10.0f}"
+            f"{name:<16}{run['clients']:>8}{snap['offered_per_s']:>11.0f}{snap['achieved_per_s']:>10.0f}"
             f"{sub['achieved_per_s']:>7.1f}{_ms(live['p50']):>9}{_ms(live['p95']):>7}{_ms(live['p99']):>7}"
             f"{_ms(live['max']):>8}{_ms(sub['latency_ms']['p99']):>11}{snap['dropped_share']:>9.1%}{errors:>7}"
             f"{_num(batches and batches['mean'], '.1f'):>7}{_num(server['cpu_percent']):>6}"

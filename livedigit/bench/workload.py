@@ -51,6 +51,9 @@ class Workload:
     digits: int | None
     timeout: float
     seed: int
+    paced: bool = False
+    """Each WebSocket person keeps at most one snapshot unanswered, as the page does; otherwise it sends
+    every frame when it falls due (open loop, as a script may)."""
 
 
 def quotas(workload: Workload) -> list[int | None]:

@@ -4,6 +4,10 @@
  * Every message carries a rising id. A reply is shown only if its id is above the last one shown, and
  * Clear and Undo raise that floor, so a reply that arrives late (to a snapshot sent before the canvas
  * changed) can never paint an old guess over a newer one.
+ *
+ * At most one live snapshot is unanswered at a time: while the server works on one, the page keeps
+ * only the newest drawing and sends it when the reply comes. A page then sends no faster than its
+ * replies come back, so a busy server is sent fewer snapshots instead of more it would only drop.
  */
 
 import { showModelFacts } from "./about.js";
@@ -44,6 +48,10 @@ let finalId = null;
 let submitWanted = false;
 /** The last submit sent: its answer is offered for a label with the strokes it carried. */
 let lastSubmit = null;
+/** The live snapshot whose reply is awaited, or null. */
+let liveId = null;
+/** The drawing changed while a live snapshot was unanswered: send the newest when its reply comes. */
+let liveWanted = false;
 
 const connection = new Connection(socketUrl(), { onReady, onMessage, onStatus });
 const feedback = new Feedback(document.getElementById("feedback"), (label) => connection.send(label));
@@ -92,11 +100,18 @@ function sendSnapshot() {
   if (pad.empty || !connection.ready) {
     return;
   }
+  if (liveId !== null) {
+    liveWanted = true;
+    return;
+  }
   if (connection.congested) {
     snapshots.request();
     return;
   }
-  connection.send(message("snapshot"));
+  const request = message("snapshot");
+  if (connection.send(request)) {
+    liveId = request.id;
+  }
 }
 
 function submit() {
@@ -105,6 +120,7 @@ function submit() {
     return;
   }
   snapshots.cancel();
+  liveWanted = false;
   feedback.commit();
   const request = message("submit");
   finalId = request.id;
@@ -145,6 +161,7 @@ function undo() {
 /** Ignore every reply to what was sent so far: the drawing they describe is gone. */
 function forget() {
   snapshots.cancel();
+  liveWanted = false;
   shownId = nextId - 1;
   finalId = null;
   submitWanted = false;
@@ -185,6 +202,8 @@ function shortcut(event) {
 function onReady(hello) {
   const rate = hello.limits && Number(hello.limits.snapshot_rate);
   snapshots.interval = rate > 0 ? Math.max(SNAPSHOT_INTERVAL_MS, 1000 / rate) : SNAPSHOT_INTERVAL_MS;
+  liveId = null; // a new connection: nothing sent on it is awaited
+  liveWanted = false;
   feedback.resend();
   if (pad.empty) {
     return;
@@ -200,6 +219,13 @@ function onReady(hello) {
 }
 
 function onMessage(reply) {
+  if (liveId !== null && reply.id === liveId) {
+    liveId = null;
+    if (liveWanted) {
+      liveWanted = false;
+      snapshots.request();
+    }
+  }
   if (feedback.handle(reply)) {
     return;
   }
