@@ -26,15 +26,19 @@ The queue is bounded by design:
   neither many connections nor expensive images from one address can hold another's submit back for
   more than about one image.
 
-**Who goes first** (:meth:`Batcher._take`). Live snapshots of people drawing go before submits, but
-never take all of a batch: while submits wait they get at least ``submit_share`` of every batch (a
-quarter by default), so bulk work always progresses; whatever room the snapshots leave goes to submits
-too (work conserving: an otherwise idle server gives one script whole batches). While people are
-drawing (a snapshot arrived within :data:`LIVE_WINDOW`), submits fill a batch only up to what it serves in
-``live_batch_ms`` (at the pace it measures per image), so that the batches a drawer's next snapshot
-waits behind stay short on any machine: its latency is about three of them. Under overload
-snapshots wait; a connection whose snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered
-``dropped``/``overloaded``.
+**Who goes first** (:meth:`Batcher._take`). A person's final answer goes before everything: the submit
+of a connection that sent snapshots since its last submit (the page's Submit of a drawing), one per
+connection at a time (a further one waits with the other submits). Under overload a person so still gets the
+answer to Submit promptly while the live frames slow down; as each connection has at most one such
+submit waiting, they are bounded by the connections, and bulk work cannot jump the queue with them.
+Next, live snapshots of people drawing go before submits, but never take all of a batch: while
+submits wait they get at least ``submit_share`` of every batch (a quarter by default), so bulk work
+always progresses; whatever room the snapshots leave goes to submits too (work conserving: an
+otherwise idle server gives one script whole batches). While people are drawing (a snapshot arrived
+within :data:`LIVE_WINDOW`), submits fill a batch only up to what it serves in ``live_batch_ms`` (at
+the pace it measures per image), so that the batches a drawer's next snapshot waits behind stay short
+on any machine: its latency is about three of them. Under overload snapshots wait; a connection whose
+snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
 
 Every job's future is resolved exactly once with an :data:`Outcome`, whatever happens (model failure,
 disconnect, shutdown), so a caller can always answer its client.
@@ -190,6 +194,10 @@ class Batcher:
         self._workers = PreprocessPool(preprocess_workers, limits, metrics.worker_restarts.inc)
         self._submits: FairQueue[Job] = FairQueue()
         self._snapshots: dict[Hashable, Job] = {}
+        self._answers: dict[Hashable, Job] = {}
+        """Each drawing connection's final submit, in arrival order: taken before anything else."""
+        self._drawing: set[Hashable] = set()
+        """Connections that sent a snapshot since their last submit."""
         self._taken: set[Job] = set()
         self._work = asyncio.Event()
         self._inbox: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
@@ -214,7 +222,7 @@ class Batcher:
     @property
     def queued(self) -> tuple[int, int]:
         """Snapshots and submits waiting to be taken into a batch."""
-        return len(self._snapshots), len(self._submits)
+        return len(self._snapshots), len(self._submits) + len(self._answers)
 
     @property
     def live_images(self) -> int:
@@ -275,20 +283,29 @@ class Batcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks, self._probing = [], None
         shutting_down = Failed(Failure.SHUTTING_DOWN)
-        for job in [*self._submits, *self._snapshots.values(), *self._taken]:
+        for job in [*self._answers.values(), *self._submits, *self._snapshots.values(), *self._taken]:
             self._resolve(job, shutting_down)
+        self._answers.clear()
         self._submits.clear()
         self._snapshots.clear()
         self._shutdown_threads()
 
     def enqueue(
-        self, kind: Work, image: Image | Deferred, owner: Hashable | None = None, client: Hashable = None
+        self,
+        kind: Work,
+        image: Image | Deferred,
+        owner: Hashable | None = None,
+        client: Hashable = None,
+        *,
+        final: bool = False,
     ) -> asyncio.Future[Outcome]:
         """Queue one image; the returned future resolves once with its :data:`Outcome`.
 
         ``owner`` identifies the connection: it is the key of the latest-wins snapshot slot and what
         :meth:`forget` releases. Snapshots need one; submits may have none (HTTP). ``client`` is the
-        client's address, the unit of fairness between submits.
+        client's address, the unit of fairness between submits. ``final``: a submit of its own (a
+        WebSocket ``submit``, not an item of a batch), which goes first if its connection is drawing
+        (see "Who goes first").
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
@@ -298,11 +315,23 @@ class Batcher:
             future.set_result(Failed(Failure.NOT_READY))
             return future
         if kind == "submit":
-            if not self.room(client):
+            answer = (
+                final
+                and owner is not None
+                and owner in self._drawing
+                and owner not in self._answers
+                and not self._submits.holds(client, owner)
+            )
+            self._drawing.discard(owner)
+            if not answer and not self.room(client):
                 future.set_result(Failed(Failure.BUSY, retry_after=self.retry_after(client)))
                 return future
             self.supersede(owner)
-            self._submits.push(Job(kind, image, owner, client, work, future, now, now))
+            job = Job(kind, image, owner, client, work, future, now, now)
+            if answer:
+                self._answers[owner] = job
+            else:
+                self._submits.push(job)
         else:
             if owner is None:
                 raise ValueError("a snapshot needs an owner (its connection)")
@@ -313,6 +342,7 @@ class Batcher:
                 self._resolve(previous, Shed(DropReason.STALE))
             self._snapshots[owner] = Job(kind, image, owner, client, work, future, now, since)
             self._last_snapshot = now
+            self._drawing.add(owner)
         self._note_arrival(now)
         self._work.set()
         return future
@@ -326,9 +356,10 @@ class Batcher:
     def forget(self, owner: Hashable) -> None:
         """Release everything of a connection that went away: nothing of it is computed or kept."""
         gone = Shed(DropReason.STALE)
-        slot = self._snapshots.pop(owner, None)
-        if slot is not None:
-            self._resolve(slot, gone)
+        self._drawing.discard(owner)
+        for slot in (self._snapshots.pop(owner, None), self._answers.pop(owner, None)):
+            if slot is not None:
+                self._resolve(slot, gone)
         for job in self._submits.remove_owner(owner):
             self._resolve(job, gone)
         for job in self._taken:
@@ -342,7 +373,7 @@ class Batcher:
         :data:`PREPARING` such loops)."""
         loop = asyncio.get_running_loop()
         while True:
-            while not self._submits and not self._snapshots:
+            while not self._answers and not self._submits and not self._snapshots:
                 self._work.clear()
                 await self._work.wait()
             await self._linger(loop)
@@ -503,7 +534,7 @@ class Batcher:
         if self.max_wait <= 0 or self.max_batch <= 1:
             return
         deadline = loop.time() + self.max_wait
-        while len(self._submits) + len(self._snapshots) < self.max_batch:
+        while len(self._answers) + len(self._submits) + len(self._snapshots) < self.max_batch:
             remaining = deadline - loop.time()
             gap = self._gap
             if gap is None or gap >= remaining:
@@ -518,9 +549,10 @@ class Batcher:
         """The next batch, within ``max_batch`` images and :data:`BATCH_COST` of preprocessing work (an
         image that costs more than that goes alone); see "Who goes first" in the module docstring.
 
-        1. The snapshot slots in line order, one per client address before a second, leaving
+        1. People's final answers, in the order they came, up to a full batch.
+        2. The snapshot slots in line order, one per client address before a second, leaving
            ``submit_share`` of the batch to waiting submits; snapshots past their deadline are shed.
-        2. Submits in fair order in the room left: up to a full batch, or while people are drawing up
+        3. Submits in fair order in the room left: up to a full batch, or while people are drawing up
            to ``live_batch_ms`` of work (:attr:`live_images`), or more if that is what gives the submits
            their share.
         """
@@ -537,6 +569,12 @@ class Batcher:
         )
         for owner in expired:
             self._resolve(self._snapshots.pop(owner), Shed(DropReason.OVERLOADED))
+        for owner, job in list(self._answers.items()):
+            if not fits(job, self.max_batch, BATCH_COST):
+                break
+            del self._answers[owner]
+            jobs.append(job)
+            work += job.cost
         others = 1.0 - self.submit_share if self._submits else 1.0
         images, most_work = math.floor(others * self.max_batch), math.floor(others * BATCH_COST)
         served: set[Hashable] = set()

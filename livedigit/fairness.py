@@ -54,6 +54,11 @@ class FairQueue(Generic[T]):
         """Items queued by one client address."""
         return self._per_client.get(client, 0)
 
+    def holds(self, client: Hashable, owner: Hashable | None) -> bool:
+        """Whether connection ``owner`` of ``client`` has an item queued."""
+        owners = self._clients.get(client)
+        return owners is not None and owner in owners
+
     def __iter__(self) -> Iterator[T]:
         for owners in self._clients.values():
             for items in owners.values():

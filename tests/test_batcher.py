@@ -161,6 +161,31 @@ async def test_snapshots_go_first_and_waiting_submits_keep_their_share(make_batc
     assert all(batch == ["submit"] * len(batch) for batch in taken[3:]), taken
 
 
+async def test_a_persons_submit_goes_first_once_per_connection(make_batcher, pausable_runtime) -> None:
+    """The Submit of a connection that has been drawing goes in the next batch ahead of other people's
+    snapshots and a script's backlog, and answers its own queued snapshot ``stale``. A second submit of
+    that connection, and the submits of a connection that never drew, wait with the other submits."""
+    batcher = await make_batcher(max_batch=4, submit_share=0.25, live_batch_ms=1e6)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0), Owner(), client="script")
+    await model_blocked(pausable_runtime)
+    person, script = Owner(), Owner()
+    drawn = batcher.enqueue("snapshot", ink(1), person, client="person")
+    others = [batcher.enqueue("snapshot", ink(i), Owner(), client=f"other-{i}") for i in range(6)]
+    backlog = [batcher.enqueue("submit", ink(i), script, client="script", final=True) for i in range(6)]
+    answer = batcher.enqueue("submit", ink(2), person, client="person", final=True)
+    again = batcher.enqueue("submit", ink(3), person, client="person", final=True)
+    assert drawn.done() and drawn.result() == Shed(DropReason.STALE)
+    finished = finishing_order({"answer": [answer], "again": [again], "snapshot": others, "submit": backlog})
+    pausable_runtime.resume()
+    await asyncio.gather(blocker, answer, again, *others, *backlog)
+    taken = batches(finished, pausable_runtime.batch_sizes[2:])  # after the warm-up and the blocker
+    assert taken[0][:3] == ["answer", "snapshot", "snapshot"], taken
+    assert sorted(name for batch in taken for name in batch) == sorted(
+        ["answer", "again", *["snapshot"] * 6, *["submit"] * 6]
+    )
+
+
 async def test_with_a_submit_share_of_one_submits_go_first(make_batcher, pausable_runtime) -> None:
     batcher = await make_batcher(max_batch=2, submit_share=1.0)
     pausable_runtime.pause()
@@ -280,8 +305,13 @@ async def test_forget_releases_everything_of_a_connection(make_batcher, pausable
     await model_blocked(pausable_runtime)
     taken = batcher.enqueue("submit", ink(1), gone)
     await until(lambda: batcher.queued == (0, 0))
-    queued = [batcher.enqueue("snapshot", ink(2), gone), batcher.enqueue("submit", ink(3), gone)]
+    queued = [
+        batcher.enqueue("snapshot", ink(2), gone),
+        batcher.enqueue("submit", ink(3), gone, final=True),  # a person's Submit: it goes first
+        batcher.enqueue("submit", ink(3), gone),
+    ]
     kept = batcher.enqueue("submit", ink(4), other)
+    assert batcher.queued == (0, 3)
     batcher.forget(gone)
     assert all(future.done() for future in queued) and batcher.queued == (0, 1)
     pausable_runtime.resume()
