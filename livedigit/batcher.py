@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -150,6 +151,17 @@ class _Run:
     """For a blank digit: resolved (or failed) with the model call."""
     live: list[Job] = field(default_factory=list)
     """The jobs still wanted when the model thread started on them."""
+
+
+class _Scores(NamedTuple):
+    """What the model thread makes of one batch, a row per image."""
+
+    probabilities: np.ndarray
+    """Calibrated, (n, 10)."""
+    previews: np.ndarray
+    """The inputs as 8-bit pixels, (n, 28, 28)."""
+    verdicts: list[Verdict]
+    cpu_seconds: float
 
 
 _STOP = None
@@ -406,7 +418,7 @@ class Batcher:
                 loop.call_soon_threadsafe(_settle, run.taken, None)
             run.live = [job for job in run.jobs if not job.abandoned]
             started = time.perf_counter()
-            result: tuple[np.ndarray, list[Verdict], float] | Exception | None = None
+            result: _Scores | Exception | None = None
             if run.live or not run.jobs:
                 try:
                     inputs = [job.model_input for job in run.live] if run.jobs else [np.zeros((SIZE, SIZE), np.float32)]
@@ -424,7 +436,7 @@ class Batcher:
         run: _Run,
         started: float,
         seconds: float,
-        result: tuple[np.ndarray, list[Verdict], float] | Exception | None,
+        result: _Scores | Exception | None,
     ) -> None:
         """Event loop: answer a batch the model thread ran (or the waiter of a blank digit)."""
         self._last_run = time.perf_counter()
@@ -446,7 +458,7 @@ class Batcher:
             if self._probing is None or self._probing.done():
                 self._probing = asyncio.ensure_future(self._probe())
             return
-        probabilities, verdicts, cpu_seconds = result
+        probabilities, previews, verdicts, cpu_seconds = result
         self._healthy = True
         self.metrics.inference.observe(seconds)
         self.metrics.inference_cpu.observe(cpu_seconds)
@@ -454,8 +466,8 @@ class Batcher:
         # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
         per_image = max(seconds, sum(job.preprocess_seconds for job in run.live)) / len(run.live)
         self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
-        for job, row, verdict in zip(run.live, probabilities, verdicts, strict=True):
-            self._resolve(job, Scored(row, job.model_input, verdict))  # type: ignore[arg-type]
+        for job, row, preview, verdict in zip(run.live, probabilities, previews, verdicts, strict=True):
+            self._resolve(job, Scored(row, job.model_input, preview, verdict))  # type: ignore[arg-type]
 
     async def _blank(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run a blank digit through the model thread; raises what the model raised."""
@@ -602,17 +614,20 @@ class Batcher:
         self._taken.update(jobs)
         return jobs
 
-    def _predict(self, inputs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[Verdict], float]:
+    def _predict(self, inputs: Sequence[np.ndarray | None]) -> _Scores:
         """Model thread: one call, with its output checked so a broken model cannot send garbage, then
-        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once; and the CPU time
-        this thread spent on it (a runtime's own threads, with ``--threads`` above 1, not counted)."""
+        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once, the inputs made
+        8-bit for the replies' ``preview`` (at once too, rather than one by one on the event loop); and
+        the CPU time this thread spent on it (a runtime's own threads, with ``--threads`` above 1, not
+        counted)."""
         cpu = time.thread_time()
         batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
         if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
             raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
         calibrated, verdicts = self.verdict.judge(probabilities)
-        return calibrated, verdicts, time.thread_time() - cpu
+        previews = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
+        return _Scores(calibrated, previews, verdicts, time.thread_time() - cpu)
 
     def _fail(self, jobs: list[Job], why: Failure) -> None:
         failure = Failed(why)

@@ -630,7 +630,7 @@ def reply(request: Request, outcome: Outcome, latency_ms: float) -> dict[str, An
     """The reply to ``request`` for the batcher's ``outcome``."""
     if isinstance(outcome, Scored):
         return prediction(request.id, request.final, outcome.probabilities, latency_ms,
-                          outcome.model_input if request.preview else None, outcome.verdict)  # fmt: skip
+                          outcome.preview if request.preview else None, outcome.verdict)  # fmt: skip
     if isinstance(outcome, NoDigit):
         return Empty(request.id, request.final).to_wire()
     if isinstance(outcome, Shed):
@@ -643,14 +643,14 @@ def prediction(
     final: bool,
     probabilities: np.ndarray,
     latency_ms: float,
-    model_input: np.ndarray | None = None,
+    preview: np.ndarray | None = None,
     verdict: Verdict = Verdict.DIGIT,
 ) -> dict[str, Any]:
-    """A ``prediction`` reply; ``model_input`` (the 28x28 image the model saw) adds ``preview``, an
+    """A ``prediction`` reply; ``preview`` (the 28x28 image the model saw, 8-bit) adds ``preview``, an
     ``unsure`` verdict adds the two ``candidates``."""
-    digit, candidates = ranked(probabilities, verdict)
-    rounded = [round(p, 6) for p in probabilities.tolist()]
-    preview = None if model_input is None else np.clip(np.rint(model_input * 255.0), 0, 255).astype(np.uint8)
+    values = probabilities.tolist()
+    digit, candidates = ranked(values, verdict)
+    rounded = [round(p, 6) for p in values]
     return Prediction(
         message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview, verdict, candidates
     ).to_wire()

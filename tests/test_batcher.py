@@ -122,6 +122,9 @@ async def test_every_batch_is_calibrated_and_judged_by_the_rule_it_was_given(mak
     served, verdicts = rule.judge(raw)
     np.testing.assert_allclose([outcome.probabilities for outcome in outcomes], served, atol=1e-6)
     assert [outcome.verdict for outcome in outcomes] == verdicts
+    for outcome in outcomes:  # the model input as a reply's preview shows it
+        np.testing.assert_array_equal(outcome.preview, np.clip(np.rint(outcome.model_input * 255), 0, 255))
+        assert outcome.preview.dtype == np.uint8
     assert len(set(verdicts)) > 1, "these drawings should not all get the same verdict"
 
 

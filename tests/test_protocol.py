@@ -288,8 +288,8 @@ def test_a_label_body_that_is_not_an_object_is_bad_json() -> None:
 
 def test_prediction_reply() -> None:
     probabilities = np.array([0.1, 0.0, 0.0, 0.7, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
-    model_input = np.zeros((28, 28), np.float32)
-    model_input[3, 4] = 1.0
+    model_input = np.zeros((28, 28), np.uint8)
+    model_input[3, 4] = 255
     reply = protocol.prediction(5, True, probabilities, 1.23456, model_input)
     assert reply["type"] == "prediction" and reply["id"] == 5 and reply["final"] is True
     assert reply["digit"] == 3 and reply["confidence"] == 0.7 and reply["latency_ms"] == 1.235
