@@ -57,6 +57,21 @@ def test_ranked_names_the_two_candidates_only_when_unsure() -> None:
     assert ranked(np.array(SPREAD), Verdict.NOT_A_DIGIT) == (8, None)
 
 
+def test_ranked_orders_as_a_stable_sort_and_equal_probabilities_go_lower_digit_first() -> None:
+    """The digit and the candidates are the first two of the probabilities sorted from the highest, the
+    lower digit first among equals, whether the row is a numpy array or a list."""
+    rng = np.random.default_rng(0)
+    rows = [rng.dirichlet(np.ones(10)) for _ in range(2000)]
+    rows += [np.round(row, 1) for row in rows]  # many ties
+    rows += [np.full(10, 0.1), np.array([0.0, 0.5, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])]
+    for row in rows:
+        order = np.argsort(-row, kind="stable")
+        expected = (int(order[0]), (int(order[0]), int(order[1])))
+        assert ranked(row, Verdict.UNSURE) == expected == ranked(row.tolist(), Verdict.UNSURE)
+        assert ranked(row, Verdict.DIGIT) == (expected[0], None)
+    assert ranked([0.0, 0.5, 0.0, 0.5] + [0.0] * 6, Verdict.UNSURE) == (1, (1, 3))
+
+
 @pytest.mark.parametrize(
     "verdict",
     [
