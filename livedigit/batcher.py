@@ -177,7 +177,7 @@ class Batcher:
         metrics: Metrics,
         *,
         limits: Limits,
-        max_batch: int = 64,
+        max_batch: int = 32,
         max_wait_ms: float = 2.0,
         max_pending_submits: int = 256,
         max_pending_per_client: int | None = None,

@@ -51,7 +51,7 @@ class Settings:
         "processes that turn drawings into model inputs beside the server's event loop; 0: a thread of the "
         "server process instead (it then competes with the event loop for the interpreter lock)",
     )
-    max_batch: int = _option(64, "largest batch the model runs; 1 disables batching")
+    max_batch: int = _option(32, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")
     max_message_bytes: int = _option(64 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")
     max_header_bytes: int = _option(

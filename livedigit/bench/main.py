@@ -24,7 +24,7 @@ from livedigit.bench.script import LIFTED, ratios, script_images, script_process
 from livedigit.bench.served import DEFAULT_PROGRAM, ServerProcess, server_for
 from livedigit.bench.workload import Workload
 from livedigit.client import as_image, websocket_url
-from livedigit.config import DEFAULT_MODEL
+from livedigit.config import DEFAULT_MODEL, Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SWEEP_MODES = ("batched", "unbatched", "http")
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
                 args.model or str(DEFAULT_MODEL),
                 args.runtime or "litert",
                 args.threads or 1,
-                args.max_batch or 64,
+                args.max_batch or Settings.max_batch,
             )
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             if args.sweep:
@@ -191,7 +191,7 @@ async def _script(args: argparse.Namespace, digits: list[pendigits.PenDigit]) ->
             args.model or str(DEFAULT_MODEL),
             args.runtime or "litert",
             args.threads or 1,
-            args.max_batch or 64,
+            args.max_batch or Settings.max_batch,
         ),
     }
     workload = _workload(args)
