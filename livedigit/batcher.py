@@ -28,9 +28,9 @@ The queue is bounded by design:
 
 **Who goes first** (:meth:`Batcher._take`). A person's final answer goes before everything: the submit
 of a connection that sent snapshots since its last submit (the page's Submit of a drawing), one per
-connection at a time (a further one waits with the other submits). Under overload a person so still gets the
-answer to Submit promptly while the live frames slow down; as each connection has at most one such
-submit waiting, they are bounded by the connections, and bulk work cannot jump the queue with them.
+connection at a time (a further one waits with the other submits). Under overload a person so still
+gets the answer to Submit promptly while the live frames slow down; as each connection has at most one
+such submit waiting, they are bounded by the connections, and bulk work cannot jump the queue with them.
 Next, live snapshots of people drawing go before submits, but never take all of a batch: while
 submits wait they get at least ``submit_share`` of every batch (a quarter by default), so bulk work
 always progresses; whatever room the snapshots leave goes to submits too (work conserving: an

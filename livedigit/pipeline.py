@@ -160,7 +160,7 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
         return Ticket(request, received, storing=service.spawn(_store(service, request.id, image, request.correction)))
     assert service.batcher is not None and image is not None
     kind: Work = "snapshot" if request.kind == "snapshot" else "submit"
-    final = kind == "submit" and caller.snapshots is not None  # a WebSocket submit, maybe a person's Submit
+    final = kind == "submit" and caller.transport == "ws"  # a WebSocket submit, maybe a person's Submit
     future = service.batcher.enqueue(kind, image, owner=caller.owner, client=caller.client, final=final)
     if kind == "snapshot" and caller.recent is not None and request.drawing is not None:
         future.add_done_callback(functools.partial(caller.recent.note, request.drawing))

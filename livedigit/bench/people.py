@@ -118,7 +118,8 @@ class Page(asyncio.Protocol):
         now = time.monotonic()
         self.recorder.sent(kind, scheduled, now - scheduled)
         if self.paced:
-            self._drop_held(now)  # a newer snapshot, or the submit of the finished drawing, replaces it
+            # A newer snapshot, or the submit of the finished drawing, replaces the held one.
+            self._drop_held(now, Dropped(None, HELD))
             if kind == "snapshot" and self.live is not None:
                 self.held = (tail, scheduled, label)
                 return
@@ -132,21 +133,19 @@ class Page(asyncio.Protocol):
         self.protocol.send_text(with_id(request_id, tail).encode())
         self._flush()
 
-    def _drop_held(self, now: float) -> None:
+    def _drop_held(self, now: float, outcome: object) -> None:
+        """Count the held snapshot, if any, with ``outcome``: it will not be sent."""
         if self.held is not None:
             _, scheduled, _ = self.held
             self.held = None
-            self.recorder.reply("snapshot", scheduled, now, Dropped(None, HELD))
+            self.recorder.reply("snapshot", scheduled, now, outcome)
 
     def lose_pending(self) -> None:
         """Count every request still unanswered as lost (the run is over)."""
         pending, self.pending = self.pending, {}
         for kind, scheduled, sent_at, _ in pending.values():
             self.recorder.reply(kind, scheduled, sent_at, None)
-        if self.held is not None:
-            _, scheduled, _ = self.held
-            self.held = None
-            self.recorder.reply("snapshot", scheduled, scheduled, None)
+        self._drop_held(time.monotonic(), None)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
