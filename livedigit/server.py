@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 from uvicorn.config import LOGGING_CONFIG
 
 from livedigit import threadnames
@@ -44,8 +45,9 @@ WS_IMPLEMENTATION = "websockets-sansio"
 one message at a time, so a flooding client is held back by TCP."""
 
 
-def config(settings: Settings, app: LiveDigitApp | None = None) -> uvicorn.Config:
-    """The uvicorn configuration for ``settings`` (exactly one process)."""
+def config(settings: Settings, app: Starlette | None = None) -> uvicorn.Config:
+    """The uvicorn configuration for ``settings`` (exactly one process), serving livedigit's app or
+    ``app`` (the bench's floor is served exactly as livedigit is)."""
     return uvicorn.Config(
         app or create_app(settings),
         host=settings.host,

@@ -110,6 +110,22 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
     assert f"reference digit {run['reference_digit_us']['before']} us before" in captured.out
 
 
+def test_the_floor_answers_every_frame_with_the_same_stack_and_no_work(pen_path, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--clients", "3", "--duration", "3", "--warmup", "1", "--floor", "--quiet"]
+    assert cli.main([*argv, "--pen-digits", str(pen_path), "--json", str(out)]) == 0
+    served, floor = json.loads(out.read_text())["runs"]
+    assert (served["name"], floor["name"]) == ("websocket", "floor")
+    check_run(floor, 3)
+    for kind in ("snapshots", "submits"):
+        assert floor[kind]["predicted"] == floor[kind]["sent"] > 0  # one prediction per frame, by its id
+    assert floor["server"]["source"] == "psutil" and floor["server"]["ready_s"] > 0
+    cpu = floor["cpu_per_answer_ms"]
+    assert cpu["total"] > 0 and cpu["stages"] is None  # no batcher, so no stages
+    assert {name for name, ms in cpu["threads"].items() if ms > 0} == {"livedigit"}  # the event loop alone
+    assert "floor" in capsys.readouterr().out
+
+
 def test_bench_against_a_running_server_and_the_http_reference(server, pen_path, tmp_path):
     out = tmp_path / "bench.json"
     code = cli.main(

@@ -19,7 +19,7 @@ Each client replays pen trajectories from the pen-digits test split over its own
 of the drawing so far every 1/--rate seconds, then a submit. Prints throughput, latency percentiles,
 dropped snapshots, errors, batch sizes, server CPU and memory and the accuracy of the submits; --json
 writes them to a file. Without --url the bench starts a server on a free loopback port. --ceiling,
---unbatched and --http add reference points; --sweep finds the number of clients at which p99 live
+--unbatched, --http and --floor add reference points; --sweep finds the number of clients at which p99 live
 latency passes --knee-ms, with batching on and off; --script measures a script classifying images at
 full speed, alone and beside the drawing clients.
 """
@@ -99,7 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="(c) the same clients over POST /api/predict, one request at a time per client",
     )
-    refs.add_argument("--references", action="store_true", help="all three reference points")
+    refs.add_argument(
+        "--floor",
+        action="store_true",
+        help="(d) the same load on a server of the same stack that answers every frame with a fixed "
+        "prediction (python -m livedigit.bench.floor): what the stack alone costs per frame",
+    )
+    refs.add_argument("--references", action="store_true", help="all four reference points")
     script = parser.add_argument_group("a script at full speed (--script)")
     script.add_argument(
         "--script",

@@ -27,6 +27,8 @@ from livedigit.client import as_image, websocket_url
 from livedigit.config import DEFAULT_MODEL, Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+FLOOR_PROGRAM = [sys.executable, "-m", "livedigit.bench.floor"]
+"""How ``--floor`` runs its server (:mod:`livedigit.bench.floor`), with the flags a server would get."""
 SWEEP_MODES = ("batched", "unbatched", "http")
 
 
@@ -96,8 +98,8 @@ def _check(args: argparse.Namespace) -> str | None:
         host = urlsplit(websocket_url(args.url)).hostname
         if host not in LOOPBACK:
             return f"--url must be a loopback address (127.0.0.1), not {host}"
-        if args.unbatched or args.references or args.sweep or args.script:
-            return "--unbatched, --references, --sweep and --script start their own servers; drop --url"
+        if args.unbatched or args.floor or args.references or args.sweep or args.script:
+            return "--unbatched, --floor, --references, --sweep and --script start their own servers; drop --url"
     if args.script and args.sweep:
         return "--script and --sweep are separate measurements; pick one"
     if args.script_images < 1:
@@ -168,6 +170,10 @@ async def _runs(args: argparse.Namespace, digits: list[pendigits.PenDigit], repo
     if args.unbatched or args.references:
         with server_for(workload.clients, workload.rate, _server_flags(args, max_batch=1), _program(args)) as server:
             run = await run_load(_target(server), workload, digits, "websocket", "unbatched", args.quiet)
+            report["runs"].append(_started(run, server))
+    if args.floor or args.references:
+        with server_for(workload.clients, workload.rate, _server_flags(args), FLOOR_PROGRAM) as server:
+            run = await run_load(_target(server), workload, digits, "websocket", "floor", args.quiet)
             report["runs"].append(_started(run, server))
 
 
