@@ -47,7 +47,7 @@ async def _ready(_: Request) -> PlainTextResponse:
 
 
 async def _answer(websocket: WebSocket) -> None:
-    """Hello, then one fixed prediction for each text frame, with its id; binary frames are not read."""
+    """Hello, then one fixed prediction for each frame, with the id of a JSON frame (none otherwise)."""
     await websocket.accept()
     await websocket.send_text(protocol.dumps(protocol.hello(FLOOR_MODEL, FLOOR_MODEL, {})).decode())
     while True:
