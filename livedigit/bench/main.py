@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from livedigit import pendigits
 from livedigit.bench.ceiling import image_ceiling, model_ceiling
 from livedigit.bench.measure import Target, run_load
-from livedigit.bench.report import format_report
+from livedigit.bench.report import FLOOR_RUN, format_report
 from livedigit.bench.resources import machine
 from livedigit.bench.script import LIFTED, ratios, script_images, script_process, summary
 from livedigit.bench.served import DEFAULT_PROGRAM, ServerProcess, server_for
@@ -173,7 +173,7 @@ async def _runs(args: argparse.Namespace, digits: list[pendigits.PenDigit], repo
             report["runs"].append(_started(run, server))
     if args.floor or args.references:
         with server_for(workload.clients, workload.rate, _server_flags(args), FLOOR_PROGRAM) as server:
-            run = await run_load(_target(server), workload, digits, "websocket", "floor", args.quiet)
+            run = await run_load(_target(server), workload, digits, "websocket", FLOOR_RUN, args.quiet)
             report["runs"].append(_started(run, server))
 
 

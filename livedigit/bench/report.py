@@ -76,6 +76,10 @@ def _script(script: dict[str, Any]) -> list[str]:
     ]
 
 
+FLOOR_RUN = "floor"
+"""The name of ``--floor``'s run: every other run's CPU per answered frame is also given beyond it."""
+
+
 def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> list[str]:
     header = (
         f"{'run':<16}{'clients':>8}{'snap/s off':>11}{'snap/s ok':>10}{'sub/s':>7}"
@@ -83,6 +87,10 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
         f"{'batch':>7}{'cpu%':>6}{'rss MB':>7}{'acc':>6}"
     )
     lines = [header]
+    floor = next(
+        (run["cpu_per_answer_ms"]["total"] for run in runs if run["name"] == FLOOR_RUN and run["cpu_per_answer_ms"]),
+        None,
+    )
     for run in runs:
         name = run["name"] + (" paced" if run.get("paced") else "")
         snap, sub, server = run["snapshots"], run["submits"], run["server"]
@@ -130,6 +138,8 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
         cpu = run.get("cpu_per_answer_ms")
         if cpu:
             detail.append(_cpu_detail(cpu))
+            if floor is not None and cpu["total"] is not None and run["name"] != FLOOR_RUN:
+                detail.append(f"{cpu['total'] - floor:.3f} ms of it beyond the stack's floor ({floor:.3f} ms)")
         if ceiling:
             detail.append(
                 f"predictions/s {run['predictions_per_s']} = "
