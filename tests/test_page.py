@@ -190,12 +190,16 @@ def test_bars_follow_the_pen_before_submit(server, open_page, samples) -> None:
     half = len(stroke) // 2
     stroke_with_mouse(page.page, stroke[:half], pause_ms=15, release=False)
     page.wait_for_state("live")  # the pen is still down: the guess came from a live snapshot
-    # The bars show the latest prediction: wait until every snapshot sent so far is answered.
-    wait_until(
-        page.page,
-        lambda: len(page.watch.replies()) == sum(m["type"] != "ping" for m in page.watch.sent),
-        what="a reply to every snapshot sent",
-    )
+
+    # The bars show the latest prediction: wait until every snapshot sent so far is answered. A reply
+    # may release the drawing the page held back meanwhile (one snapshot unanswered at a time), so wait
+    # again after that one has had time to go out: the pen is still, so nothing follows it.
+    def all_answered() -> bool:
+        return len(page.watch.replies()) == sum(m["type"] != "ping" for m in page.watch.sent)
+
+    wait_until(page.page, all_answered, what="a reply to every snapshot sent")
+    page.page.wait_for_timeout(300)
+    wait_until(page.page, all_answered, what="a reply to the snapshot held back, if any")
     snapshots = [m for m in page.watch.sent if m["type"] == "snapshot"]
     assert snapshots and all(m["preview"] is True and len(m["surface"]) == 2 for m in snapshots)
     live = page.watch.replies("prediction")[-1]
