@@ -73,7 +73,8 @@ class LiveDigitApp(Starlette):
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> LiveDigitApp:
-    """Build the app. ``runtime`` replaces loading ``settings.model`` (tests wrap the real one)."""
+    """Build the app. ``runtime`` replaces loading ``settings.model`` (tests wrap the real one); it runs in a
+    thread of this process, since a worker process cannot be sent it."""
     settings = settings or Settings.from_env()
     service = Service(settings, runtime)
     app = LiveDigitApp(

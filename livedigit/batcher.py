@@ -1,14 +1,12 @@
 """Dynamic batching: one queue per process in front of one model, shared by every connection.
 
-The model is run as soon as it is free, on whatever is queued (up to ``max_batch``). Two stages keep the
-CPU busy: while the model thread runs batch *k*, a preprocessing worker turns the drawings of batch
-*k+1* into model inputs, so neither the event loop nor the model waits on the other. :data:`PREPARING`
-batches are taken and prepared at once, so the worker starts on the next one while the inputs of the
-last travel back and wait for the event loop. Preprocessing is
-mostly Python holding the GIL, so it runs in a process of its own (:mod:`livedigit.workers`), where it
-does not hold up the event loop; the model call releases the GIL and stays in a thread. A batch waits
-for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a lone client is
-never delayed.
+A batch is taken as soon as a worker is free for it, from whatever is queued (up to ``max_batch``). A
+worker (:mod:`livedigit.workers`, a process of its own) turns the batch's drawings into model inputs and
+runs the model on them, so that none of that work holds the event loop's interpreter lock, and sends
+back what the replies need: one round trip a batch. :data:`IN_FLIGHT` batches are taken at once, so the
+worker starts on the next one while the results of the last travel back and wait for the event loop. A
+batch waits for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a
+lone client is never delayed.
 
 The queue is bounded by design:
 
@@ -41,7 +39,7 @@ on any machine: its latency is about three of them. Under overload snapshots wai
 snapshot has waited :data:`SNAPSHOT_DEADLINE` is answered ``dropped``/``overloaded``.
 
 Every job's future is resolved exactly once with an :data:`Outcome`, whatever happens (model failure,
-disconnect, shutdown), so a caller can always answer its client.
+a worker's death, disconnect, shutdown), so a caller can always answer its client.
 """
 
 from __future__ import annotations
@@ -50,23 +48,17 @@ import asyncio
 import itertools
 import logging
 import math
-import queue
-import threading
 import time
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Hashable
+from dataclasses import dataclass
 
-import numpy as np
-
-from livedigit import threadnames
 from livedigit.fairness import FairQueue
 from livedigit.metrics import Metrics
-from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, Strokes, cost
-from livedigit.runtime import CLASSES, Runtime
+from livedigit.preprocess import Image, Limits, Pixels, Png, Strokes, cost
+from livedigit.runtime import Runtime
 from livedigit.verdict import VerdictRule
-from livedigit.wire import DropReason, Failed, Failure, Outcome, Scored, Shed, Verdict, Work
-from livedigit.workers import Deferred, Prepared, PreprocessPool, WorkerDied
+from livedigit.wire import DropReason, Failed, Failure, Outcome, Scored, Shed, Work
+from livedigit.workers import Deferred, Finished, ModelSpec, WorkerDied, WorkerPool
 
 logger = logging.getLogger("livedigit.batcher")
 
@@ -100,18 +92,17 @@ up to ``live_batch_ms`` of work, unless their share of the snapshots' batch need
 RETRY_AFTER_BOUNDS = (0.01, 5.0)
 """The shortest and longest wait (seconds) an ``overloaded`` refusal suggests."""
 
-PREPARING = 2
-"""Batches being prepared at once (each by a feed task of its own). With one, the worker sat idle while
-each batch's inputs went back to the event loop and on to the model thread: under load it was busy for
-less than half of the time, with a quarter of the machine idle. A batch taken early is not replaced by
-newer snapshots, so more than two would prepare frames that are already stale."""
+IN_FLIGHT = 2
+"""Batches sent to the workers at once (each by a feed task of its own). With one, a worker sat idle
+while each batch's results went back to the event loop; a batch taken early is not replaced by newer
+snapshots, so more than two would score frames that are already stale."""
 
 _DRAWINGS = (Pixels, Png, Strokes)
 """The decoded images (a tuple: ``isinstance`` with a union builds the union on every call)."""
 
 THROUGHPUT_SMOOTHING = 0.2
-"""Weight of the newest batch in the moving average of the seconds per image of the slower stage (the
-model or preprocessing): the pace at which the batcher serves images."""
+"""Weight of the newest batch in the moving average of the seconds per image a worker spends (both
+stages, over the lanes working at once): the pace at which the batcher serves images."""
 
 
 @dataclass(eq=False, slots=True)
@@ -130,50 +121,15 @@ class Job:
     since: float
     """For a snapshot: when its connection's slot started waiting (kept when a newer one replaces it)."""
     abandoned: bool = False
-    """Set on the event loop when the owner disconnected; workers skip the job."""
-    model_input: np.ndarray | None = None
-    preprocess_seconds: float = 0.0
-    """Wall time of its preprocessing (GIL waits included): what its reply waited for."""
-    preprocess_cpu_seconds: float = 0.0
-    """CPU time of its preprocessing, of the thread that did it: what it cost."""
-    prepared: float = 0.0
-
-
-@dataclass(eq=False, slots=True)
-class _Run:
-    """One model call handed to the model thread: a batch, or (without jobs) a blank digit to warm up or
-    probe the model."""
-
-    jobs: list[Job]
-    taken: asyncio.Future[None] | None = None
-    """Resolved once the model thread starts on it: the feed may then take the next batch."""
-    done: asyncio.Future[None] | None = None
-    """For a blank digit: resolved (or failed) with the model call."""
-    live: list[Job] = field(default_factory=list)
-    """The jobs still wanted when the model thread started on them."""
-
-
-class _Scores(NamedTuple):
-    """What the model thread makes of one batch, a row per image."""
-
-    probabilities: np.ndarray
-    """Calibrated, (n, 10)."""
-    previews: np.ndarray
-    """The inputs as 8-bit pixels, (n, 28, 28)."""
-    verdicts: list[Verdict]
-    cpu_seconds: float
-
-
-_STOP = None
-"""What tells the model thread to end."""
+    """Set on the event loop when the owner disconnected: its outcome is then ``stale``."""
 
 
 class Batcher:
-    """Owns the queue, the preprocessing workers and the model thread; see the module docstring."""
+    """Owns the queue and the workers; see the module docstring."""
 
     def __init__(
         self,
-        runtime: Runtime,
+        model: ModelSpec | Runtime,
         metrics: Metrics,
         *,
         limits: Limits,
@@ -184,12 +140,12 @@ class Batcher:
         submit_share: float = 0.25,
         live_batch_ms: float = 2.5,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
-        preprocess_workers: int = 1,
+        workers: int = 1,
         verdict: VerdictRule | None = None,
     ) -> None:
-        self.runtime = runtime
-        self.verdict = verdict or VerdictRule()
-        """Calibration and verdict of every batch; the default rule leaves probabilities as the model gave them."""
+        """``model``: what each worker process loads, or a runtime to run in a thread of this process
+        (``workers=0``). ``verdict``: calibration and verdict of every batch; the default rule leaves the
+        probabilities as the model gave them."""
         self.metrics = metrics
         self.limits = limits
         self.max_batch = max(1, max_batch)
@@ -203,7 +159,7 @@ class Batcher:
         self.submit_share = min(1.0, max(0.0, submit_share))
         self.live_batch_seconds = max(0.0, live_batch_ms) / 1000.0
         self.snapshot_deadline = snapshot_deadline
-        self._workers = PreprocessPool(preprocess_workers, limits, metrics.worker_restarts.inc)
+        self._workers = WorkerPool(workers, model, verdict or VerdictRule(), limits, metrics.worker_restarts.inc)
         self._submits: FairQueue[Job] = FairQueue()
         self._snapshots: dict[Hashable, Job] = {}
         self._answers: dict[Hashable, Job] = {}
@@ -212,15 +168,10 @@ class Batcher:
         """Connections that sent a snapshot since their last submit."""
         self._taken: set[Job] = set()
         self._work = asyncio.Event()
-        self._inbox: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._model_thread: threading.Thread | None = None
         self._probing: asyncio.Task[None] | None = None
         self._last_run = 0.0
         self._running = False
-        self._model_idle = False
-        """Set by the model thread while it waits for a batch: one handed over then is taken at once,
-        and its feed goes on without the turn of the event loop that hearing so would cost."""
         self._healthy = False
         self._gap: float | None = None
         self._last_arrival: float | None = None
@@ -263,27 +214,27 @@ class Batcher:
         return self._running and self._healthy
 
     async def start(self) -> None:
-        """Start the workers and the model thread, run the model once (so the first client does not pay for
+        """Start the workers and run a blank digit through each (so the first client does not pay for
         it), start serving.
 
-        Raises whatever the model raises on the warm-up batch; the batcher is then not started.
+        Raises the model's :class:`~livedigit.runtime.ModelLoadError`, or ``RuntimeError`` with what the
+        model raised on the blank digit; the batcher is then not started.
         """
-        loop = asyncio.get_running_loop()
-        self._model_thread = threading.Thread(
-            target=self._model_loop, args=(loop,), name=threadnames.MODEL, daemon=True
-        )
-        self._model_thread.start()
         try:
             started = time.perf_counter()
-            await asyncio.gather(self._blank(loop), self._workers.start())
+            warmed = await self._workers.start()
             self._image_seconds = time.perf_counter() - started
+            failures = [finished.model_error for finished in warmed if finished.model_error is not None]
+            if failures:
+                raise RuntimeError(failures[0])
         except BaseException:
-            self._shutdown_threads()
+            self._workers.shutdown()
             raise
         self._running = True
         self._healthy = True
+        self._last_run = time.perf_counter()
         self._tasks = [
-            asyncio.create_task(self._feed(), name=f"livedigit-batcher-feed-{feed}") for feed in range(PREPARING)
+            asyncio.create_task(self._feed(), name=f"livedigit-batcher-feed-{feed}") for feed in range(IN_FLIGHT)
         ]
 
     async def stop(self) -> None:
@@ -300,7 +251,7 @@ class Batcher:
         self._answers.clear()
         self._submits.clear()
         self._snapshots.clear()
-        self._shutdown_threads()
+        self._workers.shutdown()
 
     def enqueue(
         self,
@@ -378,11 +329,11 @@ class Batcher:
             if job.owner is owner:
                 job.abandoned = True
 
-    # The two stages.
+    # The work.
 
     async def _feed(self) -> None:
-        """Take a batch, preprocess it and hand it to the model thread, then the next one (one of
-        :data:`PREPARING` such loops)."""
+        """Take a batch, have the workers score it and answer it, then the next one (one of
+        :data:`IN_FLIGHT` such loops)."""
         loop = asyncio.get_running_loop()
         while True:
             while not self._answers and not self._submits and not self._snapshots:
@@ -391,108 +342,13 @@ class Batcher:
             await self._linger(loop)
             jobs = self._take(time.perf_counter())
             try:
-                ready = await self._preprocess(jobs)
+                await self._score(jobs)
             except Exception:  # A defect; the jobs still get an answer and the batcher keeps serving.
-                logger.exception("preprocessing a batch of %d failed", len(jobs))
+                logger.exception("scoring a batch of %d failed", len(jobs))
                 self._fail(jobs, Failure.PREPROCESS_FAILED)
-                continue
-            if ready:
-                taken = loop.create_future()
-                idle = self._model_idle
-                self._inbox.put(_Run(ready, taken))
-                if not idle or self._inbox.qsize() > 1:  # else the model thread takes it at once
-                    await taken
 
-    def _model_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The model thread: run each batch the feed hands over, one at a time, and pass its results to the
-        event loop. It goes from one batch to the next by itself: waiting for a busy event loop to start
-        each model call (and for the interpreter lock it holds) cost a batch about 0.6 ms of an idle model."""
-        threadnames.name_this_thread(threadnames.MODEL)
-        while True:
-            self._model_idle = True
-            run = self._inbox.get()
-            self._model_idle = False
-            if run is _STOP:
-                break
-            if run.taken is not None:
-                loop.call_soon_threadsafe(_settle, run.taken, None)
-            run.live = [job for job in run.jobs if not job.abandoned]
-            started = time.perf_counter()
-            result: _Scores | Exception | None = None
-            if run.live or not run.jobs:
-                try:
-                    inputs = [job.model_input for job in run.live] if run.jobs else [np.zeros((SIZE, SIZE), np.float32)]
-                    result = self._predict(inputs)
-                except Exception as exc:  # answered on the event loop
-                    result = exc
-            seconds = time.perf_counter() - started
-            try:
-                loop.call_soon_threadsafe(self._finish, run, started, seconds, result)
-            except RuntimeError:  # the event loop is closed: nobody is waiting any more
-                return
-
-    def _finish(
-        self,
-        run: _Run,
-        started: float,
-        seconds: float,
-        result: _Scores | Exception | None,
-    ) -> None:
-        """Event loop: answer a batch the model thread ran (or the waiter of a blank digit)."""
-        self._last_run = time.perf_counter()
-        if run.done is not None:
-            _settle(run.done, result if isinstance(result, Exception) else None)
-            return
-        for job in run.jobs:
-            if job.abandoned and job not in run.live:
-                self._resolve(job, Shed(DropReason.STALE))
-        if not run.live or result is None:
-            return
-        for job in run.live:
-            self.metrics.model_wait.observe(started - job.prepared)
-        if isinstance(result, Exception):
-            logger.error("the model failed on a batch of %d; answering 'internal'", len(run.live), exc_info=result)
-            self._healthy = False
-            self.metrics.batch_failures.inc()
-            self._fail(run.live, Failure.MODEL_FAILED)
-            if self._probing is None or self._probing.done():
-                self._probing = asyncio.ensure_future(self._probe())
-            return
-        probabilities, previews, verdicts, cpu_seconds = result
-        self._healthy = True
-        self.metrics.inference.observe(seconds)
-        self.metrics.inference_cpu.observe(cpu_seconds)
-        self.metrics.batch_size.observe(len(run.live))
-        # The two stages overlap, so the slower one sets the pace: a batch's time in it, per image.
-        per_image = max(seconds, sum(job.preprocess_seconds for job in run.live)) / len(run.live)
-        self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
-        for job, row, preview, verdict in zip(run.live, probabilities, previews, verdicts, strict=True):
-            self._resolve(job, Scored(row, job.model_input, preview, verdict))  # type: ignore[arg-type]
-
-    async def _blank(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Run a blank digit through the model thread; raises what the model raised."""
-        done = loop.create_future()
-        self._inbox.put(_Run([], done=done))
-        await done
-
-    async def _probe(self) -> None:
-        """While the model is failing: after :data:`PROBE_INTERVAL` without a batch, run a blank digit
-        through it, so readiness recovers without waiting for traffic."""
-        loop = asyncio.get_running_loop()
-        while self._running and not self._healthy:
-            await asyncio.sleep(max(0.0, self._last_run + PROBE_INTERVAL - time.perf_counter()))
-            if self._healthy or time.perf_counter() - self._last_run < PROBE_INTERVAL:
-                continue
-            try:
-                await self._blank(loop)
-            except Exception as exc:
-                logger.warning("the model still fails (%s); next check in %.0f s", exc, PROBE_INTERVAL)
-                continue
-            logger.info("the model answers again; ready")
-            self._healthy = True
-
-    async def _preprocess(self, jobs: list[Job]) -> list[Job]:
-        """Preprocess ``jobs`` in the workers; answer the empty and invalid ones; return those for the model."""
+    async def _score(self, jobs: list[Job]) -> None:
+        """Score ``jobs`` in the workers, a chunk per lane, and answer each."""
         wanted = []
         for job in jobs:
             if job.abandoned or job.image is None:
@@ -502,32 +358,73 @@ class Batcher:
         lanes = self._workers.lanes
         chunks = [chunk for start in range(lanes) if (chunk := wanted[start::lanes])]
         results = await self._run_chunks(chunks)
-        ready = []
         for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, WorkerDied):
                     raise result
                 self._fail(chunk, Failure.PREPROCESS_FAILED)
-                continue
-            for job, prepared in zip(chunk, result, strict=True):
-                job.image = None
-                job.prepared = time.perf_counter()
-                job.preprocess_seconds = prepared.seconds
-                job.preprocess_cpu_seconds = prepared.cpu_seconds
-                if job.abandoned:
-                    self._resolve(job, Shed(DropReason.STALE))
-                    continue
-                self.metrics.preprocess.observe(prepared.seconds)
-                self.metrics.preprocess_cpu.observe(prepared.cpu_seconds)
-                if prepared.outcome is not None:
-                    self._resolve(job, prepared.outcome)
-                else:
-                    job.model_input = prepared.model_input
-                    ready.append(job)
-        return ready
+            else:
+                self._answer(chunk, result, lanes)
 
-    async def _run_chunks(self, chunks: list[list[Job]]) -> list[list[Prepared] | BaseException]:
-        """Each chunk's images prepared in a lane of its own; a lane's failure is its chunk's result.
+    def _answer(self, jobs: list[Job], finished: Finished, lanes: int) -> None:
+        """Answer the jobs of one chunk with what a worker made of them, and note what it cost."""
+        self._last_run = time.perf_counter()
+        metrics = self.metrics
+        scored = []
+        for job, outcome, seconds, cpu_seconds in zip(
+            jobs, finished.outcomes, finished.preprocess_seconds, finished.preprocess_cpu_seconds, strict=True
+        ):
+            metrics.preprocess.observe(seconds)
+            metrics.preprocess_cpu.observe(cpu_seconds)
+            if outcome is None:
+                scored.append(job)
+            else:
+                self._resolve(job, Shed(DropReason.STALE) if job.abandoned else outcome)
+        # A lane works through both stages in turn and the lanes work at once: its time per image, over
+        # the lanes, is the pace.
+        per_image = (sum(finished.preprocess_seconds) + finished.model_seconds) / len(jobs) / lanes
+        self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
+        if not scored:
+            return
+        if finished.model_error is not None:
+            logger.error(
+                "the model failed on a batch of %d (%s); answering 'internal'", len(scored), finished.model_error
+            )
+            self._healthy = False
+            metrics.batch_failures.inc()
+            self._fail(scored, Failure.MODEL_FAILED)
+            if self._probing is None or self._probing.done():
+                self._probing = asyncio.ensure_future(self._probe())
+            return
+        self._healthy = True
+        metrics.inference.observe(finished.model_seconds)
+        metrics.inference_cpu.observe(finished.model_cpu_seconds)
+        metrics.batch_size.observe(len(scored))
+        for job, probabilities, preview, verdict in zip(
+            scored, finished.probabilities, finished.previews, finished.verdicts, strict=True
+        ):
+            self._resolve(job, Shed(DropReason.STALE) if job.abandoned else Scored(probabilities, preview, verdict))
+
+    async def _probe(self) -> None:
+        """While the model is failing: after :data:`PROBE_INTERVAL` without a batch, run a blank digit
+        through it, so readiness recovers without waiting for traffic."""
+        while self._running and not self._healthy:
+            await asyncio.sleep(max(0.0, self._last_run + PROBE_INTERVAL - time.perf_counter()))
+            if self._healthy or time.perf_counter() - self._last_run < PROBE_INTERVAL:
+                continue
+            self._last_run = time.perf_counter()
+            try:
+                error = (await self._workers.run([])).model_error
+            except Exception as exc:
+                error = str(exc)
+            if error is not None:
+                logger.warning("the model still fails (%s); next check in %.0f s", error, PROBE_INTERVAL)
+                continue
+            logger.info("the model answers again; ready")
+            self._healthy = True
+
+    async def _run_chunks(self, chunks: list[list[Job]]) -> list[Finished | BaseException]:
+        """Each chunk's images scored in a lane of its own; a lane's failure is its chunk's result.
 
         One chunk (one worker) is awaited directly: gathering it would cost the batch two more turns of
         the event loop, and under overload a turn is every connection's frames read in the meantime."""
@@ -614,21 +511,6 @@ class Batcher:
         self._taken.update(jobs)
         return jobs
 
-    def _predict(self, inputs: Sequence[np.ndarray | None]) -> _Scores:
-        """Model thread: one call, with its output checked so a broken model cannot send garbage, then
-        calibrated and judged (:mod:`livedigit.verdict`) for the whole batch at once, the inputs made
-        8-bit for the replies' ``preview`` (at once too, rather than one by one on the event loop); and
-        the CPU time this thread spent on it (a runtime's own threads, with ``--threads`` above 1, not
-        counted)."""
-        cpu = time.thread_time()
-        batch = np.stack([image for image in inputs if image is not None]).astype(np.float32, copy=False)
-        probabilities = np.asarray(self.runtime.predict(batch), dtype=np.float64)
-        if probabilities.shape != (len(inputs), CLASSES) or not np.isfinite(probabilities).all():
-            raise ValueError(f"the model returned {probabilities.shape} (or non-finite values) for {batch.shape}")
-        calibrated, verdicts = self.verdict.judge(probabilities)
-        previews = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
-        return _Scores(calibrated, previews, verdicts, time.thread_time() - cpu)
-
     def _fail(self, jobs: list[Job], why: Failure) -> None:
         failure = Failed(why)
         for job in jobs:
@@ -662,18 +544,3 @@ class Batcher:
             gap = min(now - self._last_arrival, MAX_ARRIVAL_GAP)
             self._gap = gap if self._gap is None else self._gap + ARRIVAL_SMOOTHING * (gap - self._gap)
         self._last_arrival = now
-
-    def _shutdown_threads(self) -> None:
-        if self._model_thread is not None:
-            self._inbox.put(_STOP)  # the thread ends after the call it is in, if any
-        self._model_thread = None
-        self._workers.shutdown()
-
-
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    """Resolve ``future`` (on the event loop), unless whoever awaited it has given up."""
-    if not future.done():
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)

@@ -46,10 +46,11 @@ class Settings:
     model: str = _option(str(DEFAULT_MODEL), "model base path or file (.tflite for litert, .keras for tensorflow)")
     runtime: str = _option("litert", "inference runtime: litert or tensorflow")
     threads: int = _option(1, "CPU threads the model may use per batch")
-    preprocess_workers: int = _option(
+    model_workers: int = _option(
         1,
-        "processes that turn drawings into model inputs beside the server's event loop; 0: a thread of the "
-        "server process instead (it then competes with the event loop for the interpreter lock)",
+        "processes that turn drawings into model inputs and run the model on them beside the server's event "
+        "loop; 0: a thread of the server process instead (it then competes with the event loop for the "
+        "interpreter lock)",
     )
     max_batch: int = _option(32, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")

@@ -2,9 +2,9 @@
 
 A registry per app (not the process-wide default) lets tests and benchmarks run several apps in one
 process without their numbers mixing. The histograms split a message's time into the parts that can be
-tuned separately: waiting in the queue, preprocessing, waiting for the model, and inference. Those are
+tuned separately: waiting in the queue, preprocessing and inference. Those are
 wall times, what a client waits; the two stages also export the CPU time of the thread that did the
-work (``*_cpu_seconds``), what an image or a batch costs whatever else holds the GIL meanwhile.
+work (``*_cpu_seconds``), what an image or a batch costs whatever else runs meanwhile.
 """
 
 from __future__ import annotations
@@ -110,32 +110,26 @@ class Metrics:
         )
         self.preprocess = Histogram(
             "livedigit_preprocess_seconds",
-            "Preprocessing one image (decode, rasterise, normalize), wall time: its part of the reply's "
-            "latency, waits for the GIL included",
+            "Preprocessing one image (decode, rasterise, normalize), wall time: its part of the reply's latency",
             buckets=TIME_BUCKETS,
             registry=registry,
         )
         self.preprocess_cpu = Histogram(
             "livedigit_preprocess_cpu_seconds",
-            "Preprocessing one image, CPU time of the preprocessing thread: what the image costs",
-            buckets=TIME_BUCKETS,
-            registry=registry,
-        )
-        self.model_wait = Histogram(
-            "livedigit_model_wait_seconds",
-            "From preprocessed to the start of its model call, per batch",
+            "Preprocessing one image, CPU time of the worker's thread: what the image costs",
             buckets=TIME_BUCKETS,
             registry=registry,
         )
         self.inference = Histogram(
             "livedigit_inference_seconds",
-            "One model call (a whole batch), wall time: its part of the replies' latency",
+            "One model call (a whole batch) with its calibration and verdicts, wall time: its part of the "
+            "replies' latency",
             buckets=TIME_BUCKETS,
             registry=registry,
         )
         self.inference_cpu = Histogram(
             "livedigit_inference_cpu_seconds",
-            "One model call (a whole batch), CPU time of the model thread: what the batch costs",
+            "One model call (a whole batch), CPU time of the worker's thread: what the batch costs",
             buckets=TIME_BUCKETS,
             registry=registry,
         )

@@ -30,9 +30,10 @@ from livedigit.labels import database
 from livedigit.labels.store import COMMIT_GRACE, LabelStore
 from livedigit.metrics import Metrics
 from livedigit.ratelimit import KeyedBuckets
-from livedigit.runtime import ModelLoadError, Runtime, load_runtime
+from livedigit.runtime import ModelLoadError, Runtime
 from livedigit.security import ConnectionLimits
 from livedigit.verdict import VerdictRule
+from livedigit.workers import ModelSpec
 
 T = TypeVar("T")
 
@@ -89,17 +90,16 @@ class Service:
         return getattr(self.runtime, "name", self.settings.runtime)
 
     async def start(self) -> None:
-        """Load the model (unless one was given), start the batcher. Raises :class:`ModelLoadError`."""
+        """Start the batcher, whose workers load the model (a runtime given runs in a thread of this
+        process instead). Raises :class:`ModelLoadError`."""
         loop = asyncio.get_running_loop()
         self.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         self._open_labels()
-        if self.runtime is None:
-            settings = self.settings
-            self.runtime = await asyncio.to_thread(load_runtime, settings.model, settings.runtime, settings.threads)
-        self._card = _read_card(self.model_base.with_suffix(".json"))
-        self.model_version = await asyncio.to_thread(model_version, self.model_base)
+        settings = self.settings
+        card = _read_card(self.model_base.with_suffix(".json"))
+        self._card = card or {}
         batcher = Batcher(
-            self.runtime,
+            ModelSpec(settings.model, settings.runtime, settings.threads) if self.runtime is None else self.runtime,
             self.metrics,
             limits=self.limits,
             max_batch=self.settings.max_batch,
@@ -108,14 +108,21 @@ class Service:
             max_pending_per_client=self.settings.max_pending_submits_per_client,
             submit_share=self.settings.submit_share,
             live_batch_ms=self.settings.live_batch_ms,
-            preprocess_workers=self.settings.preprocess_workers,
+            workers=self.settings.model_workers if self.runtime is None else 0,
             verdict=_verdict_rule(self._card),
         )
         try:
             await batcher.start()
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(f"model {self.settings.model} failed on a test batch: {exc}") from None
         self.batcher = batcher
+        if card is None:
+            logger.warning(
+                "no usable model card at %s; /api/model will show no accuracies", self.model_base.with_suffix(".json")
+            )
+        self.model_version = await asyncio.to_thread(model_version, self.model_base)
         # Everything loaded so far (modules, settings, the model and its runtime) lives as long as the process.
         # Frozen, it is never scanned again, so a full collection only walks what connections allocate
         # (19 ms -> 1.2 ms for the full collections of a 100-client run).
@@ -234,14 +241,13 @@ class Service:
         }
 
 
-def _read_card(path: Path) -> dict[str, Any]:
-    """The model card, or ``{}`` when it is missing or unreadable: the card is information, not a need."""
+def _read_card(path: Path) -> dict[str, Any] | None:
+    """The model card, or ``None`` when it is missing or unreadable: the card is information, not a need."""
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        logger.warning("no usable model card at %s; /api/model will show no accuracies", path)
-        return {}
-    return card if isinstance(card, dict) else {}
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def _verdict_rule(card: dict[str, Any]) -> VerdictRule:

@@ -2,9 +2,10 @@
 ``/proc/PID/task/*/comm`` tell them apart.
 
 Python (before 3.14) names its threads only for itself: every thread of the process shows the process's
-name to the system. The server's CPU goes to three kinds of thread, and which one is busy says what to
-tune: :data:`EVENT_LOOP` (sockets, parsing, replies), :data:`PREPROCESS` (turning drawings into model
-inputs) and :data:`MODEL` (the model calls). Linux keeps at most 15 bytes of a name.
+name to the system. The server's CPU goes to two kinds of thread, and which one is busy says what to
+tune: :data:`EVENT_LOOP` (sockets, parsing, replies) and :data:`WORKER` (turning drawings into model
+inputs and running the model on them, in a process of its own unless told otherwise). Linux keeps at
+most 15 bytes of a name.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 EVENT_LOOP = "livedigit"
 """The thread running the event loop (the process's main thread when served)."""
-PREPROCESS = "livedigit-prep"
-"""The batcher's preprocessing threads."""
-MODEL = "livedigit-model"
-"""The batcher's model thread."""
+WORKER = "livedigit-work"
+"""The batcher's workers (:mod:`livedigit.workers`): each preprocesses drawings and runs the model on them."""
 LABELS = "livedigit-labels"
 """The label store's writer thread."""
 

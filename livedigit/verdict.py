@@ -2,7 +2,7 @@
 
 The network's softmax spreads all of its belief over the ten digits, so it names a digit for anything,
 and its top probability is not exactly the chance of being right. Two steps on its ten probabilities,
-run once per batch in the model thread, address both; the model card's ``verdict`` object holds their
+run once per batch where the model runs, address both; the model card's ``verdict`` object holds their
 parameters (:meth:`VerdictRule.from_card`) and ``train/calibrate.py`` fits them:
 
 * **Calibration** (temperature scaling): the served probabilities are ``softmax(log(p) / temperature)``.

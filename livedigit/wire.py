@@ -151,11 +151,10 @@ NON_RETRYABLE_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010}
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """The model ran: ten (calibrated) probabilities, the verdict, and the 28x28 input it saw, as floats
-    and as the 8-bit pixels of a reply's ``preview``."""
+    """The model ran: ten (calibrated) probabilities, the verdict, and the 28x28 input it saw as the
+    8-bit pixels of a reply's ``preview``."""
 
     probabilities: np.ndarray
-    model_input: np.ndarray
     preview: np.ndarray
     verdict: Verdict = Verdict.DIGIT
 

@@ -1,15 +1,21 @@
-"""Preprocessing in processes of their own, so that rendering never holds the server's interpreter lock.
+"""Preprocessing and the model in processes of their own, so that neither holds the server's interpreter lock.
 
 Turning a drawing into the model's 28x28 input is Python and NumPy work that holds the GIL for most of
-its time. In the server's process it competes with the event loop, which then answers every connection
-late by however long the lock was held. In a worker process it runs on another core beside the event
-loop; the server only pickles the drawing there and the 28x28 input back.
+its time, and so is the Python around each model call (stacking the inputs, checking the output,
+calibrating it, judging the verdicts). In the server's process it would compete with the event loop,
+which would then answer every connection late by however long the lock was held. A worker does both
+stages one after the other: the server sends it a batch's drawings and receives what the replies need
+(probabilities, verdicts, previews), one round trip a batch, rather than taking the inputs back and
+handing them on to a model thread.
 
 The pool is owned by the batcher and started with it (``livedigit serve`` owns the processes; Heroku runs
-one process tree per dyno). A worker that dies (killed, out of memory) fails only the images it was
-preparing, which the batcher answers ``internal``; the next batch starts a new worker. Workers ignore the
-terminal's Ctrl+C and SIGTERM, which the server handles for the whole tree, and die with the server if it
-is killed outright. ``workers=0`` prepares in a thread of the server process instead.
+one process tree per dyno). Each worker loads the model itself from a :class:`ModelSpec` (a runtime
+cannot travel to another process); a model that does not load stops start-up with its
+:class:`~livedigit.runtime.ModelLoadError`. A worker that dies (killed, out of memory) fails only the
+images it held, which the batcher answers ``internal``; the next batch starts a new worker. Workers
+ignore the terminal's Ctrl+C and SIGTERM, which the server handles for the whole tree, and die with the
+server if it is killed outright. ``workers=0`` runs both stages in a thread of the server process
+instead, the only place a runtime given as an object (a test's wrapper) can run.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ from typing import Protocol, cast
 import numpy as np
 
 from livedigit import threadnames
-from livedigit.preprocess import Image, Limits, Pixels, Png, PreprocessError, Strokes, preprocess
-from livedigit.wire import Failed, Failure, NoDigit
+from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, PreprocessError, Strokes, preprocess
+from livedigit.runtime import CLASSES, Runtime, load_runtime
+from livedigit.verdict import VerdictRule
+from livedigit.wire import Failed, Failure, NoDigit, Verdict
 
 logger = logging.getLogger("livedigit.workers")
 
@@ -57,56 +65,134 @@ class Deferred(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
-    """What preprocessing made of one image: the model input, or the outcome that replaces it."""
+class ModelSpec:
+    """Where and how a worker loads the model: what :func:`~livedigit.runtime.load_runtime` takes."""
 
-    model_input: np.ndarray | None
-    outcome: NoDigit | Failed | None
-    seconds: float
-    """Wall time it took, waits for the interpreter lock or a core included."""
-    cpu_seconds: float
-    """CPU time the preparing thread spent on it: what it cost."""
+    path: str
+    runtime: str = "litert"
+    threads: int = 1
 
-    def __reduce__(self) -> tuple[type[Prepared], tuple[np.ndarray | None, NoDigit | Failed | None, float, float]]:
-        """Rebuilt from its fields in order: the event loop unpickles one per image, and the default of a
-        frozen dataclass with slots looks its fields up for each (about 2% of a saturated event loop)."""
-        return Prepared, (self.model_input, self.outcome, self.seconds, self.cpu_seconds)
+    def load(self) -> Runtime:
+        return load_runtime(self.path, self.runtime, self.threads)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What a worker made of one batch: per image, the outcome that replaces a prediction or ``None`` for
+    an image the model scored; the scored images' figures in the same order; what each stage cost.
+
+    The figures travel as three arrays for the whole batch, not as an object per image: the event loop
+    unpickles every batch, and a pickled object costs it microseconds of its own."""
+
+    outcomes: list[NoDigit | Failed | None]
+    probabilities: np.ndarray
+    """Calibrated, (m, 10) for the m images with ``None`` above."""
+    previews: np.ndarray
+    """Their inputs as 8-bit pixels, (m, 28, 28): each reply's ``preview``."""
+    verdicts: list[Verdict]
+    preprocess_seconds: list[float]
+    """Per image: wall time of its preprocessing."""
+    preprocess_cpu_seconds: list[float]
+    """Per image: CPU time the worker spent preprocessing it, what it cost."""
+    model_seconds: float
+    """Wall time of the model call, calibration and verdicts (0 when no image needed the model)."""
+    model_cpu_seconds: float
+    model_error: str | None = None
+    """Why the model call failed; the images it was for are then answered ``internal``."""
+
+    def __reduce__(self) -> tuple[type[Finished], tuple[object, ...]]:
+        """Rebuilt from its fields in order: the default of a frozen dataclass with slots looks its
+        fields up by name, which the event loop would pay for on every batch."""
+        return Finished, (
+            self.outcomes,
+            self.probabilities,
+            self.previews,
+            self.verdicts,
+            self.preprocess_seconds,
+            self.preprocess_cpu_seconds,
+            self.model_seconds,
+            self.model_cpu_seconds,
+            self.model_error,
+        )
 
 
 class WorkerDied(RuntimeError):
-    """The process preparing a batch died; its images get ``internal`` and a new worker takes over."""
+    """The process working on a batch died; its images get ``internal`` and a new worker takes over."""
 
 
-def prepare(images: Sequence[Image | Deferred], limits: Limits) -> list[Prepared]:
-    """Decode (a :class:`Deferred` snapshot) and preprocess each image; refusals and defects become
-    outcomes, so one image never fails the others."""
-    prepared = []
-    for image in images:
+class Scorer:
+    """Both stages for one batch, where a worker runs them: preprocess each image, then one model call
+    for all that have ink, its output checked so a broken model cannot send garbage, calibrated and
+    judged (:mod:`livedigit.verdict`) at once for the batch."""
+
+    def __init__(self, runtime: Runtime, rule: VerdictRule, limits: Limits) -> None:
+        self.runtime = runtime
+        self.rule = rule
+        self.limits = limits
+
+    def __call__(self, images: Sequence[Image | Deferred]) -> Finished:
+        """The batch's :class:`Finished`; no images: one blank digit through the model (a warm-up, or a
+        check that a failing model recovered), whose failure is the result's ``model_error``."""
+        outcomes: list[NoDigit | Failed | None] = []
+        inputs: list[np.ndarray] = []
+        seconds: list[float] = []
+        cpu_seconds: list[float] = []
+        for image in images:
+            started, cpu = time.perf_counter(), time.thread_time()
+            outcome, model_input = _prepare(image, self.limits)
+            outcomes.append(outcome)
+            if model_input is not None:
+                inputs.append(model_input)
+            seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.thread_time() - cpu)
+        if not images:
+            inputs.append(np.zeros((SIZE, SIZE), np.float32))
+        probabilities, previews, verdicts, error = _scored_nothing()
         started, cpu = time.perf_counter(), time.thread_time()
-        model_input: np.ndarray | None = None
-        outcome: NoDigit | Failed | None = None
-        try:
-            decoded = image if isinstance(image, Pixels | Png | Strokes) else image.decode()
-            if isinstance(decoded, Failed):
-                outcome = decoded
-            else:
-                model_input = preprocess(decoded, limits)
-                if model_input is None:
-                    outcome = NoDigit()
-        except PreprocessError as exc:
-            outcome = Failed(Failure.BAD_IMAGE, str(exc))
-        except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
-            logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
-            outcome = Failed(Failure.BAD_IMAGE)
-        prepared.append(Prepared(model_input, outcome, time.perf_counter() - started, time.thread_time() - cpu))
-    return prepared
+        if inputs:
+            batch = np.stack(inputs).astype(np.float32, copy=False)
+            try:
+                raw = np.asarray(self.runtime.predict(batch), dtype=np.float64)
+                if raw.shape != (len(batch), CLASSES) or not np.isfinite(raw).all():
+                    raise ValueError(f"the model returned {raw.shape} (or non-finite values) for {batch.shape}")
+                if images:
+                    probabilities, verdicts = self.rule.judge(raw)
+                    previews = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
+            except Exception as exc:  # the batcher answers the batch and checks the model again later
+                error = f"{type(exc).__name__}: {exc}"
+        model_seconds, model_cpu_seconds = (
+            (time.perf_counter() - started, time.thread_time() - cpu) if inputs else (0.0, 0.0)
+        )
+        return Finished(
+            outcomes, probabilities, previews, verdicts, seconds, cpu_seconds, model_seconds, model_cpu_seconds, error
+        )
+
+
+def _scored_nothing() -> tuple[np.ndarray, np.ndarray, list[Verdict], str | None]:
+    return np.empty((0, CLASSES)), np.empty((0, SIZE, SIZE), np.uint8), [], None
+
+
+def _prepare(image: Image | Deferred, limits: Limits) -> tuple[NoDigit | Failed | None, np.ndarray | None]:
+    """Decode (a :class:`Deferred` snapshot) and preprocess one image: its model input, or the outcome
+    that replaces a prediction. Refusals and defects become outcomes, so one image never fails the others."""
+    try:
+        decoded = image if isinstance(image, Pixels | Png | Strokes) else image.decode()
+        if isinstance(decoded, Failed):
+            return decoded, None
+        model_input = preprocess(decoded, limits)
+    except PreprocessError as exc:
+        return Failed(Failure.BAD_IMAGE, str(exc)), None
+    except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
+        logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
+        return Failed(Failure.BAD_IMAGE), None
+    return (NoDigit(), None) if model_input is None else (None, model_input)
 
 
 def _initialize_worker() -> None:
     """In each worker process: its name, no terminal or platform signals, and death with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threadnames.name_this_thread(threadnames.PREPROCESS)
+    threadnames.name_this_thread(threadnames.WORKER)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -115,15 +201,21 @@ FRAME_HEADER = struct.Struct("!I")
 """Each pickled message between the server and a worker is preceded by its length."""
 
 
-def _serve(channel: socket.socket, limits: Limits) -> None:
-    """A worker process: prepare each list of images sent, send back the results, until the server's end
-    of the socket closes."""
+def _serve(channel: socket.socket, limits: Limits, model: ModelSpec, rule: VerdictRule) -> None:
+    """A worker process: load the model, then score each list of images sent and send back its
+    :class:`Finished`, until the server's end of the socket closes. A model that does not load is sent
+    back instead (the exception), and the worker ends."""
     _initialize_worker()
     with channel, channel.makefile("rb") as incoming:
+        try:
+            score = Scorer(model.load(), rule, limits)
+        except Exception as exc:
+            channel.sendall(_frame(exc))
+            return
         while len(header := incoming.read(FRAME_HEADER.size)) == FRAME_HEADER.size:
             (size,) = FRAME_HEADER.unpack(header)
             images = pickle.loads(incoming.read(size))
-            channel.sendall(_frame(prepare(images, limits)))
+            channel.sendall(_frame(score(images)))
 
 
 def _frame(message: object) -> bytes:
@@ -142,16 +234,20 @@ class _Worker(asyncio.Protocol):
 
     def __init__(self, on_death: Callable[[_Worker], object]) -> None:
         self.on_death = on_death
-        self.waiting: deque[asyncio.Future[list[Prepared]]] = deque()
+        self.waiting: deque[asyncio.Future[Finished]] = deque()
         self.transport: asyncio.Transport | None = None
         self.process: multiprocessing.process.BaseProcess | None = None
         self._received = bytearray()
 
     @classmethod
-    async def start(cls, limits: Limits, on_death: Callable[[_Worker], object]) -> _Worker:
+    async def start(
+        cls, limits: Limits, model: ModelSpec, rule: VerdictRule, on_death: Callable[[_Worker], object]
+    ) -> _Worker:
         ours, theirs = socket.socketpair()
         context = multiprocessing.get_context("spawn")
-        process = context.Process(target=_serve, args=(theirs, limits), name=threadnames.PREPROCESS, daemon=True)
+        process = context.Process(
+            target=_serve, args=(theirs, limits, model, rule), name=threadnames.WORKER, daemon=True
+        )
         try:
             process.start()
         finally:
@@ -170,9 +266,9 @@ class _Worker(asyncio.Protocol):
     def alive(self) -> bool:
         return self.transport is not None and self.process is not None and self.process.exitcode is None
 
-    def send(self, images: Sequence[Image | Deferred]) -> asyncio.Future[list[Prepared]]:
+    def send(self, images: Sequence[Image | Deferred]) -> asyncio.Future[Finished]:
         assert self.transport is not None
-        future: asyncio.Future[list[Prepared]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
         self.transport.write(_frame(list(images)))
         self.waiting.append(future)
         return future
@@ -187,11 +283,15 @@ class _Worker(asyncio.Protocol):
             end = FRAME_HEADER.size + size
             if len(self._received) < end:
                 return
-            prepared = pickle.loads(self._received[FRAME_HEADER.size : end])
+            message = pickle.loads(self._received[FRAME_HEADER.size : end])
             del self._received[:end]
             future = self.waiting.popleft()
-            if not future.done():
-                future.set_result(prepared)
+            if future.done():
+                continue
+            if isinstance(message, BaseException):  # the model did not load
+                future.set_exception(message)
+            else:
+                future.set_result(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
@@ -211,42 +311,54 @@ class _Worker(asyncio.Protocol):
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error or WorkerDied("the preprocessing worker was stopped"))
+                future.set_exception(error or WorkerDied("the worker was stopped"))
 
 
-class PreprocessPool:
-    """``workers`` preprocessing processes (or, with 0, one thread of this process)."""
+class WorkerPool:
+    """``workers`` processes that preprocess and run the model (or, with 0, one thread of this process)."""
 
-    def __init__(self, workers: int, limits: Limits, on_restart: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        model: ModelSpec | Runtime,
+        rule: VerdictRule,
+        limits: Limits,
+        on_restart: Callable[[], object] = lambda: None,
+    ) -> None:
+        if workers and not isinstance(model, ModelSpec):
+            raise ValueError("a runtime given as an object runs in this process: use workers=0")
         self.workers = max(0, workers)
+        self.model = model
+        self.rule = rule
         self.limits = limits
         self.on_restart = on_restart
         """Called each time a worker that died is replaced, busy or idle, whichever noticed first."""
         self._processes: list[_Worker | None] = [None] * self.workers
         self._thread: Executor | None = None
+        self._scorer: Scorer | None = None
         self._next = 0
         self._starting = asyncio.Lock()
         """Held while a worker starts, so that two batches for one lane never start two."""
 
     @property
     def lanes(self) -> int:
-        """How many chunks of a batch are prepared at once."""
+        """How many chunks of a batch are worked on at once."""
         return max(1, self.workers)
 
-    async def start(self) -> None:
-        """Start the workers and have them import everything, so the first batch does not pay for it."""
-        await asyncio.gather(*(self.run([]) for _ in range(self.lanes)))
+    async def start(self) -> list[Finished]:
+        """Start every lane and run a blank digit through each, so the first batch does not pay for the
+        imports and the model's first call. Raises the model's :class:`~livedigit.runtime.ModelLoadError`;
+        a model that loads but fails on the blank digit is each result's ``model_error``."""
+        return list(await asyncio.gather(*(self.run([]) for _ in range(self.lanes))))
 
-    async def run(self, images: Sequence[Image | Deferred]) -> list[Prepared]:
-        """Prepare ``images`` in one worker; raises :class:`WorkerDied` if that worker dies meanwhile.
+    async def run(self, images: Sequence[Image | Deferred]) -> Finished:
+        """Score ``images`` in one lane; raises :class:`WorkerDied` if its worker dies meanwhile.
 
         A worker found dead before it was given the images (it died idle) is replaced at once and the
         images go to the new one: nothing was lost, so nobody is told.
         """
         if not self.workers:
-            if self._thread is None:
-                self._thread = threadnames.pool(1, threadnames.PREPROCESS)
-            return await asyncio.get_running_loop().run_in_executor(self._thread, prepare, images, self.limits)
+            return await asyncio.get_running_loop().run_in_executor(self._in_thread(), self._score_here, images)
         lane, self._next = self._next, (self._next + 1) % self.workers
         worker = self._processes[lane]
         if worker is None or not worker.alive:
@@ -255,20 +367,33 @@ class PreprocessPool:
                 if worker is None or not worker.alive:
                     if worker is not None:  # found dead while idle: nothing was lost, but it is a restart
                         self.on_restart()
-                        logger.error("a preprocessing worker died while idle; starting another")
+                        logger.error("a worker died while idle; starting another")
                         worker.stop()
-                    worker = self._processes[lane] = await _Worker.start(self.limits, self._died)
+                    assert isinstance(self.model, ModelSpec)
+                    worker = self._processes[lane] = await _Worker.start(self.limits, self.model, self.rule, self._died)
         return await worker.send(images)
+
+    def _in_thread(self) -> Executor:
+        if self._thread is None:
+            self._thread = threadnames.pool(1, threadnames.WORKER)
+        return self._thread
+
+    def _score_here(self, images: Sequence[Image | Deferred]) -> Finished:
+        """The thread lane: the model loaded there on first use (or the runtime given), then both stages."""
+        if self._scorer is None:
+            runtime = self.model.load() if isinstance(self.model, ModelSpec) else self.model
+            self._scorer = Scorer(runtime, self.rule, self.limits)
+        return self._scorer(images)
 
     def _died(self, worker: _Worker) -> None:
         """A worker's socket closed under it: its batches fail and the next run in its lane starts another."""
         self.on_restart()
-        logger.error("a preprocessing worker died; starting another")
-        worker.stop(WorkerDied("the preprocessing worker died"))
+        logger.error("a worker died; starting another")
+        worker.stop(WorkerDied("the worker died"))
         self._processes = [None if current is worker else current for current in self._processes]
 
     def shutdown(self) -> None:
-        """Stop the workers; what they were preparing is abandoned (the batcher answers it)."""
+        """Stop the workers; what they were working on is abandoned (the batcher answers it)."""
         processes, self._processes = self._processes, [None] * self.workers
         for worker in processes:
             if worker is not None:

@@ -173,7 +173,7 @@ class AppServer:
 
 @pytest.fixture(scope="session")
 def model_runtime() -> Any:
-    """The shipped model, loaded once with LiteRT (each server's model thread builds its own interpreters)."""
+    """The shipped model, loaded once with LiteRT (each thread that runs it builds its own interpreters)."""
     from livedigit.runtime import load_runtime
 
     return load_runtime(DEFAULT_MODEL)

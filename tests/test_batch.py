@@ -9,7 +9,7 @@ import struct
 import numpy as np
 from wsutil import ONE, SEVEN, ask, closed, drawing, http_json, open_ws, pixels_field, png_field, replies, sample
 
-from livedigit.batcher import PREPARING
+from livedigit.batcher import IN_FLIGHT
 
 BLANK = np.zeros((28, 28), np.uint8)
 
@@ -124,16 +124,16 @@ async def test_batch_items_count_towards_the_per_address_queue(app_server) -> No
         live.runtime.pause()
         await crowd.send(json.dumps({"type": "submit", "id": "first", "strokes": ONE}))
         assert await asyncio.to_thread(live.runtime.blocked.wait, 10)
-        for index in range(PREPARING):  # each taken into a batch being prepared, after the blocked one
+        for index in range(IN_FLIGHT - 1):  # each taken into a batch sent to the worker, after the blocked one
             await crowd.send(json.dumps({"type": "submit", "id": f"next-{index}", "strokes": ONE}))
-        await until(lambda: live.service.batcher.in_flight == 1 + PREPARING)
+        await until(lambda: live.service.batcher.in_flight == IN_FLIGHT)
         await crowd.send(json.dumps({"type": "batch", "id": "b", "items": [{"strokes": SEVEN}] * 6}))
         await other.send(json.dumps({"type": "submit", "id": "other", "strokes": SEVEN}))
         await until(lambda: live.service.batcher.queued[1] == 5)
         live.runtime.resume()
-        *before, answer = await replies(crowd, 2 + PREPARING)
+        *before, answer = await replies(crowd, 1 + IN_FLIGHT)
         theirs = await asyncio.wait_for(other.recv(), 20)
-    assert [reply["type"] for reply in before] == ["prediction"] * (1 + PREPARING)
+    assert [reply["type"] for reply in before] == ["prediction"] * IN_FLIGHT
     results = answer["results"]
     assert [r["type"] for r in results] == ["prediction"] * 4 + ["error"] * 2
     assert {r["code"] for r in results[4:]} == {"overloaded"}

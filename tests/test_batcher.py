@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 
-from livedigit.batcher import PREPARING, Batcher
+from livedigit.batcher import IN_FLIGHT, Batcher
 from livedigit.metrics import Metrics
-from livedigit.preprocess import Limits, Pixels, Strokes
+from livedigit.preprocess import Limits, Pixels, Strokes, preprocess
 from livedigit.verdict import VerdictRule
 from livedigit.wire import DropReason, Failed, Failure, NoDigit, Scored, Shed
 
@@ -41,7 +41,8 @@ async def make_batcher(pausable_runtime) -> AsyncIterator[MakeBatcher]:  # type:
     batchers: list[Batcher] = []
 
     async def make(**options: object) -> Batcher:
-        batcher = Batcher(pausable_runtime, Metrics(), limits=Limits(), **options)  # type: ignore[arg-type]
+        """A batcher whose worker is a thread of this process: the only place the test's runtime can run."""
+        batcher = Batcher(pausable_runtime, Metrics(), limits=Limits(), workers=0, **options)  # type: ignore[arg-type]
         await batcher.start()
         batchers.append(batcher)
         return batcher
@@ -100,7 +101,8 @@ async def test_submits_are_never_dropped_or_merged(make_batcher, pausable_runtim
     assert isinstance(await snapshot, Scored)
     assert isinstance(await snapshots[-1], Scored)
     # Each submit got the prediction for its own image, not a neighbour's.
-    direct = pausable_runtime.runtime.predict(np.stack([r.model_input for r in results]))
+    inputs = [preprocess(ink(seed), Limits()) for seed in range(12)]
+    direct = pausable_runtime.runtime.predict(np.stack(inputs))  # type: ignore[arg-type]
     np.testing.assert_allclose([r.probabilities for r in results], direct, atol=1e-5)
 
 
@@ -118,12 +120,13 @@ async def test_every_batch_is_calibrated_and_judged_by_the_rule_it_was_given(mak
     outcomes = await asyncio.gather(*futures)
     assert all(isinstance(outcome, Scored) for outcome in outcomes)
     assert max(pausable_runtime.batch_sizes) == len(images)
-    raw = pausable_runtime.runtime.predict(np.stack([outcome.model_input for outcome in outcomes]))
+    inputs = np.stack([preprocess(image, Limits()) for image in images])  # type: ignore[arg-type]
+    raw = pausable_runtime.runtime.predict(inputs)
     served, verdicts = rule.judge(raw)
     np.testing.assert_allclose([outcome.probabilities for outcome in outcomes], served, atol=1e-6)
     assert [outcome.verdict for outcome in outcomes] == verdicts
-    for outcome in outcomes:  # the model input as a reply's preview shows it
-        np.testing.assert_array_equal(outcome.preview, np.clip(np.rint(outcome.model_input * 255), 0, 255))
+    for outcome, model_input in zip(outcomes, inputs, strict=True):  # the model input as a reply's preview shows it
+        np.testing.assert_array_equal(outcome.preview, np.clip(np.rint(model_input * 255), 0, 255))
         assert outcome.preview.dtype == np.uint8
     assert len(set(verdicts)) > 1, "these drawings should not all get the same verdict"
 
@@ -243,13 +246,14 @@ async def test_one_address_may_queue_only_its_share_of_the_submits(make_batcher,
 
 
 async def test_a_waiting_snapshot_past_its_deadline_is_shed_as_overloaded(make_batcher, pausable_runtime) -> None:
-    """With the model busy and every feed holding a prepared batch, a snapshot waits in the queue."""
+    """With the model busy and every feed holding a batch (the first feed's is in the model), a snapshot
+    waits in the queue."""
     batcher = await make_batcher(max_batch=1, snapshot_deadline=0.2)
     pausable_runtime.pause()
     busy = batcher.enqueue("submit", ink(0))
     await model_blocked(pausable_runtime)
-    next_batches = [batcher.enqueue("submit", ink(seed)) for seed in range(1, 1 + PREPARING)]
-    await until(lambda: batcher.queued == (0, 0) and batcher.in_flight == 1 + PREPARING)
+    next_batches = [batcher.enqueue("submit", ink(seed)) for seed in range(1, IN_FLIGHT)]
+    await until(lambda: batcher.queued == (0, 0) and batcher.in_flight == IN_FLIGHT)
     late = batcher.enqueue("snapshot", ink(9), Owner())
     await asyncio.sleep(0.3)
     pausable_runtime.resume()
@@ -319,7 +323,7 @@ async def test_forget_releases_everything_of_a_connection(make_batcher, pausable
     assert all(future.done() for future in queued) and batcher.queued == (0, 1)
     pausable_runtime.resume()
     assert isinstance(await kept, Scored)
-    assert await taken == Shed(DropReason.STALE)  # taken into a batch, then skipped: no model time
+    assert await taken == Shed(DropReason.STALE)  # taken into a batch before its connection went
     await in_model
     assert batcher.in_flight == 0 and batcher.queued == (0, 0)
 
@@ -337,16 +341,17 @@ async def test_concurrent_items_share_batches(make_batcher, pausable_runtime) ->
     assert sum(pausable_runtime.batch_sizes[-4:]) == 21
 
 
-async def test_the_model_goes_on_to_the_next_batch_while_the_event_loop_is_busy(make_batcher, pausable_runtime) -> None:
-    """The model thread starts a batch that is ready as soon as it finishes the one before, without
-    waiting for the event loop (which may be busy with hundreds of sockets) to hand it over."""
+async def test_the_worker_goes_on_to_the_next_batch_while_the_event_loop_is_busy(
+    make_batcher, pausable_runtime
+) -> None:
+    """A worker starts the next batch sent to it as soon as it finishes the one before, without waiting
+    for the event loop (which may be busy with hundreds of sockets) to take the results of the first."""
     batcher = await make_batcher(max_batch=1)
     pausable_runtime.pause()
     first = batcher.enqueue("submit", ink(0))
     await model_blocked(pausable_runtime)
     second = batcher.enqueue("submit", ink(1))
-    registry = batcher.metrics.registry
-    await until(lambda: registry.get_sample_value("livedigit_preprocess_seconds_count") == 2)  # handed over
+    await until(lambda: batcher.queued == (0, 0) and batcher.in_flight == 2)  # sent to the worker
     calls = len(pausable_runtime.batch_sizes)  # the warm-up's so far; the first batch waits at the gate
     pausable_runtime.resume()
     deadline = time.monotonic() + 10

@@ -102,10 +102,10 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
     assert f"server ready {server['ready_s']} s after its process started" in captured.out
     cpu = run["cpu_per_answer_ms"]
     assert cpu["answered"] > 0 and cpu["total"] > 0
-    assert {"livedigit", "livedigit-prep", "livedigit-model"} <= set(cpu["threads"])  # the worker process too
+    assert {"livedigit", "livedigit-work"} <= set(cpu["threads"])  # the worker process too
     assert sum(cpu["threads"].values()) == pytest.approx(cpu["total"], rel=0.2, abs=0.05)
     assert all(figures["ms_per_image"] > 0 and figures["ms_per_answer"] > 0 for figures in cpu["stages"].values())
-    assert "server cpu per answered frame" in captured.out and "livedigit-model" in captured.out
+    assert "server cpu per answered frame" in captured.out and "livedigit-work" in captured.out
     assert "websocket" in captured.out and "clients" in captured.out
     assert f"reference digit {run['reference_digit_us']['before']} us before" in captured.out
 

@@ -99,8 +99,9 @@ async def test_a_disconnect_storm_leaks_nothing_and_spares_the_other_clients(sta
 
 
 async def test_clients_leaving_while_their_images_are_in_the_model_cost_nothing(app_server) -> None:  # type: ignore[no-untyped-def]
-    """Forty clients leave while their drawings are queued, preprocessed and waiting for the busy model:
-    the model never computes them, every job and task is released, the one remaining client is answered."""
+    """Forty clients leave while their 80 drawings are queued or sent to the busy worker: of them only the
+    batch already sent behind the busy one (at most ``max_batch``) is computed, every job and task is
+    released, the one remaining client is answered."""
     live = app_server(max_batch=8, max_connections_per_client=1000)
     with LogWatch() as log:
         await _leave_mid_flight(live)
@@ -134,7 +135,8 @@ async def _leave_mid_flight(live: AppServer) -> None:
             break
         await asyncio.sleep(0.01)
     assert service.batcher.in_flight == 0 and service.batcher.queued == (0, 0)
-    assert model.batch_sizes[calls_before:] == [1], "the model ran drawings of clients that had left"
+    held_batch, *sent_before = model.batch_sizes[calls_before:]
+    assert held_batch == 1 and len(sent_before) <= 1 and sum(sent_before) <= 8, model.batch_sizes[calls_before:]
     await bystander.check()
     assert sample(service, "livedigit_connections") == 1 and sample(service, "livedigit_client_addresses") == 1
     for _ in range(500):

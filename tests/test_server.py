@@ -23,7 +23,7 @@ from wsutil import (
     sample,
 )
 
-from livedigit.batcher import PREPARING
+from livedigit.batcher import IN_FLIGHT
 from livedigit.preprocess import Pixels, preprocess
 from livedigit.protocol import ProtocolError, parse_text
 
@@ -176,8 +176,8 @@ async def test_a_flood_of_snapshots_keeps_only_the_latest(app_server) -> None:  
     stale = [a for a in answers if a["type"] == "dropped"]
     assert all(a["reason"] == "stale" for a in stale)
     assert {a["type"] for a in answers} == {"prediction", "dropped"}
-    # At most the one in the model, one taken by each feed while it waited, and the newest were computed.
-    assert len(stale) >= 60 - (2 + PREPARING)
+    # At most the one in the model, one taken by each other feed while it waited, and the newest were computed.
+    assert len(stale) >= 60 - (1 + IN_FLIGHT)
     assert final["type"] == "prediction"
 
 
@@ -194,13 +194,13 @@ async def test_a_replaced_snapshot_is_dropped_before_its_drawing_is_read(app_ser
         model.pause()
         await ws.send(json.dumps({"type": "snapshot", "id": 0, "strokes": ONE}))
         assert await asyncio.to_thread(model.blocked.wait, 10)
-        # Each feed takes the next snapshot, prepares it and waits for the model: nothing more is taken
-        # until it is free.
-        for index in range(1, 1 + PREPARING):
+        # Each other feed takes the next snapshot and sends it to the busy worker: nothing more is taken
+        # until the worker answers.
+        for index in range(1, IN_FLIGHT):
             await ws.send(json.dumps({"type": "snapshot", "id": index, "strokes": SEVEN}))
-            while sample(live.service, "livedigit_preprocess_seconds_count") < 1 + index:
+            while live.service.batcher.in_flight < 1 + index:
                 await asyncio.sleep(0.01)
-        for index in range(1 + PREPARING, 40):
+        for index in range(IN_FLIGHT, 40):
             await ws.send(json.dumps({"type": "snapshot", "id": index, "strokes": broken}))
         await ws.send(last)
         while sum(sample(live.service, "livedigit_messages_total", {"type": k}) for k in ("snapshot", "invalid")) < 41:
@@ -208,7 +208,7 @@ async def test_a_replaced_snapshot_is_dropped_before_its_drawing_is_read(app_ser
         model.resume()
         answers = await replies(ws, 41)
     assert [a["id"] for a in answers] == list(range(41))
-    read = 1 + PREPARING
+    read = IN_FLIGHT
     assert [a["type"] for a in answers[:read]] == ["prediction"] * read
     assert all(a["type"] == "dropped" and a["reason"] == "stale" for a in answers[read:-1]), answers[read:-1]
     with pytest.raises(ProtocolError) as refused:

@@ -173,7 +173,6 @@ async def test_metrics_count_what_happened(app_server) -> None:  # type: ignore[
         "livedigit_batch_size_sum 2.0",
         "livedigit_preprocess_seconds_count 2.0",
         "livedigit_queue_wait_seconds_count 2.0",
-        "livedigit_model_wait_seconds_count 2.0",
         "livedigit_inference_seconds_count 2.0",
         "livedigit_preprocess_cpu_seconds_count 2.0",
         "livedigit_inference_cpu_seconds_count 2.0",

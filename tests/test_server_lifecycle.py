@@ -125,9 +125,9 @@ def test_start_up_ends_with_the_address_to_open(start_server) -> None:  # type: 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
 def test_the_server_threads_carry_their_names_for_top(server) -> None:  # type: ignore[no-untyped-def]
-    """``top -H`` tells the event loop and the model apart: each shows its own name. (Preprocessing is a
-    process of its own, ``livedigit-prep``: tests/test_workers.py.)"""
+    """``top -H`` shows the event loop as ``livedigit``, and nothing else of the batcher in the server's
+    process: preprocessing and the model run in a worker process, ``livedigit-work`` (tests/test_workers.py)."""
     status, _, answer = http_json(server.http_url + "/api/predict", {"strokes": SEVEN})
     assert status == 200 and answer["type"] == "prediction"
     names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{server.pid}/task").iterdir()]
-    assert (Path(f"/proc/{server.pid}/comm").read_text().strip(), names.count("livedigit-model")) == ("livedigit", 1)
+    assert (Path(f"/proc/{server.pid}/comm").read_text().strip(), names.count("livedigit-work")) == ("livedigit", 0)

@@ -1,4 +1,5 @@
-"""The preprocessing worker process: named, replaced when it dies without losing a reply, gone with the server.
+"""The worker process (preprocessing and the model): named, replaced when it dies without losing a reply,
+gone with the server.
 
 Each test runs a real ``livedigit serve`` and finds its worker the way an operator would, in ``/proc``.
 """
@@ -54,15 +55,15 @@ def alive(pid: int) -> bool:
 
 
 def worker_of(pid: int, timeout: float = 30.0) -> int:
-    """The one preprocessing worker of the server ``pid``."""
+    """The one worker of the server ``pid``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = [child for child, name in children(pid).items() if name == "livedigit-prep"]
+        workers = [child for child, name in children(pid).items() if name == "livedigit-work"]
         if workers:
             assert len(workers) == 1, children(pid)
             return workers[0]
         time.sleep(0.05)
-    raise AssertionError(f"no livedigit-prep child of {pid}: {children(pid)}")
+    raise AssertionError(f"no livedigit-work child of {pid}: {children(pid)}")
 
 
 def cpu_ticks(pid: int) -> int:
@@ -88,11 +89,11 @@ def restarts(http_url: str) -> float:
 
 
 async def test_the_worker_is_a_named_child_of_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
-    """It prepares every image, and batches far larger than a socket's buffer either way (64 drawings of
-    1,000 points out, 64 model inputs back) go through it whole, by the same worker."""
+    """It scores every image, and batches far larger than a socket's buffer either way (64 drawings of
+    1,000 points out, 64 predictions with their previews back) go through it whole, by the same worker."""
     server = start_server(*BIG_MESSAGES, "--max-pending-submits", "1024")
     worker = worker_of(server.pid)
-    assert Path(f"/proc/{worker}/comm").read_text().strip() == "livedigit-prep"
+    assert Path(f"/proc/{worker}/comm").read_text().strip() == "livedigit-work"
     ws, _ = await open_ws(server.ws_url)
     await ws.send(json.dumps({"type": "submit", "id": 1, "strokes": SEVEN}))
     assert (await replies(ws, 1))[0]["digit"] == 7
@@ -170,14 +171,14 @@ def test_a_server_killed_outright_takes_its_worker_with_it(start_server) -> None
     assert not alive(worker)
 
 
-async def test_with_no_workers_a_named_thread_of_the_server_preprocesses(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server("--preprocess-workers", "0")
+async def test_with_no_workers_a_named_thread_of_the_server_scores(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--model-workers", "0")
     ws, _ = await open_ws(server.ws_url)
     await ws.send(json.dumps({"type": "submit", "id": 1, "strokes": SEVEN}))
     assert (await replies(ws, 1))[0]["digit"] == 7
     assert not children(server.pid)
     threads = {Path(task, "comm").read_text().strip() for task in Path(f"/proc/{server.pid}/task").iterdir()}
-    assert "livedigit-prep" in threads
+    assert "livedigit-work" in threads
 
 
 async def test_results_arriving_in_pieces_are_read_whole_and_in_order() -> None:

@@ -34,7 +34,7 @@ class ResourceWatch:
         self._loop_start: float | None = None
         self.cpu_seconds: float | None = None
         self.thread_cpu_seconds: dict[str, float] | None = None
-        """The server's CPU over the window by thread name (``livedigit``, ``livedigit-prep``, ...)."""
+        """The server's CPU over the window by thread name (``livedigit``, ``livedigit-work``, ...)."""
         self._threads_start: dict[str, float] | None = None
         self.bench_cpu_percent: float | None = None
         self.machine: dict[str, float] = {}
