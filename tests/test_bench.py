@@ -166,6 +166,9 @@ def test_model_ceiling_measures_preprocess_and_runtime(pen_test):
     )
     assert ceiling["frames"] > 20 and ceiling["batch_size"] == 16
     assert 0 < ceiling["ceiling_per_s"] < min(ceiling["preprocess_per_s"], ceiling["runtime_batched_per_s"])
+    # The same frames' preprocessing CPU back to back and as a lightly loaded worker gets them.
+    assert ceiling["preprocess_cpu_us"] > 0 and ceiling["preprocess_cpu_us_paused"] > 0
+    assert "us/frame back to back" in format_report({"ceiling": ceiling})
 
 
 def test_bench_explains_missing_pen_digits(tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from livedigit.bench.ceiling import IDLE_BATCH, IDLE_PAUSE_S
+
 DISTURBED_PERCENT = 5.0
 """CPU (% of one core) used by processes other than the server and the bench above which a run is flagged."""
 
@@ -24,8 +26,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"  runtime batch 1     {ceiling['runtime_single_per_s']:>9.0f} /s",
             f"  preprocess+runtime  {ceiling['ceiling_per_s']:>9.0f} /s batched, "
             f"{ceiling['ceiling_unbatched_per_s']:.0f} /s unbatched",
-            "",
         ]
+        if "preprocess_cpu_us_paused" in ceiling:
+            lines.append(
+                f"  preprocess cpu      {ceiling['preprocess_cpu_us']:>9.1f} us/frame back to back, "
+                f"{ceiling['preprocess_cpu_us_paused']:.1f} us/frame {IDLE_BATCH} at a time every "
+                f"{IDLE_PAUSE_S * 1000:.0f} ms (a worker at 100 clients)"
+            )
+        lines.append("")
     if report.get("runs"):
         lines += _runs_table(report["runs"], ceiling)
     if report.get("script"):
