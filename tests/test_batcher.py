@@ -441,3 +441,18 @@ def test_fair_queue_serves_the_least_recently_served_address_first() -> None:
     assert [queue.pop().name for _ in range(3)] == ["c1", "a2", "c2"]
     assert [item.name for item in queue.remove_owner("conn-1")] == ["a3"]
     assert not queue and len(queue) == 0
+
+
+async def test_a_model_that_fails_on_the_blank_digit_stops_start_up(pausable_runtime) -> None:
+    """The warm-up is the model's first call: a model that raises there never serves, and says why."""
+    pausable_runtime.fail = True
+    batcher = Batcher(pausable_runtime, Metrics(), limits=Limits(), workers=0)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="injected model failure"):
+        await batcher.start()
+    assert not batcher.ready
+    assert isinstance(batcher.enqueue("submit", ONE).result(), Failed)
+
+
+def test_a_runtime_object_cannot_be_sent_to_a_worker_process(pausable_runtime) -> None:
+    with pytest.raises(ValueError, match="workers=0"):
+        Batcher(pausable_runtime, Metrics(), limits=Limits(), workers=1)  # type: ignore[arg-type]
