@@ -364,9 +364,9 @@ class Batcher:
                     raise result
                 self._fail(chunk, Failure.PREPROCESS_FAILED)
             else:
-                self._answer(chunk, result, lanes)
+                self._answer(chunk, result)
 
-    def _answer(self, jobs: list[Job], finished: Finished, lanes: int) -> None:
+    def _answer(self, jobs: list[Job], finished: Finished) -> None:
         """Answer the jobs of one chunk with what a worker made of them, and note what it cost."""
         self._last_run = time.perf_counter()
         metrics = self.metrics
@@ -382,7 +382,7 @@ class Batcher:
                 self._resolve(job, Shed(DropReason.STALE) if job.abandoned else outcome)
         # A lane works through both stages in turn and the lanes work at once: its time per image, over
         # the lanes, is the pace.
-        per_image = (sum(finished.preprocess_seconds) + finished.model_seconds) / len(jobs) / lanes
+        per_image = (sum(finished.preprocess_seconds) + finished.model_seconds) / len(jobs) / self._workers.lanes
         self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
         if not scored:
             return

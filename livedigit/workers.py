@@ -145,31 +145,42 @@ class Scorer:
                 inputs.append(model_input)
             seconds.append(time.perf_counter() - started)
             cpu_seconds.append(time.thread_time() - cpu)
-        if not images:
-            inputs.append(np.zeros((SIZE, SIZE), np.float32))
-        probabilities, previews, verdicts, error = _scored_nothing()
+        if images and not inputs:  # nothing drawn needs the model
+            return Finished(outcomes, _NO_PROBABILITIES, _NO_PREVIEWS, [], seconds, cpu_seconds, 0.0, 0.0)
         started, cpu = time.perf_counter(), time.thread_time()
-        if inputs:
-            batch = np.stack(inputs).astype(np.float32, copy=False)
-            try:
-                raw = np.asarray(self.runtime.predict(batch), dtype=np.float64)
-                if raw.shape != (len(batch), CLASSES) or not np.isfinite(raw).all():
-                    raise ValueError(f"the model returned {raw.shape} (or non-finite values) for {batch.shape}")
-                if images:
-                    probabilities, verdicts = self.rule.judge(raw)
-                    previews = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
-            except Exception as exc:  # the batcher answers the batch and checks the model again later
-                error = f"{type(exc).__name__}: {exc}"
-        model_seconds, model_cpu_seconds = (
-            (time.perf_counter() - started, time.thread_time() - cpu) if inputs else (0.0, 0.0)
-        )
+        verdicts: list[Verdict] = []
+        probabilities, previews, error = _NO_PROBABILITIES, _NO_PREVIEWS, None
+        try:
+            probabilities, previews, verdicts = self._model(np.stack(inputs or [_BLANK]))
+        except Exception as exc:  # the batcher answers the batch and checks the model again later
+            error = f"{type(exc).__name__}: {exc}"
+        scored = len(inputs)  # the blank digit of a warm-up is no image's
         return Finished(
-            outcomes, probabilities, previews, verdicts, seconds, cpu_seconds, model_seconds, model_cpu_seconds, error
+            outcomes,
+            probabilities[:scored],
+            previews[:scored],
+            verdicts[:scored],
+            seconds,
+            cpu_seconds,
+            time.perf_counter() - started,
+            time.thread_time() - cpu,
+            error,
         )
 
+    def _model(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Verdict]]:
+        """One model call, its output checked, then calibrated and judged; and the inputs as previews."""
+        batch = batch.astype(np.float32, copy=False)
+        raw = np.asarray(self.runtime.predict(batch), dtype=np.float64)
+        if raw.shape != (len(batch), CLASSES) or not np.isfinite(raw).all():
+            raise ValueError(f"the model returned {raw.shape} (or non-finite values) for {batch.shape}")
+        probabilities, verdicts = self.rule.judge(raw)
+        return probabilities, np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8), verdicts
 
-def _scored_nothing() -> tuple[np.ndarray, np.ndarray, list[Verdict], str | None]:
-    return np.empty((0, CLASSES)), np.empty((0, SIZE, SIZE), np.uint8), [], None
+
+_BLANK = np.zeros((SIZE, SIZE), np.float32)
+"""The digit a warm-up or a check of a failing model runs through it."""
+_NO_PROBABILITIES = np.empty((0, CLASSES))
+_NO_PREVIEWS = np.empty((0, SIZE, SIZE), np.uint8)
 
 
 def _prepare(image: Image | Deferred, limits: Limits) -> tuple[NoDigit | Failed | None, np.ndarray | None]:
