@@ -52,7 +52,7 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from livedigit.fairness import FairQueue
+from livedigit.fairness import FairQueue, Slots
 from livedigit.metrics import Metrics
 from livedigit.preprocess import Image, Limits, Pixels, Png, Strokes, cost
 from livedigit.runtime import Runtime
@@ -161,7 +161,7 @@ class Batcher:
         self.snapshot_deadline = snapshot_deadline
         self._workers = WorkerPool(workers, model, verdict or VerdictRule(), limits, metrics.worker_restarts.inc)
         self._submits: FairQueue[Job] = FairQueue()
-        self._snapshots: dict[Hashable, Job] = {}
+        self._snapshots: Slots[Job] = Slots()
         self._answers: dict[Hashable, Job] = {}
         """Each drawing connection's final submit, in arrival order: taken before anything else."""
         self._drawing: set[Hashable] = set()
@@ -246,7 +246,7 @@ class Batcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks, self._probing = [], None
         shutting_down = Failed(Failure.SHUTTING_DOWN)
-        for job in [*self._answers.values(), *self._submits, *self._snapshots.values(), *self._taken]:
+        for job in [*self._answers.values(), *self._submits, *self._snapshots, *self._taken]:
             self._resolve(job, shutting_down)
         self._answers.clear()
         self._submits.clear()
@@ -298,12 +298,11 @@ class Batcher:
         else:
             if owner is None:
                 raise ValueError("a snapshot needs an owner (its connection)")
-            previous = self._snapshots.get(owner)
-            since = now
+            job = Job(kind, image, owner, client, work, future, now, now)
+            previous = self._snapshots.put(job)
             if previous is not None:
-                since = previous.since
+                job.since = previous.since
                 self._resolve(previous, Shed(DropReason.STALE))
-            self._snapshots[owner] = Job(kind, image, owner, client, work, future, now, since)
             self._last_snapshot = now
             self._drawing.add(owner)
         self._note_arrival(now)
@@ -312,7 +311,7 @@ class Batcher:
 
     def supersede(self, owner: Hashable | None) -> None:
         """A submit of ``owner`` arrived: its queued snapshot, if any, is answered ``dropped``/``stale``."""
-        overtaken = self._snapshots.pop(owner, None) if owner is not None else None
+        overtaken = self._snapshots.pop(owner) if owner is not None else None
         if overtaken is not None:
             self._resolve(overtaken, Shed(DropReason.STALE))
 
@@ -320,7 +319,7 @@ class Batcher:
         """Release everything of a connection that went away: nothing of it is computed or kept."""
         gone = Shed(DropReason.STALE)
         self._drawing.discard(owner)
-        for slot in (self._snapshots.pop(owner, None), self._answers.pop(owner, None)):
+        for slot in (self._snapshots.pop(owner), self._answers.pop(owner, None)):
             if slot is not None:
                 self._resolve(slot, gone)
         for job in self._submits.remove_owner(owner):
@@ -471,13 +470,10 @@ class Batcher:
         def fits(job: Job, images: int, most_work: int) -> bool:
             return not jobs or (len(jobs) < images and work + job.cost <= most_work)
 
-        expired = list(
-            itertools.takewhile(
-                lambda owner: now - self._snapshots[owner].since > self.snapshot_deadline, self._snapshots
-            )
-        )
-        for owner in expired:
-            self._resolve(self._snapshots.pop(owner), Shed(DropReason.OVERLOADED))
+        expired = list(itertools.takewhile(lambda job: now - job.since > self.snapshot_deadline, self._snapshots))
+        for job in expired:
+            self._snapshots.pop(job.owner)
+            self._resolve(job, Shed(DropReason.OVERLOADED))
         for owner, job in list(self._answers.items()):
             if not fits(job, self.max_batch, BATCH_COST):
                 break
@@ -487,17 +483,22 @@ class Batcher:
         others = 1.0 - self.submit_share if self._submits else 1.0
         images, most_work = math.floor(others * self.max_batch), math.floor(others * BATCH_COST)
         served: set[Hashable] = set()
+        unserved = self._snapshots.clients  # addresses with a snapshot waiting and none taken yet
         for first_pass in (True, False):
-            for owner in list(self._snapshots) if images else ():
-                job = self._snapshots[owner]
-                if first_pass and job.client in served:
-                    continue
+            for job in list(self._snapshots) if images else ():
+                if first_pass:
+                    if not unserved:
+                        break  # every waiting address has one in the batch: the rest go in line order
+                    if job.client in served:
+                        continue
                 if not fits(job, images, most_work):
                     break
-                del self._snapshots[owner]
+                self._snapshots.pop(job.owner)
                 jobs.append(job)
                 work += job.cost
-                served.add(job.client)
+                if job.client not in served:
+                    served.add(job.client)
+                    unserved -= 1
         images, most_work = self.max_batch, BATCH_COST
         if now - self._last_snapshot < LIVE_WINDOW and self.submit_share < 1.0:
             least = 1.0 - self.submit_share

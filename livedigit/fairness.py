@@ -1,4 +1,5 @@
-"""Fair order for queued submits: round robin over client addresses, then over their connections.
+"""Fair order for queued work: submits round robin over client addresses, then over their connections;
+live snapshots in slots that know how many addresses hold one.
 
 A single first-come queue lets whoever sends most take the model: 49 connections from one address each
 at their submit limit put hundreds of images in front of a bystander's one. :class:`FairQueue` instead
@@ -6,6 +7,11 @@ serves the **least recently served address** first, and within an address its le
 connection, each connection's own submits in order. A client with one submit waiting is therefore
 served after at most one item of every other waiting address, however many they queued; and when only
 one client is waiting, it gets every turn (the queue never idles while work is waiting).
+
+Live snapshots wait in :class:`Slots`, one per connection (latest wins), served one per address before a
+second. The slots count the addresses holding one, so that the batcher stops looking for another
+address as soon as every waiting one has been served: hundreds of connections behind one address (a
+school behind a NAT, or the bench) would otherwise make every batch walk all of their slots.
 """
 
 from __future__ import annotations
@@ -124,3 +130,53 @@ class FairQueue(Generic[T]):
             self._per_client[client] = left
         else:
             del self._per_client[client]
+
+
+class Slots(Generic[T]):
+    """One item per connection (``owner``), in line order: replacing a connection's item keeps its place,
+    a new connection joins the end. Not thread-safe: the event loop owns it. Every operation is O(1)."""
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable | None, T] = {}
+        self._per_client: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        """The items in line order."""
+        return iter(self._items.values())
+
+    @property
+    def clients(self) -> int:
+        """Client addresses holding at least one slot."""
+        return len(self._per_client)
+
+    def get(self, owner: Hashable | None) -> T | None:
+        return self._items.get(owner)
+
+    def put(self, item: T) -> T | None:
+        """Put ``item`` in its connection's slot; returns the item it replaces, if any."""
+        previous = self._items.get(item.owner)
+        self._items[item.owner] = item
+        if previous is None:
+            self._per_client[item.client] = self._per_client.get(item.client, 0) + 1
+        return previous
+
+    def pop(self, owner: Hashable | None) -> T | None:
+        """Empty a connection's slot; returns its item, if any."""
+        item = self._items.pop(owner, None)
+        if item is not None:
+            left = self._per_client[item.client] - 1
+            if left:
+                self._per_client[item.client] = left
+            else:
+                del self._per_client[item.client]
+        return item
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._per_client.clear()

@@ -167,6 +167,43 @@ async def test_snapshots_go_first_and_waiting_submits_keep_their_share(make_batc
     assert all(batch == ["submit"] * len(batch) for batch in taken[3:]), taken
 
 
+async def test_snapshots_are_taken_one_per_address_before_a_second(make_batcher, pausable_runtime) -> None:
+    """Six connections behind one address (a school's NAT) and one person at home: the next batch holds
+    the person's snapshot although it came last, beside the school's first three in line order; the
+    school's others follow in line order."""
+    batcher = await make_batcher(max_batch=4, live_batch_ms=1e6)
+    pausable_runtime.pause()
+    blocker = batcher.enqueue("submit", ink(0), Owner(), client="script")
+    await model_blocked(pausable_runtime)
+    school = [batcher.enqueue("snapshot", ink(i), Owner(), client="school") for i in range(6)]
+    home = batcher.enqueue("snapshot", ink(7), Owner(), client="home")
+    finished = finishing_order({f"school-{i}": [future] for i, future in enumerate(school)} | {"home": [home]})
+    pausable_runtime.resume()
+    await asyncio.gather(blocker, home, *school)
+    taken = batches(finished, pausable_runtime.batch_sizes[2:])  # after the warm-up and the blocker
+    assert taken == [["school-0", "home", "school-1", "school-2"], ["school-3", "school-4", "school-5"]], taken
+
+
+def test_slots_keep_a_replaced_item_in_place_and_count_the_addresses() -> None:
+    from livedigit.fairness import Slots
+
+    class Item:
+        def __init__(self, client: str, owner: str, name: str) -> None:
+            self.client, self.owner, self.name = client, owner, name
+
+    slots: Slots[Item] = Slots()
+    for client, owner in (("A", "conn-1"), ("A", "conn-2"), ("B", "conn-3")):
+        assert slots.put(Item(client, owner, f"{owner}-old")) is None
+    replaced = slots.put(Item("A", "conn-1", "conn-1-new"))
+    assert replaced is not None and replaced.name == "conn-1-old"
+    assert [item.name for item in slots] == ["conn-1-new", "conn-2-old", "conn-3-old"]
+    assert (len(slots), slots.clients) == (3, 2)
+    assert slots.pop("conn-3") is not None and slots.clients == 1
+    assert slots.pop("conn-3") is None
+    assert slots.pop("conn-1") is not None and slots.clients == 1
+    assert slots.pop("conn-2") is not None and not slots and slots.clients == 0
+
+
 async def test_a_persons_submit_goes_first_once_per_connection(make_batcher, pausable_runtime) -> None:
     """The Submit of a connection that has been drawing goes in the next batch ahead of other people's
     snapshots and a script's backlog, and answers its own queued snapshot ``stale``. A second submit of
