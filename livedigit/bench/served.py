@@ -146,7 +146,9 @@ def server_for(
     ``program``, by default this interpreter's ``livedigit``); its log is removed when it stops.
 
     Every simulated person connects from 127.0.0.1, so the limits per client address are raised to what
-    that many people would have from their own addresses: connections, and the HTTP prediction rate.
+    that many people would have from their own addresses: connections, the HTTP prediction rate, and the
+    bytes of frames read per second (``--address-byte-rate``, lifted: at 10 frames/s, about a thousand
+    people's snapshots pass one address's budget, and the server would then read them late).
     """
     limits = [
         "--log-level",
@@ -159,6 +161,8 @@ def server_for(
         str(max(5.0, 2.0 * clients * rate)),
         "--submit-burst",
         str(max(10, 2 * clients)),
+        "--address-byte-rate",
+        "0",
     ]
     with (
         tempfile.TemporaryDirectory(prefix="livedigit-bench-") as logs,
