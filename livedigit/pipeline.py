@@ -134,7 +134,7 @@ def handle(service: Service, caller: Caller, parse: Callable[[Limits], Request],
     metrics.messages[request.kind if caller.transport == "ws" else caller.transport].inc()
     if request.kind == "batch":
         return _batch(service, caller, request, received)
-    image, request = request.image, dataclasses.replace(request, image=None)
+    image, request = request.image, request.without_image()
     if request.kind == "ping":
         return Ticket(request, received, reply=protocol.pong(request.id))
     if request.kind == "snapshot" and caller.snapshots is not None and not caller.snapshots.take():
@@ -193,7 +193,7 @@ def _batch(service: Service, caller: Caller, request: Request, received: float) 
             continue
         assert item.image is not None
         future = batcher.enqueue("submit", item.image, owner=caller.owner, client=caller.client)
-        items.append((dataclasses.replace(item, image=None), future))
+        items.append((item.without_image(), future))
     return Ticket(dataclasses.replace(request, items=()), received, items=items)
 
 

@@ -129,6 +129,12 @@ class Request:
     def final(self) -> bool:
         return self.kind == "submit" or self.kind == "batch"
 
+    def without_image(self) -> Request:
+        """This request without its drawing, all that its reply needs: a ticket waiting behind slower
+        ones must not pin an image. Built field by field, once per message: ``dataclasses.replace``
+        looks the fields up on every call, three times as long."""
+        return Request(self.kind, self.id, None, self.preview, self.correction, self.items, self.whole, self.drawing)
+
 
 # The JSON shapes, as msgspec decodes them. UNSET tells "absent" from "null", which is an error.
 

@@ -359,3 +359,14 @@ def test_a_live_snapshot_stays_undecoded_until_a_worker_decodes_it() -> None:
     assert isinstance(bad.image, protocol.Undecoded)
     failure = pickle.loads(pickle.dumps(bad.image)).decode()
     assert isinstance(failure, Failed) and failure.failure == Failure.BAD_IMAGE
+
+
+def test_a_request_without_its_image_keeps_every_other_field() -> None:
+    import dataclasses
+
+    correction = protocol.Correction(digit=3, writer="w", predicted=5, probabilities=(0.1,) * 10, verdict="digit")
+    request = protocol.Request(
+        "label", "id-1", Strokes(ONE), True, correction, (ProtocolError(ErrorCode.BAD_IMAGE, "x"),), True, b"d"
+    )
+    assert all(getattr(request, field.name) not in (None, False, ()) for field in dataclasses.fields(request))
+    assert request.without_image() == dataclasses.replace(request, image=None)
