@@ -86,6 +86,12 @@ class Settings:
         "bursts of two messages; parsing costs the event loop about 50 ns a byte, so one address, however "
         "many connections it opens, cannot take more than a fifth of it; 0: no limit",
     )
+    pace_reads_above: float = _option(
+        0.95,
+        "share of a core the event loop may use (over half a second) before connections take turns to read "
+        "WebSocket frames, at a rate that leaves the batches their share of it; unread frames wait in TCP; "
+        "0: never paced",
+    )
     max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
     max_pending_submits: int = _option(256, "submits queued across all connections before new ones are refused")

@@ -96,6 +96,11 @@ class Metrics:
         self.tasks = Gauge(
             "livedigit_event_loop_tasks", "asyncio tasks alive in the server's event loop", registry=registry
         )
+        self.read_rate = Gauge(
+            "livedigit_read_rate",
+            "Frames per second read from all WebSockets while reading is paced (event loop saturated); 0 when not",
+            registry=registry,
+        )
         self.ready = Gauge(
             "livedigit_ready", "1 when the model is loaded and the last batch succeeded", registry=registry
         )

@@ -30,6 +30,7 @@ from livedigit.labels import database
 from livedigit.labels.store import COMMIT_GRACE, LabelStore
 from livedigit.metrics import Metrics
 from livedigit.ratelimit import KeyedBuckets
+from livedigit.readpacer import ReadPacer
 from livedigit.runtime import ModelLoadError, Runtime
 from livedigit.security import ConnectionLimits
 from livedigit.verdict import VerdictRule
@@ -61,6 +62,8 @@ class Service:
         self.connections = ConnectionLimits(settings.max_connections, settings.max_connections_per_client)
         self.http_submits = KeyedBuckets(settings.submit_rate, settings.submit_burst)
         self.address_bytes = KeyedBuckets(settings.address_byte_rate, 2 * settings.max_message_bytes)
+        self.reads = ReadPacer(settings.pace_reads_above)
+        self.metrics.read_rate.set_function(lambda: self.reads.rate or 0.0)
         self.label_clients = KeyedBuckets(settings.label_rate_per_client, settings.label_burst_per_client)
         self.sessions: set[Connection] = set()
         self.draining = False
@@ -69,6 +72,7 @@ class Service:
         self.labels: LabelStore | None = None
         self._labels_starting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pacing: asyncio.Task[None] | None = None
         self._card: dict[str, Any] = {}
         self.metrics.client_addresses.set_function(lambda: self.connections.clients)
 
@@ -118,6 +122,7 @@ class Service:
         except Exception as exc:
             raise ModelLoadError(f"model {self.settings.model} failed on a test batch: {exc}") from None
         self.batcher = batcher
+        self._pacing = asyncio.create_task(self.reads.run(), name="livedigit-read-pacer")
         if card is None:
             logger.warning(
                 "no usable model card at %s; /api/model will show no accuracies", self.model_base.with_suffix(".json")
@@ -132,6 +137,9 @@ class Service:
 
     async def stop(self) -> None:
         """Stop the batcher, then commit the labels still waiting and close the store."""
+        if self._pacing is not None:
+            self._pacing.cancel()
+            await asyncio.gather(self._pacing, return_exceptions=True)
         if self.batcher is not None:
             await self.batcher.stop()
         await self._close_labels()

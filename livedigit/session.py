@@ -161,9 +161,13 @@ class Session:
 
     async def _read(self) -> None:
         receive = self.websocket.receive
+        reads = self.service.reads
         while not self._stopping:
             self._receiving = True
             try:
+                # Once the event loop has no time to spare, connections take turns to read (readpacer.py).
+                if (turn := reads.turn()) is not None:
+                    await turn
                 # Pacing: however fast a client sends, it costs the event loop (and so every other
                 # connection) at most message_rate frames a second; the rest waits in TCP buffers.
                 while not self.frame_bucket.take():
