@@ -10,7 +10,8 @@ instead of levelling off (docs/benchmarks.md, "Reading in turns").
 :class:`ReadPacer` watches how much of a core the event loop's thread uses, over half a second at a
 time. While it stays under ``busy``, every connection reads as soon as a frame arrives. Once it passes
 ``busy``, connections take turns to read one frame each, in the order they asked, at a rate below what
-was read in that half second, raised again while the loop has time to spare. The frames not read yet
+was read in that half second, raised again, in proportion to the time it has to spare, while the loop
+has some. The frames not read yet
 wait in the kernel's buffers, and TCP holds their senders back, as the per-connection and per-address
 limits do. Once nobody waits for a turn, the pacing ends.
 
@@ -37,11 +38,13 @@ TICK_S = 0.005
 SLOWER = 0.8
 """The rate after a window in which the loop was too busy, as a share of what was read in it."""
 
-FASTER = 1.25
-"""The rate after a window in which it was not, as a share of the rate before (while readers still wait)."""
+FASTEST = 2.0
+"""After a window in which the loop had time to spare, the rate grows in proportion to it (a loop busy
+half of the time that may be busy 95% of it: 1.9 times), at most this many times."""
 
 MIN_RATE = 100.0
-"""Frames per second the pacer always lets through, however busy the loop."""
+"""Frames per second the pacer always lets through, however busy the loop; and at least one a second for
+each connection waiting for its turn, so that each still reads (a submit, a ping's answer) now and then."""
 
 
 class ReadPacer:
@@ -99,9 +102,10 @@ class ReadPacer:
         frames per second were read."""
         if self.busy and busy > self.busy:
             read = read_rate if self.rate is None else min(self.rate, read_rate)
-            self.rate = max(MIN_RATE, SLOWER * read)
+            self.rate = max(MIN_RATE, len(self._waiting), SLOWER * read)
         elif self.rate is not None:
-            self.rate = self.rate * FASTER if self._waiting else None
+            faster = min(FASTEST, self.busy / max(busy, self.busy / FASTEST))
+            self.rate = max(MIN_RATE, len(self._waiting), self.rate * faster) if self._waiting else None
 
     def release(self, seconds: float) -> None:
         """Let the readers go whose turns came in the last ``seconds``, first come first served; all of

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from livedigit.readpacer import FASTER, MIN_RATE, SLOWER, WINDOW_S, ReadPacer
+from livedigit.readpacer import FASTEST, MIN_RATE, SLOWER, WINDOW_S, ReadPacer
 
 
 async def test_readers_read_at_once_while_the_loop_has_time_to_spare() -> None:
@@ -28,14 +28,19 @@ async def test_on_a_saturated_loop_readers_take_turns_in_the_order_they_asked() 
     assert done == [0, *range(2, 11)]
     pacer.adjust(busy=1.0, read_rate=50.0)  # still saturated, hardly anything read: never below the floor
     assert pacer.rate == MIN_RATE
+    crowd = [pacer.turn() for _ in range(500)]  # nor below a turn a second for each connection waiting
+    pacer.adjust(busy=1.0, read_rate=50.0)
+    assert pacer.rate == pacer.waiting == 500 + 19 and len(crowd) == 500  # the 19 turns not yet given
 
 
 async def test_the_rate_grows_back_and_the_pacing_ends_when_nobody_waits() -> None:
     pacer = ReadPacer(busy=0.95)
     pacer.adjust(busy=0.99, read_rate=1_000.0)
     waiting = pacer.turn()
-    pacer.adjust(busy=0.5, read_rate=800.0)
-    assert pacer.rate == pytest.approx(SLOWER * 1_000.0 * FASTER)
+    pacer.adjust(busy=0.76, read_rate=800.0)  # time to spare: the rate grows in proportion to it
+    assert pacer.rate == pytest.approx(SLOWER * 1_000.0 * 0.95 / 0.76)
+    pacer.adjust(busy=0.05, read_rate=800.0)  # but at most doubles
+    assert pacer.rate == pytest.approx(SLOWER * 1_000.0 * 0.95 / 0.76 * FASTEST)
     assert waiting is not None and not waiting.done()
     pacer.release(1.0)
     assert waiting.done() and pacer.waiting == 0
