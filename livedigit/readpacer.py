@@ -63,6 +63,8 @@ class ReadPacer:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._credit = 0.0
         self._read = 0
+        self.turns = 0
+        """Turns given since the server started: frames read while reading was paced."""
 
     @property
     def waiting(self) -> int:
@@ -122,5 +124,6 @@ class ReadPacer:
             future.set_result(None)
             allowed -= 1.0
             self._read += 1
+            self.turns += 1
         if self.rate is not None:
             self._credit = allowed

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from wsutil import ONE, SEVEN, ask, closed, http_json, open_ws, replies
+from wsutil import ONE, SEVEN, ask, closed, http_json, open_ws, replies, sample
 
 
 async def test_snapshots_over_the_rate_are_dropped_rate_limited(app_server) -> None:  # type: ignore[no-untyped-def]
@@ -22,6 +22,30 @@ async def test_snapshots_over_the_rate_are_dropped_rate_limited(app_server) -> N
     limited = [a for a in answers if a["type"] == "dropped" and a["reason"] == "rate_limited"]
     assert [a["id"] for a in limited] == [3, 4, 5, 6, 7]
     assert submit["type"] == "prediction"
+
+
+async def test_connections_read_in_turns_once_the_event_loop_is_busy(app_server) -> None:  # type: ignore[no-untyped-def]
+    """With ``pace_reads_above`` so low that the server's own clock keeps it busy, connections take turns
+    to read: a burst of frames is read a turn at a time, yet every frame gets its one reply, in order, and
+    the submit after them its prediction; ``/metrics`` shows the rate meanwhile."""
+    from livedigit.readpacer import MIN_RATE
+
+    live = app_server(pace_reads_above=1e-6)
+    ws, _ = await open_ws(live.ws_url)
+    async with ws:
+        async with asyncio.timeout(30):  # the first half second's CPU starts the pacing
+            while sample(live.service, "livedigit_read_rate") == 0:
+                await asyncio.sleep(0.05)
+        rate, turns = sample(live.service, "livedigit_read_rate"), live.service.reads.turns
+        for index in range(40):
+            await ws.send(json.dumps({"type": "snapshot", "id": index, "strokes": ONE}))
+        await ws.send(json.dumps({"type": "submit", "id": "s", "strokes": ONE}))
+        answers = await replies(ws, 41)
+    assert [answer["id"] for answer in answers] == [*range(40), "s"]
+    assert all(answer["type"] in ("prediction", "dropped") for answer in answers[:40]), answers
+    assert answers[-1]["type"] == "prediction" and answers[-1]["final"] is True
+    assert rate >= MIN_RATE
+    assert live.service.reads.turns - turns >= 40  # all but the frame its reader was already waiting for
 
 
 async def test_submits_over_the_rate_of_a_busy_server_get_an_error_with_a_retry_hint(app_server) -> None:  # type: ignore[no-untyped-def]
