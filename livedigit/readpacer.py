@@ -10,10 +10,9 @@ instead of levelling off (docs/benchmarks.md, "Reading in turns").
 :class:`ReadPacer` watches how much of a core the event loop's thread uses, over half a second at a
 time. While it stays under ``busy``, every connection reads as soon as a frame arrives. Once it passes
 ``busy``, connections take turns to read one frame each, in the order they asked, at a rate below what
-was read in that half second, raised again, in proportion to the time it has to spare, while the loop
-has some. The frames not read yet
-wait in the kernel's buffers, and TCP holds their senders back, as the per-connection and per-address
-limits do. Once nobody waits for a turn, the pacing ends.
+was read in that half second; the rate grows again in proportion to the time the loop has to spare. The
+frames not read yet wait in the kernel's buffers, and TCP holds their senders back, as the
+per-connection and per-address limits do. Once nobody waits for a turn, the pacing ends.
 
 A paced loop answers the frames it reads promptly, but a client that sends faster than its frames are
 read finds its later frames, a submit among them, behind its own unread ones.
