@@ -48,13 +48,18 @@ def test_an_allowed_host_that_can_never_match_stops_start_up_with_one_clear_line
     assert output.strip() == f"livedigit: allowed host {entry!r} is not a host name without a port, '*.domain' or '*'"
 
 
+@pytest.mark.parametrize("in_turns", [False, True], ids=["reading-freely", "reading-in-turns"])
 async def test_shutdown_answers_pending_submits_then_closes_with_1001(  # type: ignore[no-untyped-def]
-    app_server,
+    app_server, in_turns
 ) -> None:
-    live = app_server()
+    """Also while connections take turns to read (``pace_reads_above`` so low that the server is always
+    busy): a reader waiting for its turn stops waiting, and what was read is still answered."""
+    live = app_server(pace_reads_above=1e-6 if in_turns else 0.95)
     model = live.runtime
     busy, _ = await open_ws(live.ws_url)
     idle, _ = await open_ws(live.ws_url)
+    while in_turns and sample(live.service, "livedigit_read_rate") == 0:
+        await asyncio.sleep(0.05)
     model.pause()
     await busy.send(json.dumps({"type": "submit", "id": 1, "strokes": ONE}))
     assert await asyncio.to_thread(model.blocked.wait, 10)
