@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import hashlib
 import math
 import re
@@ -209,13 +208,14 @@ class _Envelope(msgspec.Struct):
 
 @dataclass(frozen=True, slots=True)
 class Undecoded:
-    """A WebSocket snapshot of strokes whose drawing is decoded only when a batch takes it.
+    """A WebSocket snapshot or submit of strokes whose drawing is decoded only when a batch takes it.
 
     Latest wins: most live snapshots queued while the model is busy are replaced by a newer one from the
     same connection before a batch takes them, and are answered ``dropped``/``stale`` without their
-    points ever being decoded and checked. The one that is taken is decoded by :meth:`decode` in the
-    preprocessing thread with :func:`parse_text`, so its reply (an error included) is what it would have
-    been when it arrived. What it holds is its frame, bounded by ``max_message_bytes``.
+    points ever being decoded and checked. What is taken, a submit included, is decoded by :meth:`decode`
+    in the worker with :func:`parse_text`, so its reply (an error included) is what it would have been
+    when it arrived, and the event loop never spends its time on the points. What it holds is its frame,
+    bounded by ``max_message_bytes``: less than the decoded drawing.
     """
 
     text: str | bytes
@@ -258,21 +258,19 @@ _ENCODER = msgspec.json.Encoder()
 def parse_text(text: str | bytes, limits: Limits, max_items: int = MAX_BATCH_ITEMS, live: bool = False) -> Request:
     """Parse a JSON text frame sent over the WebSocket; a batch holds at most ``max_items`` images.
 
-    ``live`` (a connection's frames, as the server reads them): a snapshot of strokes keeps its drawing
-    :class:`Undecoded`, and a snapshot or submit of strokes carries the digest of its drawing."""
+    ``live`` (a connection's frames, as the server reads them): a snapshot or submit of strokes keeps its
+    drawing :class:`Undecoded` and carries the digest of its drawing."""
     brackets = _brackets(text)
     if (ping := _check_arrays(text, brackets, limits, "frame", max_items)) is not None:
         return ping
     if not live:
         return _parse_text(text, limits, max_items)
     envelope, drawing = _strokes_envelope(text)
-    if envelope is not None and envelope.type == "snapshot":
+    if envelope is not None:
+        kind: Work = "snapshot" if envelope.type == "snapshot" else "submit"
         undecoded = Undecoded(text, limits, max(1, math.ceil(brackets / COST_POINTS)))
-        return Request("snapshot", _message_id(envelope.id), undecoded, envelope.preview, drawing=drawing)
-    request = _parse_text(text, limits, max_items)
-    if drawing is not None and request.kind == "submit":
-        return dataclasses.replace(request, drawing=drawing)
-    return request
+        return Request(kind, _message_id(envelope.id), undecoded, envelope.preview, drawing=drawing)
+    return _parse_text(text, limits, max_items)
 
 
 def _strokes_envelope(text: str | bytes) -> tuple[_Envelope | None, bytes | None]:

@@ -339,23 +339,29 @@ def test_every_error_code_has_an_http_status() -> None:
     assert set(HTTP_STATUS) == set(ErrorCode)
 
 
-def test_a_live_snapshot_stays_undecoded_until_a_worker_decodes_it() -> None:
-    """A connection's snapshot of strokes is queued as its frame; the worker it is pickled to decodes it to
-    the drawing the full parse gives, or to the failure the full parse would have answered."""
+@pytest.mark.parametrize("kind", ["snapshot", "submit"])
+def test_a_live_drawing_stays_undecoded_until_a_worker_decodes_it(kind: str) -> None:
+    """A connection's snapshot or submit of strokes is queued as its frame; the worker it is pickled to
+    decodes it to the drawing the full parse gives, or to the failure the full parse would have answered."""
     import pickle
 
     from livedigit.wire import Failed, Failure
 
-    text = json.dumps({"type": "snapshot", "id": 7, "strokes": ONE, "surface": [280, 280]})
+    text = json.dumps({"type": kind, "id": 7, "strokes": ONE, "surface": [280, 280]})
     live = protocol.parse_text(text, LIMITS, live=True)
-    assert isinstance(live.image, protocol.Undecoded) and (live.kind, live.id) == ("snapshot", 7)
+    assert isinstance(live.image, protocol.Undecoded) and (live.kind, live.id, live.final) == (
+        kind,
+        7,
+        kind == "submit",
+    )
+    assert live.drawing is not None
     travelled = pickle.loads(pickle.dumps(live.image, pickle.HIGHEST_PROTOCOL))
     assert (travelled.text, travelled.limits, travelled.cost) == (text, LIMITS, live.image.cost)
     decoded, expected = travelled.decode(), parse(json.loads(text)).image
     assert isinstance(decoded, Strokes) and isinstance(expected, Strokes)
     assert decoded.surface == expected.surface
     assert [stroke.tolist() for stroke in decoded.strokes] == [stroke.tolist() for stroke in expected.strokes]
-    bad = protocol.parse_text(json.dumps({"type": "snapshot", "strokes": [[[1, 2], [3, 1e300]]]}), LIMITS, live=True)
+    bad = protocol.parse_text(json.dumps({"type": kind, "strokes": [[[1, 2], [3, 1e300]]]}), LIMITS, live=True)
     assert isinstance(bad.image, protocol.Undecoded)
     failure = pickle.loads(pickle.dumps(bad.image)).decode()
     assert isinstance(failure, Failed) and failure.failure == Failure.BAD_IMAGE
