@@ -96,11 +96,6 @@ class Metrics:
         self.tasks = Gauge(
             "livedigit_event_loop_tasks", "asyncio tasks alive in the server's event loop", registry=registry
         )
-        self.read_rate = Gauge(
-            "livedigit_read_rate",
-            "Frames per second read from all WebSockets while reading is paced (event loop saturated); 0 when not",
-            registry=registry,
-        )
         self.ready = Gauge(
             "livedigit_ready", "1 when the model is loaded and the last batch succeeded", registry=registry
         )
@@ -174,6 +169,10 @@ class Metrics:
         """Export the label store's own state (waiting rows, database up, commits) on every scrape."""
         self.registry.register(_LabelStoreCollector(store))
 
+    def watch_reads(self, pacer: ReadPacingState) -> None:
+        """Export whether connections take turns to read (:mod:`livedigit.readpacer`) on every scrape."""
+        self.registry.register(_ReadPacingCollector(pacer))
+
     def reply(self, reply: dict[str, Any], seconds: float | None = None) -> None:
         """Count one reply as it is sent (WebSocket or HTTP)."""
         kind = reply["type"]
@@ -205,6 +204,33 @@ class LabelStoreState(Protocol):
 
     commits: int
     rows_committed: int
+
+
+class ReadPacingState(Protocol):
+    """What the metrics read of a :class:`livedigit.readpacer.ReadPacer`."""
+
+    rate: float | None
+    turns: int
+
+
+class _ReadPacingCollector(Collector):
+    """The read pacer's rate and turns, read when scraped."""
+
+    def __init__(self, pacer: ReadPacingState) -> None:
+        self.pacer = pacer
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "livedigit_read_rate",
+            "Frames per second read from all WebSockets while connections take turns (event loop saturated); "
+            "0 when they do not",
+            value=self.pacer.rate or 0.0,
+        )
+        yield CounterMetricFamily(
+            "livedigit_read_turns",
+            "Frames read on a turn, while connections took turns to read",
+            value=self.pacer.turns,
+        )
 
 
 class _LabelStoreCollector(Collector):

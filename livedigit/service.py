@@ -63,7 +63,7 @@ class Service:
         self.http_submits = KeyedBuckets(settings.submit_rate, settings.submit_burst)
         self.address_bytes = KeyedBuckets(settings.address_byte_rate, 2 * settings.max_message_bytes)
         self.reads = ReadPacer(settings.pace_reads_above)
-        self.metrics.read_rate.set_function(lambda: self.reads.rate or 0.0)
+        self.metrics.watch_reads(self.reads)
         self.label_clients = KeyedBuckets(settings.label_rate_per_client, settings.label_burst_per_client)
         self.sessions: set[Connection] = set()
         self.draining = False
