@@ -483,11 +483,11 @@ class Batcher:
         others = 1.0 - self.submit_share if self._submits else 1.0
         images, most_work = math.floor(others * self.max_batch), math.floor(others * BATCH_COST)
         served: set[Hashable] = set()
-        unserved = self._snapshots.clients  # addresses with a snapshot waiting and none taken yet
+        waiting = self._snapshots.clients  # addresses with a snapshot waiting
         for first_pass in (True, False):
             for job in list(self._snapshots) if images else ():
                 if first_pass:
-                    if not unserved:
+                    if len(served) == waiting:
                         break  # every waiting address has one in the batch: the rest go in line order
                     if job.client in served:
                         continue
@@ -496,9 +496,7 @@ class Batcher:
                 self._snapshots.pop(job.owner)
                 jobs.append(job)
                 work += job.cost
-                if job.client not in served:
-                    served.add(job.client)
-                    unserved -= 1
+                served.add(job.client)
         images, most_work = self.max_batch, BATCH_COST
         if now - self._last_snapshot < LIVE_WINDOW and self.submit_share < 1.0:
             least = 1.0 - self.submit_share

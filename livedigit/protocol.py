@@ -231,7 +231,7 @@ class Undecoded:
         return Undecoded, (self.text, self.limits, self.cost)
 
     def decode(self) -> Image | Failed:
-        """The drawing, or the failure that answers the snapshot with the error parsing it raises."""
+        """The drawing, or the failure that answers the snapshot or submit with the error parsing it raises."""
         try:
             image = parse_text(self.text, self.limits).image
         except ProtocolError as error:
