@@ -53,6 +53,7 @@ from livedigit import pendigits
 from livedigit.preprocess import SIZE, STROKE_WIDTH, Pixels, preprocess, render_strokes
 from livedigit.runtime import load_runtime
 from train import calibrate, evaluate, negatives
+from train.augment import augment
 from train.data import MNIST_VALIDATION, as_served, load_mnist, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--negative-seeds", type=int, default=4, help="copies of the fitting negatives, each with its own jitter"
     )
     parser.add_argument("--negative-weight", type=float, default=0.3, help="loss weight of a negative")
-    parser.add_argument("--teacher", default=None, help="model base path (.tflite) whose beliefs are distilled")
+    parser.add_argument(
+        "--teacher",
+        default=None,
+        help="model base path whose beliefs are distilled: its .tflite, or its .keras (python -m train.teacher)",
+    )
     parser.add_argument("--teacher-share", type=float, default=0.5, help="share of the target the teacher sets")
     parser.add_argument("--teacher-temperature", type=float, default=2.0, help="softening of the teacher's beliefs")
     parser.add_argument("--epochs", type=int, default=32)
@@ -193,7 +198,9 @@ def make_negatives(seeds: int) -> np.ndarray:
 ARCHITECTURES = ("separable", "cnn")
 
 
-def build_model(arch: str = "separable", channels: tuple[int, int, int] = (32, 72, 144)):  # type: ignore[no-untyped-def]
+def build_model(  # type: ignore[no-untyped-def]
+    arch: str = "separable", channels: tuple[int, int, int] = (32, 72, 144), name: str | None = None
+):
     """A small CNN: full resolution only for the cheap first layer; the capacity sits at 14x14 and 7x7.
 
     ``cnn`` uses full 3x3 convolutions there (14.8 M multiply-adds with 32, 64 and 128 channels, the
@@ -234,7 +241,7 @@ def build_model(arch: str = "separable", channels: tuple[int, int, int] = (32, 7
     x = layers.ReLU()(x)
     x = layers.Dropout(0.3)(x)
     outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"livedigit_{arch}")
+    return keras.Model(inputs, outputs, name=name or f"livedigit_{arch}")
 
 
 def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
@@ -255,36 +262,16 @@ def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
     return 2 * int(total)
 
 
-def augment(images, rng_seed: int):  # type: ignore[no-untyped-def]
-    """Random rotation, shear, zoom and shift (one affine warp) and thicker or thinner ink, per image."""
-    import tensorflow as tf
+def teacher_beliefs(base: Path, images: np.ndarray) -> np.ndarray:
+    """A trained model's probabilities for ``images``: its ``.tflite`` run by LiteRT where there is one,
+    else its ``.keras`` (what ``python -m train.teacher`` writes)."""
+    if base.with_suffix(".tflite").exists():
+        runtime = load_runtime(base.with_suffix(".tflite"), "litert")
+        return np.concatenate([runtime.predict(images[start : start + 1024]) for start in range(0, len(images), 1024)])
+    import keras
 
-    n = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(tf.stack([rng_seed, 0]), 6)
-    angle = tf.random.stateless_uniform([n], seeds[0], -0.15, 0.15)
-    shear = tf.random.stateless_uniform([n], seeds[1], -0.15, 0.15)
-    zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], -0.1, 0.1))
-    shift = tf.random.stateless_uniform([n, 2], seeds[3], -2.0, 2.0)
-    thickness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[4], -0.4, 0.4)
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    a0, a1 = cos, -sin + shear * cos
-    b0, b1 = sin, cos + shear * sin
-    centre = SIZE / 2.0
-    a2 = centre - a0 * centre - a1 * centre + shift[:, 0]
-    b2 = centre - b0 * centre - b1 * centre + shift[:, 1]
-    zeros = tf.zeros_like(a0)
-    transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transform,
-        output_shape=[SIZE, SIZE],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
-    dilated = tf.nn.max_pool2d(warped, 3, 1, "SAME")
-    eroded = -tf.nn.max_pool2d(-warped, 3, 1, "SAME")
-    return warped + tf.maximum(thickness, 0.0) * (dilated - warped) + tf.minimum(thickness, 0.0) * (warped - eroded)
+    model = keras.saving.load_model(base.with_suffix(".keras"))
+    return np.asarray(model.predict(images[..., None], batch_size=1024, verbose=0))
 
 
 def git_commit() -> str:
@@ -340,10 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     whole_targets = np.eye(10, dtype=np.float32)[whole_labels]
     if args.teacher:
         print(f"distilling {args.teacher} on {len(whole_images)} whole digits ...", flush=True)
-        teacher = load_runtime(Path(args.teacher).with_suffix(".tflite"), "litert")
-        beliefs = np.concatenate(
-            [teacher.predict(whole_images[start : start + 1024]) for start in range(0, len(whole_images), 1024)]
-        )
+        beliefs = teacher_beliefs(Path(args.teacher), whole_images)
         softened = np.exp(np.log(np.clip(beliefs, 1e-12, 1.0)) / args.teacher_temperature)
         softened /= softened.sum(axis=1, keepdims=True)
         whole_targets = (1 - args.teacher_share) * whole_targets + args.teacher_share * softened.astype(np.float32)
