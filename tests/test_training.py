@@ -62,9 +62,48 @@ def labels_export(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture(scope="module")
-def exported(mnist_path: Path, pen_path: Path, labels_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Base path of a teacher made by ``python -m train.teacher --quick`` (two narrow members) on the
+    Keras backend the tests run, TensorFlow."""
+    out = tmp_path_factory.mktemp("teacher")
+    command = [sys.executable, "-m", "train.teacher", "--quick", "--channels", "8,16,24", "--seed", "5"]
+    command += ["--data", str(mnist_path), "--pen-digits", str(pen_path), "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / "livedigit-teacher"
+
+
+def test_teacher_is_the_average_of_its_members(teacher: Path, mnist_path: Path) -> None:
+    """The ``.keras`` a student distils holds every member and answers their mean; its card says how each
+    member and the average did on the validation and test sets, measured through the serving path."""
+    import keras
+
+    model = keras.models.load_model(teacher.with_suffix(".keras"), compile=False)
+    with np.load(mnist_path) as data:
+        images = as_inputs([preprocess(Pixels(image)) for image in data["x_test"][:32]])[..., None]
+    members = [model.get_layer(f"member_{index}") for index in range(2)]
+    expected = np.mean([member.predict(images, verbose=0) for member in members], axis=0)
+    answered = model.predict(images, verbose=0)
+    np.testing.assert_allclose(answered, expected, atol=1e-6)
+    np.testing.assert_allclose(answered.sum(axis=1), 1.0, atol=1e-5)
+    card = json.loads(teacher.with_suffix(".json").read_text())
+    assert card["members"] == 2 and card["training"]["seeds"] == [5, 6]
+    assert card["training"]["backend"] == "tensorflow" and card["training"]["quick"] is True
+    assert card["parameters"] == model.count_params()
+    sets = {"mnist_validation", "pen_validation", "mnist_test", "pen_test"}
+    assert set(card["accuracy"]) == sets
+    assert all(set(member) == sets | {"seconds"} for member in card["member_accuracy"])
+    assert len(card["member_accuracy"]) == 2
+    assert all(0 <= value <= 100 for value in card["accuracy"].values())
+    assert not list(teacher.parent.glob("*.partial*"))
+
+
+@pytest.fixture(scope="module")
+def exported(
+    mnist_path: Path, pen_path: Path, labels_export: Path, teacher: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Base path of a model trained by ``python -m train --quick`` with seed 3 and narrow layers, with
-    ``labels_export``."""
+    ``labels_export``, distilled from ``teacher``'s ``.keras``."""
     out = tmp_path_factory.mktemp("trained")
     done = subprocess.run(
         [
@@ -82,6 +121,8 @@ def exported(mnist_path: Path, pen_path: Path, labels_export: Path, tmp_path_fac
             str(pen_path),
             "--extra-pen",
             str(labels_export),
+            "--teacher",
+            str(teacher),
             "--out",
             str(out),
             "--name",
@@ -128,6 +169,7 @@ def test_card_describes_the_model(exported: Path, card: dict) -> None:
     assert any("MNIST" in item for item in card["training"]["data"])
     assert any("pen_digits" in item for item in card["training"]["data"])
     assert card["training"]["samples"] > 2000
+    assert card["training"]["teacher"]["model"] == "livedigit-teacher"
 
 
 def test_card_records_the_commit(card: dict) -> None:
