@@ -26,6 +26,7 @@ from livedigit.runtime import load_runtime
 from livedigit.verdict import VerdictRule
 from train.data import as_served, subset
 from train.train import QUICK_LIMIT as QUICK
+from train.train import teacher_beliefs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,6 +97,23 @@ def test_teacher_is_the_average_of_its_members(teacher: Path, mnist_path: Path) 
     assert len(card["member_accuracy"]) == 2
     assert all(0 <= value <= 100 for value in card["accuracy"].values())
     assert not list(teacher.parent.glob("*.partial*"))
+
+
+def test_student_reads_a_teacher_from_its_tflite_or_else_its_keras(
+    teacher: Path, exported: Path, mnist_path: Path
+) -> None:
+    """``--teacher`` runs a model's ``.tflite`` with LiteRT where there is one (the quick student has
+    both files), and otherwise its ``.keras``, as ``python -m train.teacher`` writes it."""
+    import keras
+
+    with np.load(mnist_path) as data:
+        images = as_inputs([preprocess(Pixels(image)) for image in data["x_test"][:40]])
+    from_tflite = teacher_beliefs(exported, images)
+    np.testing.assert_allclose(from_tflite, load_runtime(exported, "litert").predict(images), atol=1e-6)
+    from_keras = teacher_beliefs(teacher, images)
+    model = keras.models.load_model(teacher.with_suffix(".keras"), compile=False)
+    np.testing.assert_allclose(from_keras, model.predict(images[..., None], verbose=0), atol=1e-6)
+    assert from_tflite.shape == from_keras.shape == (40, 10)
 
 
 @pytest.fixture(scope="module")

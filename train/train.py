@@ -25,6 +25,7 @@ Three additions teach what a person drawing on the page needs, beyond whole digi
 * **Distillation** (``--teacher``): the whole digits' target is mixed with a trained model's softened
   probabilities (``--teacher-share`` of it, at ``--teacher-temperature``), computed once on the
   un-augmented images; a small network learns more from a teacher's graded beliefs than from labels.
+  The teacher is a LiteRT model, or the ``.keras`` that ``python -m train.teacher`` writes.
 
 After training, the verdict rule is fitted on the validation digits and the fitting negatives
 (``train/calibrate.py``), and every figure of the card is measured through the serving path
