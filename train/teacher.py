@@ -7,7 +7,7 @@ The teacher learns from the student's whole digits (``train/train.py``: MNIST's 
 the validation ones, the pen-digits train writers minus the validation writers, rendered from their
 strokes with the same random slant, shear, aspect and pen width) with the same on-the-fly augmentation
 (``train/augment.py``). Each member is ``build_model("cnn", --channels)``, full 3x3 convolutions at
-twice the student's widths, trained with its own seed; the members' probabilities are averaged. Its
+about twice the student's widths, trained with its own seed; the members' probabilities are averaged. Its
 only use is the targets it gives the student, so it may cost what the server cannot pay.
 
 The script uses Keras alone, so it runs on any Keras backend: TensorFlow on a CPU (an epoch of one
@@ -45,14 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.teacher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MNIST .npz in Keras layout (default: Keras's download)")
     parser.add_argument("--pen-digits", default=str(pendigits.DEFAULT_PATH), help="pen_digits.jsonl")
-    parser.add_argument("--members", type=int, default=5, help="networks averaged")
+    parser.add_argument("--members", type=int, default=8, help="networks averaged")
     parser.add_argument("--channels", type=widths, default=(64, 128, 256), help="channels at 28x28, 14x14, 7x7")
     parser.add_argument("--pen-copies", type=int, default=6, help="augmented renderings per pen-digits train digit")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=1, help="member k is trained with seed + k")
-    parser.add_argument("--out", default=str(REPO / "models" / "teacher"), help="output directory")
+    parser.add_argument(
+        "--out", default=str(REPO / "build" / "teacher"), help="output directory (not models/: it is never served)"
+    )
     parser.add_argument("--name", default="livedigit-teacher", help="base name of the output files")
     parser.add_argument("--quick", action="store_true", help="tiny subset, one epoch, two members: a pipeline check")
     return parser.parse_args(argv)
