@@ -126,7 +126,9 @@ def test_the_floor_answers_every_frame_with_the_same_stack_and_no_work(pen_path,
     assert floor["server"]["source"] == "psutil" and floor["server"]["ready_s"] > 0
     cpu = floor["cpu_per_answer_ms"]
     assert cpu["total"] > 0 and cpu["stages"] is None  # no batcher, so no stages
-    assert {name for name, ms in cpu["threads"].items() if ms > 0} == {"livedigit"}  # the event loop alone
+    # The event loop alone works; /proc counts a thread's CPU in 10 ms ticks, and three clients for three
+    # seconds cost the floor about one, which may fall to no thread at all.
+    assert {name for name, ms in cpu["threads"].items() if ms > 0} <= {"livedigit"}
     beyond = served["cpu_per_answer_ms"]["total"] - cpu["total"]
     assert f"{beyond:.3f} ms of it beyond the stack's floor ({cpu['total']:.3f} ms)" in capsys.readouterr().out
 
