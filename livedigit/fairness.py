@@ -96,7 +96,7 @@ class FairQueue(Generic[T]):
         owner, items = next(iter(owners.items()))
         item = items.popleft()
         self._count -= 1
-        self._uncount(client, 1)
+        _count_down(self._per_client, client, 1)
         if items:
             owners.move_to_end(owner)
         else:
@@ -113,7 +113,7 @@ class FairQueue(Generic[T]):
             if owner in owners:
                 items = list(owners.pop(owner))
                 self._count -= len(items)
-                self._uncount(client, len(items))
+                _count_down(self._per_client, client, len(items))
                 if not owners:
                     del self._clients[client]
                 return items
@@ -123,13 +123,6 @@ class FairQueue(Generic[T]):
         self._clients.clear()
         self._per_client.clear()
         self._count = 0
-
-    def _uncount(self, client: Hashable, items: int) -> None:
-        left = self._per_client[client] - items
-        if left:
-            self._per_client[client] = left
-        else:
-            del self._per_client[client]
 
 
 class Slots(Generic[T]):
@@ -155,9 +148,6 @@ class Slots(Generic[T]):
         """Client addresses holding at least one slot."""
         return len(self._per_client)
 
-    def get(self, owner: Hashable | None) -> T | None:
-        return self._items.get(owner)
-
     def put(self, item: T) -> T | None:
         """Put ``item`` in its connection's slot; returns the item it replaces, if any."""
         previous = self._items.get(item.owner)
@@ -170,13 +160,19 @@ class Slots(Generic[T]):
         """Empty a connection's slot; returns its item, if any."""
         item = self._items.pop(owner, None)
         if item is not None:
-            left = self._per_client[item.client] - 1
-            if left:
-                self._per_client[item.client] = left
-            else:
-                del self._per_client[item.client]
+            _count_down(self._per_client, item.client, 1)
         return item
 
     def clear(self) -> None:
         self._items.clear()
         self._per_client.clear()
+
+
+def _count_down(per_client: dict[Hashable, int], client: Hashable, items: int) -> None:
+    """Take ``items`` off a client's count, dropping the client at zero: the count's length is then the
+    number of addresses with something waiting."""
+    left = per_client[client] - items
+    if left:
+        per_client[client] = left
+    else:
+        del per_client[client]
