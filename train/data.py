@@ -66,18 +66,28 @@ class Outputs:
         return np.where(self.empty, -1, self.probabilities.argmax(axis=1))
 
 
+def model_inputs(images: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
+    """Each image through the server's preprocessing: the (n, 28, 28) float32 inputs, blank where the
+    server finds no digit, and which those are."""
+    found = [preprocess(image) for image in images]
+    empty = np.array([model_input is None for model_input in found], dtype=bool)
+    inputs = np.zeros((len(images), SIZE, SIZE), np.float32)
+    for index, model_input in enumerate(found):
+        if model_input is not None:
+            inputs[index] = model_input
+    return inputs, empty
+
+
 def run(runtime: Runtime, images: Sequence[Image], name: str = "", chunk: int = 1024) -> Outputs:
     """Preprocess ``images`` with the server's code and run them through ``runtime``, with progress."""
     started = time.perf_counter()
     probabilities = np.zeros((len(images), 10), dtype=np.float64)
     empty = np.zeros(len(images), dtype=bool)
     for start in range(0, len(images), chunk):
-        inputs = [preprocess(image) for image in images[start : start + chunk]]
-        empty[start : start + len(inputs)] = np.array([model_input is None for model_input in inputs])
-        found = [(index, model_input) for index, model_input in enumerate(inputs) if model_input is not None]
-        if found:
-            batch = np.stack([model_input for _, model_input in found]).astype(np.float32).reshape(-1, SIZE, SIZE)
-            probabilities[[start + index for index, _ in found]] = runtime.predict(batch)
+        inputs, blank = model_inputs(images[start : start + chunk])
+        empty[start : start + len(inputs)] = blank
+        if not blank.all():
+            probabilities[np.flatnonzero(~blank) + start] = runtime.predict(inputs[~blank])
     if name:
         print(f"  {name}: {len(images)} images in {time.perf_counter() - started:.1f} s", flush=True)
     return Outputs(probabilities, empty)

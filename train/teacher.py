@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from livedigit import pendigits
-from livedigit.preprocess import SIZE, Image, preprocess
+from livedigit.preprocess import SIZE, Image
 from train.augment import augmentation_layer
-from train.data import MNIST_VALIDATION, as_served, load_mnist, rasters
+from train.data import MNIST_VALIDATION, as_served, load_mnist, model_inputs, rasters
 from train.train import REPO, build_model, flops_per_sample, git_commit, normalize_all, render_pen, widths
 
 
@@ -70,9 +70,8 @@ class Served:
 
     @classmethod
     def of(cls, drawings: Sequence[Image], labels: Sequence[int] | np.ndarray) -> Served:
-        found = [preprocess(drawing) for drawing in drawings]
-        inputs = np.stack([np.zeros((SIZE, SIZE), np.float32) if image is None else image for image in found])
-        return cls(inputs[..., None], np.array([image is None for image in found]), np.asarray(labels))
+        inputs, empty = model_inputs(drawings)
+        return cls(inputs[..., None], empty, np.asarray(labels))
 
     def accuracy(self, model: Any) -> float:
         """Percent of the set the model names right; an empty drawing counts as wrong, as the server

@@ -51,11 +51,11 @@ from pathlib import Path
 import numpy as np
 
 from livedigit import pendigits
-from livedigit.preprocess import SIZE, STROKE_WIDTH, Pixels, preprocess, render_strokes
+from livedigit.preprocess import SIZE, STROKE_WIDTH, preprocess, render_strokes
 from livedigit.runtime import load_runtime
 from train import calibrate, evaluate, negatives
 from train.augment import augment
-from train.data import MNIST_VALIDATION, as_served, load_mnist, run
+from train.data import MNIST_VALIDATION, as_served, load_mnist, model_inputs, rasters, run
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_LIMIT = 300
@@ -121,12 +121,7 @@ def widths(text: str) -> tuple[int, int, int]:
 
 def normalize_all(images: np.ndarray) -> np.ndarray:
     """Pass raw uint8 images through the serving preprocessing; empty results become blank images."""
-    out = np.zeros((len(images), SIZE, SIZE), dtype=np.float32)
-    for index, image in enumerate(images):
-        result = preprocess(Pixels(image))
-        if result is not None:
-            out[index] = result
-    return out
+    return model_inputs(rasters(images))[0]
 
 
 def render_pen(
