@@ -45,6 +45,12 @@ STROKE_WIDTH = 0.14
 """Pen width as a fraction of the drawing's longer side: 2.5 px once the ink, pen included, fills MNIST's
 20 px box, like MNIST's ink."""
 
+PATH_POINTS = 32
+"""Points the pen's path is resampled to, evenly spaced along its travel (see :func:`pen_path`)."""
+
+PATH_FEATURES = 4
+"""Numbers per point of the pen's path: x, y, whether the pen was down, and whether there is a path."""
+
 
 class PreprocessError(ValueError):
     """The input is not a usable image; the message says what is wrong and what is accepted."""
@@ -105,6 +111,47 @@ def preprocess(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray | No
     if isinstance(image, Strokes):
         return render_strokes(image.strokes, image.surface, limits=limits)
     raise PreprocessError(f"unsupported image form {type(image).__name__}; use Pixels, Png or Strokes")
+
+
+_PATH_SHARES = np.linspace(0.0, 1.0, PATH_POINTS)
+
+
+def pen_path(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """The way ``image`` was drawn, the model's second input beside the 28x28 image: float32
+    (:data:`PATH_POINTS`, :data:`PATH_FEATURES`).
+
+    Two drawings can make the same image and be different digits: one writer's one-stroke 4 is, as an
+    image, their 5 without its bar. The strokes say which way the pen went. The pen's travel (every
+    stroke in order, and the jumps between strokes) is resampled to :data:`PATH_POINTS` evenly spaced
+    points, each with its x and y (from the centre of the drawing's box, in units of its longer side, so
+    the coordinate range does not matter), 1 where the pen was down and 0 on a jump, and 1 to say that
+    there is a path. A raster, a PNG, or strokes without any travel have none: all zeros, which the model
+    also learned to read (MNIST's digits have no path).
+    """
+    path = np.zeros((PATH_POINTS, PATH_FEATURES), np.float32)
+    if not isinstance(image, Strokes):
+        return path
+    points = validate_strokes(image.strokes, limits)
+    if not points:
+        return path
+    everything = np.concatenate(points)
+    steps = np.diff(everything, axis=0)
+    lengths = np.hypot(steps[:, 0], steps[:, 1])
+    travelled = np.cumsum(lengths)
+    if not len(steps) or travelled[-1] <= 0.0:
+        return path
+    # Each resampled point lies on one step (point k to point k + 1), at a share of the step's length.
+    at = _PATH_SHARES * travelled[-1]
+    step = np.minimum(np.searchsorted(travelled, at), len(steps) - 1)
+    along = 1.0 - (travelled[step] - at) / np.maximum(lengths[step], 1e-300)
+    low, high = everything.min(axis=0), everything.max(axis=0)
+    path[:, :2] = (everything[step] + steps[step] * along[:, None] - (low + high) / 2.0) / float((high - low).max())
+    # A step from the last point of a stroke is a jump to the next stroke.
+    down = np.ones(len(steps), np.float32)
+    down[np.cumsum([len(stroke) for stroke in points[:-1]], dtype=np.int64) - 1] = 0.0
+    path[:, 2] = down[step]
+    path[:, 3] = 1.0
+    return path
 
 
 COST_UNIT = 4096

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livedigit import pendigits
-from livedigit.preprocess import SIZE, Image, Pixels, Strokes, preprocess
+from livedigit.preprocess import PATH_FEATURES, PATH_POINTS, SIZE, Image, Pixels, Strokes, pen_path, preprocess
 from livedigit.runtime import Runtime
 
 MNIST_VALIDATION = 5000
@@ -66,16 +66,18 @@ class Outputs:
         return np.where(self.empty, -1, self.probabilities.argmax(axis=1))
 
 
-def model_inputs(images: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
+def model_inputs(images: Sequence[Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each image through the server's preprocessing: the (n, 28, 28) float32 inputs, blank where the
-    server finds no digit, and which those are."""
+    server finds no digit, the pen's paths (n, 32, 4), and which images are empty."""
     found = [preprocess(image) for image in images]
     empty = np.array([model_input is None for model_input in found], dtype=bool)
     inputs = np.zeros((len(images), SIZE, SIZE), np.float32)
+    paths = np.zeros((len(images), PATH_POINTS, PATH_FEATURES), np.float32)
     for index, model_input in enumerate(found):
         if model_input is not None:
             inputs[index] = model_input
-    return inputs, empty
+            paths[index] = pen_path(images[index])
+    return inputs, paths, empty
 
 
 def run(runtime: Runtime, images: Sequence[Image], name: str = "", chunk: int = 1024) -> Outputs:
@@ -84,10 +86,10 @@ def run(runtime: Runtime, images: Sequence[Image], name: str = "", chunk: int = 
     probabilities = np.zeros((len(images), 10), dtype=np.float64)
     empty = np.zeros(len(images), dtype=bool)
     for start in range(0, len(images), chunk):
-        inputs, blank = model_inputs(images[start : start + chunk])
+        inputs, paths, blank = model_inputs(images[start : start + chunk])
         empty[start : start + len(inputs)] = blank
         if not blank.all():
-            probabilities[np.flatnonzero(~blank) + start] = runtime.predict(inputs[~blank])
+            probabilities[np.flatnonzero(~blank) + start] = runtime.predict(inputs[~blank], paths[~blank])
     if name:
         print(f"  {name}: {len(images)} images in {time.perf_counter() - started:.1f} s", flush=True)
     return Outputs(probabilities, empty)

@@ -70,7 +70,7 @@ class Served:
 
     @classmethod
     def of(cls, drawings: Sequence[Image], labels: Sequence[int] | np.ndarray) -> Served:
-        inputs, empty = model_inputs(drawings)
+        inputs, _, empty = model_inputs(drawings)
         return cls(inputs[..., None], empty, np.asarray(labels))
 
     def accuracy(self, model: Any) -> float:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.pen_copies, args.members = 1, 1, 2
 
     print(f"normalizing {len(x_train)} MNIST images, rendering {len(pen_train)} pen digits x{args.pen_copies + 1} ...")
-    pen_images, pen_labels = render_pen(pen_train, args.pen_copies, rng)
+    pen_images, _, pen_labels = render_pen(pen_train, args.pen_copies, rng)
     images = np.concatenate([normalize_all(x_train), pen_images])[..., None]
     labels = np.concatenate([y_train.astype(np.int64), pen_labels])
     measured = {
