@@ -32,7 +32,9 @@ from livedigit.preprocess import (
     DEFAULT_LIMITS,
     SIZE,
     STROKE_WIDTH,
+    Strokes,
     measure_drawing,
+    pen_path,
     render_strokes,
     validate_strokes,
 )
@@ -134,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
             guesses = np.full(len(images), -1)
             if drawn:
                 batch = np.stack([image for image in images if image is not None])
-                guesses[drawn] = runtime.predict(batch).argmax(axis=1)
+                paths = (
+                    np.stack([pen_path(Strokes(drawings[index])) for index in drawn]) if runtime.reads_path else None
+                )
+                guesses[drawn] = runtime.predict(batch, paths).argmax(axis=1)
             accuracy.append(100.0 * float((guesses == labels).mean()))
         for before, after in zip(outputs["previous"], outputs["current"], strict=True):
             if before is None or after is None:

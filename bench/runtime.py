@@ -48,18 +48,21 @@ def rss_mb() -> float:
 
 
 def sample_batch(size: int):  # type: ignore[no-untyped-def]
-    """Realistic model inputs: random pen scribbles through the serving preprocessing."""
+    """Realistic model inputs: random pen scribbles through the serving preprocessing, and their paths."""
     import numpy as np
 
-    from livedigit.preprocess import Strokes, preprocess
+    from livedigit.preprocess import Strokes, pen_path, preprocess
 
     rng = np.random.default_rng(0)
     images: list[np.ndarray] = []
+    paths: list[np.ndarray] = []
     while len(images) < size:
-        image = preprocess(Strokes([rng.uniform(0, 300, (rng.integers(3, 15), 2)).tolist()]))
+        scribble = Strokes([rng.uniform(0, 300, (rng.integers(3, 15), 2)).tolist()])
+        image = preprocess(scribble)
         if image is not None:
             images.append(image)
-    return np.stack(images)
+            paths.append(pen_path(scribble))
+    return np.stack(images), np.stack(paths)
 
 
 def worker(config: str, model: str, rounds: int, round_seconds: float) -> dict:
@@ -69,7 +72,7 @@ def worker(config: str, model: str, rounds: int, round_seconds: float) -> dict:
 
     from livedigit.runtime import load_runtime
 
-    inputs = sample_batch(max(BATCHES))
+    inputs, paths = sample_batch(max(BATCHES))
     baseline = rss_mb()
     started = time.perf_counter()
     if kind == "litert":
@@ -83,20 +86,20 @@ def worker(config: str, model: str, rounds: int, round_seconds: float) -> dict:
     load_s = time.perf_counter() - started
     loaded = rss_mb()
     started = time.perf_counter()
-    runtime.predict(inputs[:1])
+    runtime.predict(inputs[:1], paths[:1])
     first_call_s = time.perf_counter() - started
     for size in BATCHES:
         for _ in range(3):
-            runtime.predict(inputs[:size])
+            runtime.predict(inputs[:size], paths[:size])
     warm = rss_mb()
     throughput = {}
     for size in BATCHES:
-        batch = inputs[:size]
+        batch, batch_paths = inputs[:size], paths[:size]
         rates = []
         for _ in range(rounds):
             calls, started = 0, time.perf_counter()
             while (elapsed := time.perf_counter() - started) < round_seconds:
-                runtime.predict(batch)
+                runtime.predict(batch, batch_paths)
                 calls += 1
             rates.append(calls * size / elapsed)
         throughput[str(size)] = statistics.median(rates)

@@ -39,7 +39,7 @@ from typing import Protocol, cast
 import numpy as np
 
 from livedigit import threadnames
-from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, PreprocessError, Strokes, preprocess
+from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, PreprocessError, Strokes, pen_path, preprocess
 from livedigit.runtime import CLASSES, Runtime, load_runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import Failed, Failure, NoDigit, Verdict
@@ -135,11 +135,12 @@ class Scorer:
         check that a failing model recovered), whose failure is the result's ``model_error``."""
         outcomes: list[NoDigit | Failed | None] = []
         inputs: list[np.ndarray] = []
+        paths: list[np.ndarray] | None = [] if self.runtime.reads_path else None
         seconds: list[float] = []
         cpu_seconds: list[float] = []
         for image in images:
             started, cpu = time.perf_counter(), time.thread_time()
-            outcome, model_input = _prepare(image, self.limits)
+            outcome, model_input = _prepare(image, self.limits, paths)
             outcomes.append(outcome)
             if model_input is not None:
                 inputs.append(model_input)
@@ -151,7 +152,8 @@ class Scorer:
         verdicts: list[Verdict] = []
         probabilities, previews, error = _NO_PROBABILITIES, _NO_PREVIEWS, None
         try:
-            probabilities, previews, verdicts = self._model(np.stack(inputs or [_BLANK]))
+            drawn = np.stack(paths) if paths else None
+            probabilities, previews, verdicts = self._model(np.stack(inputs or [_BLANK]), drawn)
         except Exception as exc:  # the batcher answers the batch and checks the model again later
             error = f"{type(exc).__name__}: {exc}"
         scored = len(inputs)  # the blank digit of a warm-up is no image's
@@ -167,10 +169,10 @@ class Scorer:
             error,
         )
 
-    def _model(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Verdict]]:
+    def _model(self, batch: np.ndarray, paths: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[Verdict]]:
         """One model call, its output checked, then calibrated and judged; and the inputs as previews."""
         batch = batch.astype(np.float32, copy=False)
-        raw = np.asarray(self.runtime.predict(batch), dtype=np.float64)
+        raw = np.asarray(self.runtime.predict(batch, paths), dtype=np.float64)
         if raw.shape != (len(batch), CLASSES) or not np.isfinite(raw).all():
             raise ValueError(f"the model returned {raw.shape} (or non-finite values) for {batch.shape}")
         probabilities, verdicts = self.rule.judge(raw)
@@ -183,14 +185,19 @@ _NO_PROBABILITIES = np.empty((0, CLASSES))
 _NO_PREVIEWS = np.empty((0, SIZE, SIZE), np.uint8)
 
 
-def _prepare(image: Image | Deferred, limits: Limits) -> tuple[NoDigit | Failed | None, np.ndarray | None]:
+def _prepare(
+    image: Image | Deferred, limits: Limits, paths: list[np.ndarray] | None
+) -> tuple[NoDigit | Failed | None, np.ndarray | None]:
     """Decode (a :class:`Deferred` snapshot) and preprocess one image: its model input, or the outcome
-    that replaces a prediction. Refusals and defects become outcomes, so one image never fails the others."""
+    that replaces a prediction; with ``paths`` (the model reads the pen's path), an image with a model
+    input adds its path there. Refusals and defects become outcomes, so one image never fails the others."""
     try:
         decoded = image if isinstance(image, Pixels | Png | Strokes) else image.decode()
         if isinstance(decoded, Failed):
             return decoded, None
         model_input = preprocess(decoded, limits)
+        if model_input is not None and paths is not None:
+            paths.append(pen_path(decoded, limits))
     except PreprocessError as exc:
         return Failed(Failure.BAD_IMAGE, str(exc)), None
     except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.

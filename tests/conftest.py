@@ -39,14 +39,14 @@ def mnist_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pen_path() -> Path:
+def pen_digits_file() -> Path:
     return shared_file("pen_digits.jsonl")
 
 
 @pytest.fixture(scope="session")
-def pen_test(pen_path: Path) -> list[pendigits.PenDigit]:
+def pen_test(pen_digits_file: Path) -> list[pendigits.PenDigit]:
     """The pen-digits test split: 3,498 digits by 14 writers the model never saw."""
-    return pendigits.load(pen_path, "test")
+    return pendigits.load(pen_digits_file, "test")
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +104,7 @@ class PausableRuntime:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.name = runtime.name
+        self.reads_path = runtime.reads_path
         self.fail = False
         self.batch_sizes: list[int] = []
         self.blocked = threading.Event()
@@ -117,14 +118,14 @@ class PausableRuntime:
     def resume(self) -> None:
         self._gate.set()
 
-    def predict(self, batch: Any) -> Any:
+    def predict(self, batch: Any, paths: Any = None) -> Any:
         if not self._gate.is_set():
             self.blocked.set()
             self._gate.wait(timeout=60)
         if self.fail:
             raise RuntimeError("injected model failure")
         self.batch_sizes.append(len(batch))
-        return self.runtime.predict(batch)
+        return self.runtime.predict(batch, paths)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 import pytest
+from modelutil import raw_outputs
 
 from livedigit.batcher import IN_FLIGHT, Batcher
 from livedigit.metrics import Metrics
@@ -101,8 +102,7 @@ async def test_submits_are_never_dropped_or_merged(make_batcher, pausable_runtim
     assert isinstance(await snapshot, Scored)
     assert isinstance(await snapshots[-1], Scored)
     # Each submit got the prediction for its own image, not a neighbour's.
-    inputs = [preprocess(ink(seed), Limits()) for seed in range(12)]
-    direct = pausable_runtime.runtime.predict(np.stack(inputs))  # type: ignore[arg-type]
+    direct = raw_outputs(pausable_runtime.runtime, [ink(seed) for seed in range(12)])
     np.testing.assert_allclose([r.probabilities for r in results], direct, atol=1e-5)
 
 
@@ -121,7 +121,7 @@ async def test_every_batch_is_calibrated_and_judged_by_the_rule_it_was_given(mak
     assert all(isinstance(outcome, Scored) for outcome in outcomes)
     assert max(pausable_runtime.batch_sizes) == len(images)
     inputs = np.stack([preprocess(image, Limits()) for image in images])  # type: ignore[arg-type]
-    raw = pausable_runtime.runtime.predict(inputs)
+    raw = raw_outputs(pausable_runtime.runtime, images)  # type: ignore[arg-type]
     served, verdicts = rule.judge(raw)
     np.testing.assert_allclose([outcome.probabilities for outcome in outcomes], served, atol=1e-6)
     assert [outcome.verdict for outcome in outcomes] == verdicts

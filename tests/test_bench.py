@@ -65,7 +65,7 @@ def check_run(run: dict, clients: int) -> None:
     assert 10.0 < speed["before"] < 1e5 and 10.0 < speed["after"] < 1e5
 
 
-def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, capsys):
+def test_bench_starts_a_server_and_reports_every_figure(pen_digits_file, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = cli.main(
         [
@@ -79,7 +79,7 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
             "--rate",
             "10",
             "--pen-digits",
-            str(pen_path),
+            str(pen_digits_file),
             "--max-batch",
             "8",
             "--json",
@@ -114,10 +114,10 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_path, tmp_path, caps
     assert f"reference digit {run['reference_digit_us']['before']} us before" in captured.out
 
 
-def test_the_floor_answers_every_frame_with_the_same_stack_and_no_work(pen_path, tmp_path, capsys):
+def test_the_floor_answers_every_frame_with_the_same_stack_and_no_work(pen_digits_file, tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--clients", "3", "--duration", "3", "--warmup", "1", "--floor", "--quiet"]
-    assert cli.main([*argv, "--pen-digits", str(pen_path), "--json", str(out)]) == 0
+    assert cli.main([*argv, "--pen-digits", str(pen_digits_file), "--json", str(out)]) == 0
     served, floor = json.loads(out.read_text())["runs"]
     assert (served["name"], floor["name"]) == ("websocket", "floor")
     check_run(floor, 3)
@@ -133,7 +133,7 @@ def test_the_floor_answers_every_frame_with_the_same_stack_and_no_work(pen_path,
     assert f"{beyond:.3f} ms of it beyond the stack's floor ({cpu['total']:.3f} ms)" in capsys.readouterr().out
 
 
-def test_bench_against_a_running_server_and_the_http_reference(server, pen_path, tmp_path):
+def test_bench_against_a_running_server_and_the_http_reference(server, pen_digits_file, tmp_path):
     out = tmp_path / "bench.json"
     code = cli.main(
         [
@@ -149,7 +149,7 @@ def test_bench_against_a_running_server_and_the_http_reference(server, pen_path,
             "--http",
             "--quiet",
             "--pen-digits",
-            str(pen_path),
+            str(pen_digits_file),
             "--json",
             str(out),
         ]
@@ -202,14 +202,15 @@ def test_the_server_needs_no_bench_extra_and_the_bench_names_it():
     assert "pip install 'livedigit[bench]'" in done.stderr
 
 
-def test_bench_script_mode_reports_the_ratios_of_one_run(pen_path, mnist_path, tmp_path):
+def test_bench_script_mode_reports_the_ratios_of_one_run(pen_digits_file, mnist_path, tmp_path):
     """``--script``: the lone script on a default server and on one with the limits lifted, the drawers
     alone and beside it, the model alone on the script's images, and the ratios of those figures."""
     out = tmp_path / "bench.json"
     code = cli.main(
         [
             "bench", "--script", "--clients", "3", "--duration", "2", "--warmup", "0.5", "--quiet",
-            "--script-images", "300", "--mnist", str(mnist_path), "--pen-digits", str(pen_path), "--json", str(out),
+            "--script-images", "300", "--mnist", str(mnist_path), "--pen-digits", str(pen_digits_file),
+            "--json", str(out),
         ]
     )  # fmt: skip
     assert code == 0

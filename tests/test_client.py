@@ -28,7 +28,7 @@ from livedigit.client import (
     ServerError,
 )
 from livedigit.config import DEFAULT_MODEL
-from livedigit.preprocess import Pixels, Strokes, preprocess
+from livedigit.preprocess import Pixels, Strokes, pen_path, preprocess
 from livedigit.runtime import load_runtime
 from livedigit.verdict import card_rule
 
@@ -65,7 +65,7 @@ def model():
 def expected(model, image) -> np.ndarray:
     """The probabilities the shipped model gives ``image`` in this process, through the same preprocessing
     and the same calibration as the server."""
-    return card_rule(DEFAULT_MODEL).calibrate(model.predict(preprocess(image)[None]))[0]
+    return card_rule(DEFAULT_MODEL).calibrate(model.predict(preprocess(image)[None], pen_path(image)[None]))[0]
 
 
 async def test_predict_numpy_png_and_strokes_match_the_model(server, model, pen_test):

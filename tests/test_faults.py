@@ -158,7 +158,7 @@ class FaultyRuntime(PausableRuntime):
     def plan_faults(self, faults: list[str | None], cycle: bool = False) -> None:
         self.plan = itertools.cycle(faults) if cycle else iter(faults)
 
-    def predict(self, batch: Any) -> Any:
+    def predict(self, batch: Any, paths: Any = None) -> Any:
         if not self._gate.is_set():
             self.blocked.set()
             self._gate.wait(timeout=60)
@@ -166,7 +166,7 @@ class FaultyRuntime(PausableRuntime):
         self.batch_sizes.append(len(batch))
         if fault == "raise":
             raise RuntimeError("injected model failure")
-        probabilities = np.array(self.runtime.predict(batch), copy=True)
+        probabilities = np.array(self.runtime.predict(batch, paths), copy=True)
         if fault == "nan":
             probabilities[0, 0] = np.nan
         elif fault == "shape":

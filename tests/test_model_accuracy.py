@@ -20,10 +20,11 @@ import pytest
 
 from livedigit import pendigits
 from livedigit.config import DEFAULT_MODEL
-from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
+from livedigit.preprocess import DEFAULT_LIMITS, Pixels, Strokes
 from livedigit.runtime import Runtime, load_runtime
 from livedigit.verdict import VerdictRule
-from livedigit.wire import Verdict
+from livedigit.wire import NoDigit, Verdict
+from livedigit.workers import Scorer
 from train import negatives
 
 MNIST_TARGET = 0.993
@@ -64,14 +65,19 @@ def rule(card: dict) -> VerdictRule:
 
 
 class Served:
-    """What the server answers for each image: ``None`` for empty, else the served probabilities and verdict."""
+    """What the server answers for each image: ``None`` for empty, else the served probabilities and verdict.
+
+    The images go through the server worker's own :class:`~livedigit.workers.Scorer`: the same
+    preprocessing, the pen's path where the model reads one, the same model call and verdict rule."""
 
     def __init__(self, runtime: Runtime, rule: VerdictRule, images: list) -> None:
-        inputs = [preprocess(image) for image in images]
-        self.empty = np.array([model_input is None for model_input in inputs])
-        batch = np.stack([np.zeros((SIZE, SIZE), np.float32) if i is None else i for i in inputs])
-        self.probabilities, verdicts = rule.judge(runtime.predict(batch))
-        self.verdicts = [None if empty else verdict for empty, verdict in zip(self.empty, verdicts, strict=True)]
+        finished = Scorer(runtime, rule, DEFAULT_LIMITS)(images)
+        assert all(outcome is None or isinstance(outcome, NoDigit) for outcome in finished.outcomes)
+        self.empty = np.array([outcome is not None for outcome in finished.outcomes])
+        self.probabilities = np.zeros((len(images), 10))
+        self.probabilities[~self.empty] = finished.probabilities
+        scored = iter(finished.verdicts)
+        self.verdicts = [None if empty else next(scored) for empty in self.empty]
 
     def digits(self) -> np.ndarray:
         return np.where(self.empty, -1, self.probabilities.argmax(axis=1))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from livedigit.config import DEFAULT_MODEL
-from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
+from livedigit.preprocess import PATH_FEATURES, PATH_POINTS, SIZE, Pixels, Strokes, preprocess
 from livedigit.runtime import (
     BATCH_BUCKETS,
     RUNTIMES,
@@ -280,5 +280,71 @@ def test_model_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     model.save(base.with_suffix(".keras"))
     base.with_suffix(".tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     for kind in RUNTIMES:
-        with pytest.raises(ModelLoadError, match=r"a digit model maps .*\(n, 28, 28, 1\) to \(n, 10\)"):
+        with pytest.raises(ModelLoadError, match=r"a digit model maps .*\(n, 28, 28, 1\).*\(n, 32, 4\), to \(n, 10\)"):
             load_runtime(base, kind)
+
+
+@pytest.fixture(scope="module", params=["image first", "path first"])
+def path_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A small model that reads the pen's path beside the image, its inputs in either order, saved as both
+    files; and the Keras model itself."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    image = keras.Input((SIZE, SIZE, 1), name="image")
+    path = keras.Input((PATH_POINTS, PATH_FEATURES), name="path")
+    seen = keras.layers.Dense(10)(keras.layers.Flatten()(image))
+    drawn = keras.layers.Dense(10)(keras.layers.Flatten()(path))
+    outputs = keras.layers.Softmax()(keras.layers.Add()([seen, drawn]))
+    model = keras.Model([image, path] if request.param == "image first" else [path, image], outputs)
+    base = tmp_path_factory.mktemp("path-model") / "digits"
+    model.save(base.with_suffix(".keras"))
+    base.with_suffix(".tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return base, model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", RUNTIMES)
+def test_a_model_that_reads_the_path_gets_it(path_model: tuple[Path, object], images: np.ndarray, kind: str) -> None:
+    base, model = path_model
+    runtime = load_runtime(base, kind)
+    assert runtime.reads_path
+    paths = np.random.default_rng(1).uniform(-0.5, 0.5, (len(images), PATH_POINTS, PATH_FEATURES)).astype(np.float32)
+    keras_inputs = [images[..., None], paths] if model.inputs[0].shape[-1] == 1 else [paths, images[..., None]]  # type: ignore[attr-defined]
+    expected = np.asarray(model(keras_inputs))  # type: ignore[operator]
+    np.testing.assert_allclose(runtime.predict(images, paths), expected, atol=1e-5)
+    np.testing.assert_allclose(one_by_one_with_paths(runtime, images, paths), expected, atol=1e-5)
+    # Without paths, every drawing is read as having none (zeros), as a raster is.
+    np.testing.assert_allclose(runtime.predict(images), runtime.predict(images, np.zeros_like(paths)), atol=1e-6)
+    with pytest.raises(ValueError, match="paths of shape"):
+        runtime.predict(images, paths[:, :16])
+
+
+def one_by_one_with_paths(runtime: Runtime, images: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    return np.concatenate([runtime.predict(images[i : i + 1], paths[i : i + 1]) for i in range(len(images))])
+
+
+@pytest.mark.slow
+async def test_the_server_gives_a_path_model_each_drawings_path(
+    path_model: tuple[Path, object],
+    start_server,  # type: ignore[no-untyped-def]
+) -> None:
+    """Strokes reach such a model with their path and a raster with none, through the worker process."""
+    from wsutil import SEVEN, ask, drawing, open_ws, pixels_field
+
+    from livedigit.preprocess import pen_path
+
+    base, _ = path_model
+    server = start_server("--model", str(base))
+    local = load_runtime(base)
+    raster = drawing()
+    ws, _ = await open_ws(server.ws_url)
+    async with ws:
+        drawn = await ask(ws, {"type": "submit", "id": 1, "strokes": SEVEN})
+        sent = await ask(ws, {"type": "submit", "id": 2, "pixels": pixels_field(raster)})
+    seven = Strokes(SEVEN)
+    with_path = local.predict(preprocess(seven)[None], pen_path(seven)[None])[0]
+    np.testing.assert_allclose(drawn["probabilities"], with_path, atol=1e-5)
+    assert not np.allclose(with_path, local.predict(preprocess(seven)[None])[0], atol=1e-3)
+    np.testing.assert_allclose(sent["probabilities"], local.predict(preprocess(Pixels(raster))[None])[0], atol=1e-5)

@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from modelutil import raw_outputs
 from wsutil import open_ws, replies
 
 from livedigit.config import DEFAULT_MODEL
-from livedigit.preprocess import Strokes, preprocess
+from livedigit.preprocess import Strokes
 from livedigit.verdict import card_rule
 
 SAMPLE = 300
@@ -29,7 +30,7 @@ async def test_pen_digits_over_the_websocket_match_offline_predictions(  # type:
         answers = await replies(ws, len(digits))
     assert [a["id"] for a in answers] == list(range(len(digits)))
     assert all(a["type"] == "prediction" for a in answers)
-    raw = model_runtime.predict(np.stack([preprocess(Strokes(d.strokes)) for d in digits]))
+    raw = raw_outputs(model_runtime, [Strokes(d.strokes) for d in digits])
     offline, verdicts = card_rule(DEFAULT_MODEL).judge(raw)
     served = np.array([a["probabilities"] for a in answers])
     assert [a["digit"] for a in answers] == offline.argmax(axis=1).tolist()

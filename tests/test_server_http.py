@@ -8,10 +8,11 @@ import urllib.request
 
 import numpy as np
 import pytest
+from modelutil import raw_outputs
 from wsutil import ONE, SEVEN, ask, drawing, http_json, legacy_field, open_ws, pixels_field, png_field
 
 from livedigit.config import DEFAULT_MODEL
-from livedigit.preprocess import Strokes, preprocess
+from livedigit.preprocess import Strokes
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -90,7 +91,7 @@ def test_without_a_usable_verdict_rule_probabilities_are_served_as_the_model_giv
     scribble = [[[0, 0], [90, 10], [10, 40], [80, 60], [0, 100], [100, 100]]]
     status, _, answer = http_json(live.http_url + "/api/predict", {"strokes": scribble})
     assert status == 200 and answer["verdict"] == "digit" and "candidates" not in answer
-    raw = model_runtime.predict(preprocess(Strokes(scribble))[None])[0]
+    raw = raw_outputs(model_runtime, [Strokes(scribble)])[0]
     np.testing.assert_allclose(answer["probabilities"], raw, atol=1e-6)
     assert (verdict is not None) == ("verdict is malformed" in capfd.readouterr().err)  # the server's log
 

@@ -21,8 +21,8 @@ import pytest
 from livedigit import pendigits
 from livedigit.labels import database
 from livedigit.labels.store import Label, LabelStore
-from livedigit.preprocess import SIZE, Pixels, Strokes, preprocess
-from livedigit.runtime import load_runtime
+from livedigit.preprocess import SIZE, Image, Pixels, Strokes, pen_path, preprocess
+from livedigit.runtime import Runtime, load_runtime
 from livedigit.verdict import VerdictRule
 from train.data import as_served, subset
 from train.train import QUICK_LIMIT as QUICK
@@ -34,12 +34,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def labels_export(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def labels_export(mnist_path: Path, pen_digits_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An export of 120 labels from 30 browsers: pen-digits test drawings as if drawn on the page, and
     MNIST test digits sent as pixels, stored by the label store and written by ``livedigit labels export``."""
     folder = tmp_path_factory.mktemp("labels")
     drawings: list[tuple[Strokes | Pixels, int]] = [
-        (Strokes(digit.strokes), digit.label) for digit in pendigits.load(pen_path, "test")[1000:1090]
+        (Strokes(digit.strokes), digit.label) for digit in pendigits.load(pen_digits_file, "test")[1000:1090]
     ]
     with np.load(mnist_path) as data:
         drawings += [
@@ -63,12 +63,12 @@ def labels_export(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture(scope="module")
-def teacher(mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher(mnist_path: Path, pen_digits_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Base path of a teacher made by ``python -m train.teacher --quick`` (two narrow members) on the
     Keras backend the tests run, TensorFlow."""
     out = tmp_path_factory.mktemp("teacher")
     command = [sys.executable, "-m", "train.teacher", "--quick", "--channels", "8,16,24", "--seed", "5"]
-    command += ["--data", str(mnist_path), "--pen-digits", str(pen_path), "--out", str(out)]
+    command += ["--data", str(mnist_path), "--pen-digits", str(pen_digits_file), "--out", str(out)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out / "livedigit-teacher"
@@ -118,7 +118,11 @@ def test_student_reads_a_teacher_from_its_tflite_or_else_its_keras(
 
 @pytest.fixture(scope="module")
 def exported(
-    mnist_path: Path, pen_path: Path, labels_export: Path, teacher: Path, tmp_path_factory: pytest.TempPathFactory
+    mnist_path: Path,
+    pen_digits_file: Path,
+    labels_export: Path,
+    teacher: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """Base path of a model trained by ``python -m train --quick`` with seed 3 and narrow layers, with
     ``labels_export``, distilled from ``teacher``'s ``.keras``."""
@@ -136,7 +140,7 @@ def exported(
             "--data",
             str(mnist_path),
             "--pen-digits",
-            str(pen_path),
+            str(pen_digits_file),
             "--extra-pen",
             str(labels_export),
             "--teacher",
@@ -162,6 +166,13 @@ def card(exported: Path) -> dict:
 
 def as_inputs(images: list[np.ndarray | None]) -> np.ndarray:
     return np.stack([np.zeros((SIZE, SIZE), np.float32) if image is None else image for image in images])
+
+
+def named(runtime: Runtime, drawings: list[Image]) -> np.ndarray:
+    """The digit the model names for each drawing, given what the server's worker gives it: the
+    preprocessed image and the pen's path."""
+    images = as_inputs([preprocess(drawing) for drawing in drawings])
+    return runtime.predict(images, np.stack([pen_path(drawing) for drawing in drawings])).argmax(axis=1)
 
 
 def test_exports_the_three_files(exported: Path) -> None:
@@ -200,18 +211,18 @@ def test_card_records_the_commit(card: dict) -> None:
 
 
 def test_card_accuracies_are_what_the_serving_path_measures(
-    exported: Path, card: dict, mnist_path: Path, pen_path: Path
+    exported: Path, card: dict, mnist_path: Path, pen_digits_file: Path
 ) -> None:
     """The quick run measures 300 MNIST and 300 pen-digits test digits spread over each set; so do we, as served."""
     runtime = load_runtime(exported, "litert")
     with np.load(mnist_path) as data:
         keep = subset(data["x_test"], QUICK)
         images, labels = data["x_test"][keep], data["y_test"][keep]
-    mnist = runtime.predict(as_inputs([preprocess(Pixels(image)) for image in images])).argmax(axis=1)
+    mnist = named(runtime, [Pixels(image) for image in images])
     assert card["accuracy"]["mnist_test"] == pytest.approx(float((mnist == labels).mean()), abs=1e-4)
-    test = pendigits.load(pen_path, "test")
+    test = pendigits.load(pen_digits_file, "test")
     pen = [test[index] for index in subset(test, QUICK)]
-    guesses = runtime.predict(as_inputs([preprocess(as_served(digit)) for digit in pen])).argmax(axis=1)
+    guesses = named(runtime, [as_served(digit) for digit in pen])
     measured = float(np.mean(guesses == [digit.label for digit in pen]))
     assert card["accuracy"]["pen_digits_test"] == pytest.approx(measured, abs=1e-4)
     confusion = np.array(card["accuracy"]["pen_digits_test_confusion"])
@@ -265,17 +276,19 @@ def test_exported_labels_join_training_and_testing_by_writer(exported: Path, car
     assert training["samples"] == 2000 + 2 * (300 + len(extra_train)) + training["cut_digits"]
     assert any(item.startswith(f"extra pen digits ({len(extra_train)} digits") for item in card["training"]["data"])
     runtime = load_runtime(exported, "litert")
-    guesses = runtime.predict(as_inputs([preprocess(digit.image()) for digit in extra_test])).argmax(axis=1)
+    guesses = named(runtime, [digit.image() for digit in extra_test])
     measured = float(np.mean(guesses == [digit.label for digit in extra_test]))
     assert card["accuracy"]["extra_pen_test"] == pytest.approx(measured, abs=1e-4)
 
 
 @pytest.fixture(scope="module")
-def quantized(exported: Path, mnist_path: Path, pen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def quantized(
+    exported: Path, mnist_path: Path, pen_digits_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Base path of the quick model quantized by ``python -m train.quantize``, with a fixed temperature."""
     out = tmp_path_factory.mktemp("quantized") / "quick-int8"
     command = [sys.executable, "-m", "train.quantize", "--model", str(exported), "--out", str(out)]
-    command += ["--data", str(mnist_path), "--pen-digits", str(pen_path), "--samples", "100", "--limit", "300"]
+    command += ["--data", str(mnist_path), "--pen-digits", str(pen_digits_file), "--samples", "100", "--limit", "300"]
     done = subprocess.run([*command, "--temperature", "1.0"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out

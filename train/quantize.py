@@ -35,10 +35,10 @@ import numpy as np
 
 from livedigit import pendigits
 from livedigit.config import DEFAULT_MODEL
-from livedigit.preprocess import SIZE, preprocess
+from livedigit.preprocess import SIZE
 from livedigit.runtime import load_runtime
 from train import calibrate, evaluate
-from train.data import MNIST_VALIDATION, as_served, load_mnist, rasters, run
+from train.data import MNIST_VALIDATION, as_served, load_mnist, model_inputs, rasters, run
 
 REPRESENTATIVE_CUT = 0.75
 """Pen digits join the representative set whole and cut after this share of their points."""
@@ -64,26 +64,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def representative(
     mnist_train: np.ndarray, pen_train: list[pendigits.PenDigit], samples: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Model inputs as the server makes them: ``samples`` MNIST training digits (not the validation
-    ones), and ``samples`` pen-digits training drawings whole and as many cut after 75% of their points."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs as the server makes them, the images (n, 28, 28, 1) and the pen's paths: ``samples``
+    MNIST training digits (not the validation ones), and ``samples`` pen-digits training drawings whole
+    and as many cut after 75% of their points."""
     digits = mnist_train[:-MNIST_VALIDATION]
     chosen = rng.choice(len(digits), size=min(samples, len(digits)), replace=False)
-    images = [preprocess(image) for image in rasters(digits[chosen])]
+    drawings = rasters(digits[chosen])
     pen = [pen_train[i] for i in rng.choice(len(pen_train), size=min(samples, len(pen_train)), replace=False)]
-    images += [preprocess(as_served(digit)) for digit in pen]
-    images += [preprocess(as_served(digit, REPRESENTATIVE_CUT)) for digit in pen]
-    found = [image for image in images if image is not None]
-    return np.stack(found).astype(np.float32).reshape(-1, SIZE, SIZE, 1)
+    drawings += [as_served(digit) for digit in pen]
+    drawings += [as_served(digit, REPRESENTATIVE_CUT) for digit in pen]
+    images, paths, empty = model_inputs(drawings)
+    return images[~empty].reshape(-1, SIZE, SIZE, 1), paths[~empty]
 
 
-def int8_tflite(saved_model: str, samples: np.ndarray) -> bytes:
-    """A SavedModel converted to LiteRT with int8 weights and activations, float32 input and softmax."""
+def int8_tflite(saved_model: str, samples: tuple[np.ndarray, np.ndarray], reads_path: bool) -> bytes:
+    """A SavedModel converted to LiteRT with int8 weights and activations, float32 input and softmax;
+    ``reads_path``: the model's second input is the pen's path."""
     import tensorflow as tf
 
-    def feed() -> Iterator[list[np.ndarray]]:
-        for index in range(len(samples)):
-            yield [samples[index : index + 1]]
+    images, paths = samples
+
+    def feed() -> Iterator[dict[str, np.ndarray]]:
+        for index in range(len(images)):
+            one = {"image": images[index : index + 1]}
+            if reads_path:
+                one["path"] = paths[index : index + 1]
+            yield one
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -110,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     x_train, _, x_test, y_test = load_mnist(args.data)
     pen_train, _ = pendigits.split_writers(pendigits.load(args.pen_digits, "train"))
     samples = representative(x_train, pen_train, args.samples, np.random.default_rng(args.seed))
-    print(f"quantizing {source}.keras with {len(samples)} representative images ...", flush=True)
+    print(f"quantizing {source}.keras with {len(samples[0])} representative images ...", flush=True)
     model = keras.models.load_model(source.with_suffix(".keras"), compile=False)
     with tempfile.TemporaryDirectory() as saved_model:
         model.export(saved_model, format="tf_saved_model", verbose=False)
-        quantized = int8_tflite(saved_model, samples)
+        quantized = int8_tflite(saved_model, samples, len(model.inputs) > 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out != source:
         shutil.copyfile(source.with_suffix(".keras"), out.with_suffix(".keras"))
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": "int8 weights (per channel) and activations, float32 input and softmax (LiteRT converter)",
         "representative": (
             f"{args.samples} MNIST training digits and {args.samples} pen-digits training drawings, whole and cut "
-            f"after {REPRESENTATIVE_CUT:.0%} of their points ({len(samples)} model inputs, seed {args.seed})"
+            f"after {REPRESENTATIVE_CUT:.0%} of their points ({len(samples[0])} model inputs, seed {args.seed})"
         ),
         "float_agreement_mnist_test": round(float((floating.predicted() == integer.predicted()).mean()), 5),
         "float_accuracy_mnist_test": round(float((floating.predicted() == y_test).mean()), 5),

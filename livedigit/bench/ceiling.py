@@ -13,7 +13,7 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.bench.workload import Strokes, drawing
 from livedigit.config import DEFAULT_MODEL, Settings
-from livedigit.preprocess import Image, Limits, preprocess
+from livedigit.preprocess import Image, Limits, pen_path, preprocess
 from livedigit.preprocess import Strokes as StrokesImage
 from livedigit.runtime import Runtime, load_runtime
 
@@ -29,6 +29,9 @@ IDLE_PAUSE_S = 0.003
 frames, about every 3 ms, with the core idle in between. A core that was idle, on a virtual machine,
 runs the next frames more slowly than it runs frames back to back; :func:`model_ceiling` measures both,
 so a server's CPU per frame at light load can be read against the right one."""
+
+_NO_PATH = np.empty(0, np.float32)
+"""The path of an input to a model that reads none."""
 
 
 def model_ceiling(
@@ -49,19 +52,20 @@ def model_ceiling(
     ceiling = image_ceiling(images, model, runtime_kind, threads, max_batch, budget_s)
     limits = Settings().limits
     frames = images[:600]
-    ceiling["preprocess_cpu_us"] = _preprocess_cpu_us(frames, limits, len(frames), 0.0)
-    ceiling["preprocess_cpu_us_paused"] = _preprocess_cpu_us(frames, limits, IDLE_BATCH, IDLE_PAUSE_S)
+    with_path = bool(ceiling["reads_path"])
+    ceiling["preprocess_cpu_us"] = _preprocess_cpu_us(frames, limits, with_path, len(frames), 0.0)
+    ceiling["preprocess_cpu_us_paused"] = _preprocess_cpu_us(frames, limits, with_path, IDLE_BATCH, IDLE_PAUSE_S)
     return ceiling
 
 
-def _preprocess_cpu_us(images: list[Image], limits: Limits, batch: int, pause_s: float) -> float:
-    """CPU microseconds per image of preprocessing ``images``, ``batch`` at a time with ``pause_s`` of
-    sleep after each batch."""
+def _preprocess_cpu_us(images: list[Image], limits: Limits, with_path: bool, batch: int, pause_s: float) -> float:
+    """CPU microseconds per image of preprocessing ``images`` (and taking the pen's path ``with_path``),
+    ``batch`` at a time with ``pause_s`` of sleep after each batch."""
     cpu = 0.0
     for start in range(0, len(images), batch):
         started = time.thread_time()
         for image in images[start : start + batch]:
-            preprocess(image, limits)
+            _model_input(image, limits, with_path)
         cpu += time.thread_time() - started
         if pause_s:
             time.sleep(pause_s)
@@ -74,25 +78,27 @@ def image_ceiling(
     """Samples/s of preprocess + runtime (and of the runtime alone) on ``images`` in this process: see
     :func:`model_ceiling`, of which this is the part that does not depend on what the images are."""
     limits = Settings().limits
-    tensors = []
+    runtime = load_runtime(model, runtime_kind, num_threads=threads)
+    inputs = []
     started = time.perf_counter()
     for frame in images:
-        tensor = preprocess(frame, limits)
-        if tensor is not None:
-            tensors.append(tensor)
+        found = _model_input(frame, limits, runtime.reads_path)
+        if found is not None:
+            inputs.append(found)
         if time.perf_counter() - started > budget_s:
             break
-    preprocess_s = (time.perf_counter() - started) / len(tensors) if tensors else float("nan")
-    runtime = load_runtime(model, runtime_kind, num_threads=threads)
+    preprocess_s = (time.perf_counter() - started) / len(inputs) if inputs else float("nan")
     batch_size = max(1, max_batch)
-    batch = np.stack((tensors * (batch_size // max(1, len(tensors)) + 1))[:batch_size])
-    single = batch[:1]
-    runtime.predict(batch)
-    runtime.predict(single)
-    model_s = _time_per_call(lambda: runtime.predict(batch), budget_s / 2) / batch_size
-    model_single_s = _time_per_call(lambda: runtime.predict(single), budget_s / 2)
+    chosen = (inputs * (batch_size // max(1, len(inputs)) + 1))[:batch_size]
+    batch = np.stack([tensor for tensor, _ in chosen])
+    paths = np.stack([path for _, path in chosen]) if runtime.reads_path else None
+    single, single_path = batch[:1], None if paths is None else paths[:1]
+    runtime.predict(batch, paths)
+    runtime.predict(single, single_path)
+    model_s = _time_per_call(lambda: runtime.predict(batch, paths), budget_s / 2) / batch_size
+    model_single_s = _time_per_call(lambda: runtime.predict(single, single_path), budget_s / 2)
     return {
-        "frames": len(tensors),
+        "frames": len(inputs),
         "batch_size": batch_size,
         "preprocess_per_s": round(1.0 / preprocess_s, 1),
         "runtime_batched_per_s": round(1.0 / model_s, 1),
@@ -101,7 +107,17 @@ def image_ceiling(
         "ceiling_unbatched_per_s": round(1.0 / (preprocess_s + model_single_s), 1),
         "threads": threads,
         "runtime": runtime_kind,
+        "reads_path": runtime.reads_path,
     }
+
+
+def _model_input(image: Image, limits: Limits, with_path: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """What the worker makes of ``image`` for the model: its 28x28 input and, ``with_path``, the pen's
+    path (else an empty array); ``None`` for an image with no digit."""
+    tensor = preprocess(image, limits)
+    if tensor is None:
+        return None
+    return tensor, pen_path(image, limits) if with_path else _NO_PATH
 
 
 def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
@@ -116,9 +132,10 @@ def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
 
     def run(frames: list[Strokes]) -> None:
         for frame in frames:
-            tensor = preprocess(StrokesImage(frame))
+            image = StrokesImage(frame)
+            tensor = preprocess(image)
             if tensor is not None:
-                runtime.predict(tensor[None])
+                runtime.predict(tensor[None], pen_path(image)[None] if runtime.reads_path else None)
 
     run(frames[:20])
     passes = []

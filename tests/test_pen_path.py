@@ -1,0 +1,69 @@
+"""The pen's path, the model's second input: the way a drawing was drawn, whatever its size or sampling.
+
+Two drawings can make the same image and be different digits (one writer's one-stroke 4 is their 5
+without its bar); the path tells them apart only if it says which way the pen went, in which order, and
+where it jumped, and says it the same way for the same drawing sent at any scale or point density.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from livedigit import pendigits
+from livedigit.preprocess import PATH_FEATURES, PATH_POINTS, Limits, Pixels, PreprocessError, Strokes, pen_path
+
+
+def test_rasters_carry_no_path() -> None:
+    ink = np.zeros((50, 50), np.uint8)
+    ink[10:40, 24:27] = 255
+    path = pen_path(Pixels(ink))
+    assert path.shape == (PATH_POINTS, PATH_FEATURES) and path.dtype == np.float32
+    assert not path.any()
+
+
+def test_the_path_follows_the_pen_in_order() -> None:
+    rightwards = pen_path(Strokes([[[0, 5], [10, 5]]]))
+    np.testing.assert_allclose(rightwards[:, 0], np.linspace(-0.5, 0.5, PATH_POINTS), atol=1e-6)
+    np.testing.assert_allclose(rightwards[:, 1], 0.0, atol=1e-6)
+    assert (rightwards[:, 2:] == 1.0).all()  # pen down all along; a path is present
+    leftwards = pen_path(Strokes([[[10, 5], [0, 5]]]))
+    np.testing.assert_allclose(leftwards, rightwards[::-1], atol=1e-6)
+
+
+def test_the_jump_between_strokes_is_marked() -> None:
+    """Down the left side, a jump across the bottom, up the right side: 10 + 10 + 10 units of travel."""
+    path = pen_path(Strokes([[[0, 0], [0, 10]], [[10, 10], [10, 0]]]))
+    np.testing.assert_allclose(path[0, :2], [-0.5, -0.5], atol=1e-6)
+    np.testing.assert_allclose(path[-1, :2], [0.5, -0.5], atol=1e-6)
+    travel = np.linspace(0.0, 30.0, PATH_POINTS)
+    on_the_jump = (travel > 10.0) & (travel < 20.0)
+    np.testing.assert_array_equal(path[:, 2], np.where(on_the_jump, 0.0, 1.0))
+    jumped = path[on_the_jump]
+    np.testing.assert_allclose(jumped[:, 0], (travel[on_the_jump] - 10.0) / 10.0 - 0.5, atol=1e-6)
+    np.testing.assert_allclose(jumped[:, 1], 0.5, atol=1e-6)
+
+
+def test_scale_position_and_point_density_do_not_matter(pen_test: list[pendigits.PenDigit]) -> None:
+    for digit in pen_test[:50]:
+        strokes = [np.asarray(stroke, np.float64) for stroke in digit.strokes]
+        moved = [stroke * 3.5 + (1000.0, -40.0) for stroke in strokes]
+        # Every segment split in two: twice the points, the same drawing.
+        denser = [np.repeat(stroke, 2, axis=0)[1:] for stroke in strokes]
+        for stroke, dense in zip(strokes, denser, strict=True):
+            dense[1::2] = (stroke[:-1] + stroke[1:]) / 2.0 if len(stroke) > 1 else dense[1::2]
+        expected = pen_path(Strokes(strokes))
+        np.testing.assert_allclose(pen_path(Strokes(moved)), expected, atol=1e-5)
+        np.testing.assert_allclose(pen_path(Strokes(denser)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("strokes", [[], [[]], [[[3, 3]]], [[[3, 3], [3, 3]], [[3, 3]]]])
+def test_a_drawing_without_travel_has_no_path(strokes: list) -> None:
+    assert not pen_path(Strokes(strokes)).any()
+
+
+def test_bad_strokes_are_refused_as_preprocess_refuses_them() -> None:
+    with pytest.raises(PreprocessError, match="stroke 0"):
+        pen_path(Strokes([[[0, 0], [float("nan"), 1]]]))
+    with pytest.raises(PreprocessError, match="the limit is 2"):
+        pen_path(Strokes([[[0, 0]], [[1, 1]], [[2, 2]]]), Limits(max_strokes=2))
