@@ -128,13 +128,41 @@ def pen_path(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     there is a path. A raster, a PNG, or strokes without any travel have none: all zeros, which the model
     also learned to read (MNIST's digits have no path).
     """
-    path = np.zeros((PATH_POINTS, PATH_FEATURES), np.float32)
     if not isinstance(image, Strokes):
-        return path
+        return np.zeros((PATH_POINTS, PATH_FEATURES), np.float32)
     points = validate_strokes(image.strokes, limits)
     if not points:
-        return path
+        return np.zeros((PATH_POINTS, PATH_FEATURES), np.float32)
     everything = np.concatenate(points)
+    low = everything.min(axis=0)
+    return _path(points, everything, low, everything.max(axis=0) - low)
+
+
+def model_input(
+    image: Image, limits: Limits = DEFAULT_LIMITS, path: bool = True
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both inputs of the model for ``image`` at once: :func:`preprocess`'s 28x28 image and, with
+    ``path``, :func:`pen_path` (else an empty array); ``None`` when there is no digit.
+
+    What the server's worker and the training data call: a drawing's strokes are checked and measured
+    once for both, which is a third of what the path costs on its own."""
+    if not isinstance(image, Strokes):
+        pixels = preprocess(image, limits)
+        if pixels is None:
+            return None
+        return pixels, np.zeros((PATH_POINTS, PATH_FEATURES), np.float32) if path else _NO_PATH
+    drawing = measure_drawing(image.strokes, image.surface, limits)
+    if drawing is None:
+        return None
+    return _render(drawing, STROKE_WIDTH), _path(*drawing) if path else _NO_PATH
+
+
+_NO_PATH = np.empty(0, np.float32)
+
+
+def _path(points: list[np.ndarray], everything: np.ndarray, low: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """:func:`pen_path` of a drawing's checked strokes, all their points, and their box's corner and size."""
+    path = np.zeros((PATH_POINTS, PATH_FEATURES), np.float32)
     steps = np.diff(everything, axis=0)
     lengths = np.hypot(steps[:, 0], steps[:, 1])
     travelled = np.cumsum(lengths)
@@ -144,8 +172,7 @@ def pen_path(image: Image, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     at = _PATH_SHARES * travelled[-1]
     step = np.minimum(np.searchsorted(travelled, at), len(steps) - 1)
     along = 1.0 - (travelled[step] - at) / np.maximum(lengths[step], 1e-300)
-    low, high = everything.min(axis=0), everything.max(axis=0)
-    path[:, :2] = (everything[step] + steps[step] * along[:, None] - (low + high) / 2.0) / float((high - low).max())
+    path[:, :2] = (everything[step] + steps[step] * along[:, None] - (low + span / 2.0)) / float(span.max())
     # A step from the last point of a stroke is a jump to the next stroke.
     down = np.ones(len(steps), np.float32)
     down[np.cumsum([len(stroke) for stroke in points[:-1]], dtype=np.int64) - 1] = 0.0
@@ -334,8 +361,11 @@ def render_strokes(
     (:func:`_coverage`): anti-aliased, and without drawing a large canvas only to shrink it.
     """
     drawing = measure_drawing(strokes, surface, limits)
-    if drawing is None:
-        return None
+    return None if drawing is None else _render(drawing, width)
+
+
+def _render(drawing: tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray], width: float) -> np.ndarray:
+    """:func:`render_strokes` of a drawing :func:`measure_drawing` measured."""
     points, everything, low, span = drawing
     extent = float(span.max())
     scale = BOX / (extent * (1.0 + width))  # output pixels per unit: centre line plus pen fill 20 px

@@ -39,7 +39,7 @@ from typing import Protocol, cast
 import numpy as np
 
 from livedigit import threadnames
-from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, PreprocessError, Strokes, pen_path, preprocess
+from livedigit.preprocess import SIZE, Image, Limits, Pixels, Png, PreprocessError, Strokes, model_input
 from livedigit.runtime import CLASSES, Runtime, load_runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import Failed, Failure, NoDigit, Verdict
@@ -195,15 +195,15 @@ def _prepare(
         decoded = image if isinstance(image, Pixels | Png | Strokes) else image.decode()
         if isinstance(decoded, Failed):
             return decoded, None
-        model_input = preprocess(decoded, limits)
-        if model_input is not None and paths is not None:
-            paths.append(pen_path(decoded, limits))
+        found = model_input(decoded, limits, path=paths is not None)
+        if found is not None and paths is not None:
+            paths.append(found[1])
     except PreprocessError as exc:
         return Failed(Failure.BAD_IMAGE, str(exc)), None
     except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
         logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
         return Failed(Failure.BAD_IMAGE), None
-    return (NoDigit(), None) if model_input is None else (None, model_input)
+    return (NoDigit(), None) if found is None else (None, found[0])
 
 
 def _initialize_worker() -> None:

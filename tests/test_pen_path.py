@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from livedigit import pendigits
-from livedigit.preprocess import PATH_FEATURES, PATH_POINTS, Limits, Pixels, PreprocessError, Strokes, pen_path
+from livedigit.preprocess import (
+    PATH_FEATURES,
+    PATH_POINTS,
+    Limits,
+    Pixels,
+    PreprocessError,
+    Strokes,
+    model_input,
+    pen_path,
+    preprocess,
+)
 
 
 def test_rasters_carry_no_path() -> None:
@@ -67,3 +77,22 @@ def test_bad_strokes_are_refused_as_preprocess_refuses_them() -> None:
         pen_path(Strokes([[[0, 0], [float("nan"), 1]]]))
     with pytest.raises(PreprocessError, match="the limit is 2"):
         pen_path(Strokes([[[0, 0]], [[1, 1]], [[2, 2]]]), Limits(max_strokes=2))
+
+
+def test_model_input_is_the_image_and_the_path_at_once(pen_test: list[pendigits.PenDigit]) -> None:
+    """The worker's one call gives exactly what preprocess and pen_path give one after the other."""
+    ink = np.zeros((50, 50), np.uint8)
+    ink[10:40, 24:27] = 255
+    drawings = [Strokes(digit.strokes, pendigits.SURFACE) for digit in pen_test[:30]] + [Pixels(ink)]
+    for drawing in drawings:
+        found = model_input(drawing)
+        assert found is not None
+        np.testing.assert_array_equal(found[0], preprocess(drawing))
+        np.testing.assert_array_equal(found[1], pen_path(drawing))
+        without = model_input(drawing, path=False)
+        assert without is not None and without[1].size == 0
+        np.testing.assert_array_equal(without[0], found[0])
+    assert model_input(Strokes([[[3, 3], [3, 3]]])) is None
+    assert model_input(Pixels(np.zeros((20, 20), np.uint8))) is None
+    with pytest.raises(PreprocessError, match="stroke 0"):
+        model_input(Strokes([[[0, 0], [float("nan"), 1]]]))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livedigit import pendigits
-from livedigit.preprocess import PATH_FEATURES, PATH_POINTS, SIZE, Image, Pixels, Strokes, pen_path, preprocess
+from livedigit.preprocess import PATH_FEATURES, PATH_POINTS, SIZE, Image, Pixels, Strokes, model_input
 from livedigit.runtime import Runtime
 
 MNIST_VALIDATION = 5000
@@ -69,15 +69,14 @@ class Outputs:
 def model_inputs(images: Sequence[Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each image through the server's preprocessing: the (n, 28, 28) float32 inputs, blank where the
     server finds no digit, the pen's paths (n, 32, 4), and which images are empty."""
-    found = [preprocess(image) for image in images]
-    empty = np.array([model_input is None for model_input in found], dtype=bool)
-    inputs = np.zeros((len(images), SIZE, SIZE), np.float32)
+    found = [model_input(image) for image in images]
+    empty = np.array([inputs is None for inputs in found], dtype=bool)
+    pixels = np.zeros((len(images), SIZE, SIZE), np.float32)
     paths = np.zeros((len(images), PATH_POINTS, PATH_FEATURES), np.float32)
-    for index, model_input in enumerate(found):
-        if model_input is not None:
-            inputs[index] = model_input
-            paths[index] = pen_path(images[index])
-    return inputs, paths, empty
+    for index, inputs in enumerate(found):
+        if inputs is not None:
+            pixels[index], paths[index] = inputs
+    return pixels, paths, empty
 
 
 def run(runtime: Runtime, images: Sequence[Image], name: str = "", chunk: int = 1024) -> Outputs:

@@ -13,7 +13,7 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.bench.workload import Strokes, drawing
 from livedigit.config import DEFAULT_MODEL, Settings
-from livedigit.preprocess import Image, Limits, pen_path, preprocess
+from livedigit.preprocess import Image, Limits, model_input
 from livedigit.preprocess import Strokes as StrokesImage
 from livedigit.runtime import Runtime, load_runtime
 
@@ -29,9 +29,6 @@ IDLE_PAUSE_S = 0.003
 frames, about every 3 ms, with the core idle in between. A core that was idle, on a virtual machine,
 runs the next frames more slowly than it runs frames back to back; :func:`model_ceiling` measures both,
 so a server's CPU per frame at light load can be read against the right one."""
-
-_NO_PATH = np.empty(0, np.float32)
-"""The path of an input to a model that reads none."""
 
 
 def model_ceiling(
@@ -65,7 +62,7 @@ def _preprocess_cpu_us(images: list[Image], limits: Limits, with_path: bool, bat
     for start in range(0, len(images), batch):
         started = time.thread_time()
         for image in images[start : start + batch]:
-            _model_input(image, limits, with_path)
+            model_input(image, limits, with_path)
         cpu += time.thread_time() - started
         if pause_s:
             time.sleep(pause_s)
@@ -82,7 +79,7 @@ def image_ceiling(
     inputs = []
     started = time.perf_counter()
     for frame in images:
-        found = _model_input(frame, limits, runtime.reads_path)
+        found = model_input(frame, limits, runtime.reads_path)
         if found is not None:
             inputs.append(found)
         if time.perf_counter() - started > budget_s:
@@ -111,15 +108,6 @@ def image_ceiling(
     }
 
 
-def _model_input(image: Image, limits: Limits, with_path: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """What the worker makes of ``image`` for the model: its 28x28 input and, ``with_path``, the pen's
-    path (else an empty array); ``None`` for an image with no digit."""
-    tensor = preprocess(image, limits)
-    if tensor is None:
-        return None
-    return tensor, pen_path(image, limits) if with_path else _NO_PATH
-
-
 def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
     """Microseconds this machine takes, right now, for one frame through preprocess and the shipped model.
 
@@ -132,10 +120,9 @@ def reference_digit_us(digits: list[pendigits.PenDigit]) -> float:
 
     def run(frames: list[Strokes]) -> None:
         for frame in frames:
-            image = StrokesImage(frame)
-            tensor = preprocess(image)
-            if tensor is not None:
-                runtime.predict(tensor[None], pen_path(image)[None] if runtime.reads_path else None)
+            found = model_input(StrokesImage(frame), path=runtime.reads_path)
+            if found is not None:
+                runtime.predict(found[0][None], found[1][None] if runtime.reads_path else None)
 
     run(frames[:20])
     passes = []
