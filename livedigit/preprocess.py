@@ -11,7 +11,8 @@ resizing a whole canvas to 28x28 instead loses most of the accuracy on real hand
 Three input forms are accepted (see :data:`Image`): a grayscale raster (:class:`Pixels`), a PNG file
 (:class:`Png`, either polarity, transparency as background) and vector strokes (:class:`Strokes`).
 :func:`preprocess` returns the model input, or ``None`` when there is no digit to recognise (no ink, or a
-single dot): callers answer "empty" instead of guessing. Anything that is not a valid image raises
+single dot): callers answer "empty" instead of guessing. :func:`pen_path` gives the model's second input,
+the way a drawing's strokes were drawn, and :func:`model_input` both at once. Anything that is not a valid image raises
 :class:`PreprocessError` with a message saying what to change.
 """
 
