@@ -51,17 +51,16 @@ def sample_batch(size: int):  # type: ignore[no-untyped-def]
     """Realistic model inputs: random pen scribbles through the serving preprocessing, and their paths."""
     import numpy as np
 
-    from livedigit.preprocess import Strokes, pen_path, preprocess
+    from livedigit.preprocess import Strokes, model_input
 
     rng = np.random.default_rng(0)
     images: list[np.ndarray] = []
     paths: list[np.ndarray] = []
     while len(images) < size:
-        scribble = Strokes([rng.uniform(0, 300, (rng.integers(3, 15), 2)).tolist()])
-        image = preprocess(scribble)
-        if image is not None:
-            images.append(image)
-            paths.append(pen_path(scribble))
+        found = model_input(Strokes([rng.uniform(0, 300, (rng.integers(3, 15), 2)).tolist()]))
+        if found is not None:
+            images.append(found[0])
+            paths.append(found[1])
     return np.stack(images), np.stack(paths)
 
 

@@ -135,15 +135,17 @@ class Scorer:
         check that a failing model recovered), whose failure is the result's ``model_error``."""
         outcomes: list[NoDigit | Failed | None] = []
         inputs: list[np.ndarray] = []
-        paths: list[np.ndarray] | None = [] if self.runtime.reads_path else None
+        paths: list[np.ndarray] = []
+        reads_path = self.runtime.reads_path
         seconds: list[float] = []
         cpu_seconds: list[float] = []
         for image in images:
             started, cpu = time.perf_counter(), time.thread_time()
-            outcome, model_input = _prepare(image, self.limits, paths)
+            outcome, found = _prepare(image, self.limits, reads_path)
             outcomes.append(outcome)
-            if model_input is not None:
-                inputs.append(model_input)
+            if found is not None:
+                inputs.append(found[0])
+                paths.append(found[1])
             seconds.append(time.perf_counter() - started)
             cpu_seconds.append(time.thread_time() - cpu)
         if images and not inputs:  # nothing drawn needs the model
@@ -152,7 +154,7 @@ class Scorer:
         verdicts: list[Verdict] = []
         probabilities, previews, error = _NO_PROBABILITIES, _NO_PREVIEWS, None
         try:
-            drawn = np.stack(paths) if paths else None
+            drawn = np.stack(paths) if reads_path and paths else None
             probabilities, previews, verdicts = self._model(np.stack(inputs or [_BLANK]), drawn)
         except Exception as exc:  # the batcher answers the batch and checks the model again later
             error = f"{type(exc).__name__}: {exc}"
@@ -186,24 +188,22 @@ _NO_PREVIEWS = np.empty((0, SIZE, SIZE), np.uint8)
 
 
 def _prepare(
-    image: Image | Deferred, limits: Limits, paths: list[np.ndarray] | None
-) -> tuple[NoDigit | Failed | None, np.ndarray | None]:
-    """Decode (a :class:`Deferred` snapshot) and preprocess one image: its model input, or the outcome
-    that replaces a prediction; with ``paths`` (the model reads the pen's path), an image with a model
-    input adds its path there. Refusals and defects become outcomes, so one image never fails the others."""
+    image: Image | Deferred, limits: Limits, path: bool
+) -> tuple[NoDigit | Failed | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Decode (a :class:`Deferred` snapshot) and preprocess one image: its model inputs (the image and,
+    with ``path``, the pen's path), or the outcome that replaces a prediction. Refusals and defects
+    become outcomes, so one image never fails the others."""
     try:
         decoded = image if isinstance(image, Pixels | Png | Strokes) else image.decode()
         if isinstance(decoded, Failed):
             return decoded, None
-        found = model_input(decoded, limits, path=paths is not None)
-        if found is not None and paths is not None:
-            paths.append(found[1])
+        found = model_input(decoded, limits, path)
     except PreprocessError as exc:
         return Failed(Failure.BAD_IMAGE, str(exc)), None
     except Exception as exc:  # A defect, not the client's fault; it must not stop the batcher.
         logger.warning("preprocessing raised %s: %s", type(exc).__name__, exc)
         return Failed(Failure.BAD_IMAGE), None
-    return (NoDigit(), None) if found is None else (None, found[0])
+    return (NoDigit(), None) if found is None else (None, found)
 
 
 def _initialize_worker() -> None:
