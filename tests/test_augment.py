@@ -1,4 +1,5 @@
-"""The on-the-fly augmentation of both training scripts (``train/augment.py``)."""
+"""The augmentation of both training scripts: on the fly (``train/augment.py``) and of the pen drawings
+(``train/train.py``'s ``render_pen``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from livedigit import pendigits
 from livedigit.preprocess import SIZE, Pixels, preprocess
 from train.augment import augment, augmentation_layer, warp
+from train.train import render_pen, restart_loop
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +57,38 @@ def test_the_teachers_layer_warps_only_while_training(digits: np.ndarray) -> Non
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(digits, training=False)), digits)
     warped = keras.ops.convert_to_numpy(layer(digits, training=True))
     assert warped.shape == digits.shape and np.abs(warped - digits).max() > 0.1
+
+
+def loop(label: int, writer: str = "w") -> pendigits.PenDigit:
+    """A 0 drawn as most training writers draw it: one stroke from the top, anticlockwise on the screen."""
+    angles = np.linspace(0.0, 2.0 * np.pi, 40, endpoint=False) + np.pi / 2
+    return pendigits.PenDigit(label, writer, [[[50 + 30 * np.cos(a), 50 - 40 * np.sin(a)] for a in angles]])
+
+
+def test_restarted_zeros_keep_their_images_and_change_only_their_paths() -> None:
+    digits = [loop(0), loop(6)]
+    kept = render_pen(digits, 3, np.random.default_rng(4))
+    varied = render_pen(digits, 3, np.random.default_rng(4), loop_starts=1.0, loops=np.random.default_rng(9))
+    np.testing.assert_array_equal(varied[0], kept[0])  # the images
+    np.testing.assert_array_equal(varied[2], kept[2])  # the labels
+    as_drawn = slice(0, 1)  # the first rendering of each digit is as drawn
+    np.testing.assert_array_equal(varied[1][as_drawn], kept[1][as_drawn])
+    np.testing.assert_array_equal(varied[1][4:], kept[1][4:])  # the loop labelled 6 is not a 0
+    starts = varied[1][1:4, 0, :2]
+    assert not np.allclose(starts, kept[1][1:4, 0, :2])  # the copies of the 0 begin elsewhere
+
+
+def test_a_restarted_loop_is_the_same_points_from_another_one_either_way_round() -> None:
+    stroke = np.asarray(loop(0).strokes[0])
+    rng = np.random.default_rng(1)
+    ways = set()
+    for _ in range(20):
+        restarted = restart_loop(stroke, rng)
+        start = int(np.flatnonzero((stroke == restarted[0]).all(axis=1))[0])
+        forward = np.concatenate([stroke[start:], stroke[:start]])
+        if np.array_equal(restarted, forward):
+            ways.add("forward")
+        else:
+            np.testing.assert_array_equal(restarted[::-1], np.concatenate([stroke[start + 1 :], stroke[: start + 1]]))
+            ways.add("backward")
+    assert ways == {"forward", "backward"}
