@@ -105,8 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--loop-starts",
         type=float,
-        default=0.5,
-        help="share of the augmented renderings of one-stroke 0s begun elsewhere on the loop, either way round",
+        default=0.0,
+        help="share of the augmented renderings of one-stroke 0s whose path begins elsewhere on the loop, "
+        "either way round (default 0; see render_pen)",
     )
     parser.add_argument(
         "--prefix-cuts",
