@@ -59,10 +59,10 @@ def test_the_teachers_layer_warps_only_while_training(digits: np.ndarray) -> Non
     assert warped.shape == digits.shape and np.abs(warped - digits).max() > 0.1
 
 
-def loop(label: int, writer: str = "w") -> pendigits.PenDigit:
-    """A 0 drawn as most training writers draw it: one stroke from the top, anticlockwise on the screen."""
+def loop(label: int) -> pendigits.PenDigit:
+    """A loop drawn as most training writers draw a 0: one stroke from the top, anticlockwise on the screen."""
     angles = np.linspace(0.0, 2.0 * np.pi, 40, endpoint=False) + np.pi / 2
-    return pendigits.PenDigit(label, writer, [[[50 + 30 * np.cos(a), 50 - 40 * np.sin(a)] for a in angles]])
+    return pendigits.PenDigit(label, "writer", [[[50 + 30 * np.cos(a), 50 - 40 * np.sin(a)] for a in angles]])
 
 
 def test_restarted_zeros_keep_their_images_and_change_only_their_paths() -> None:
