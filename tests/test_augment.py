@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from livedigit import pendigits
 from livedigit.preprocess import SIZE, Pixels, preprocess
-from train.augment import augment, augmentation_layer, warp
+from train.augment import augment, augmentation_layer, bend, warp
 from train.train import render_pen, restart_loop
 
 
@@ -43,6 +43,31 @@ def test_a_shift_moves_the_ink_and_thickness_adds_ink(digits: np.ndarray) -> Non
     thinner = keras.ops.convert_to_numpy(warp(digits, zero, zero, zero, np.zeros((n, 2), np.float32), zero - 0.4))
     assert np.all(thicker.sum(axis=(1, 2, 3)) > digits.sum(axis=(1, 2, 3)))
     assert np.all(thinner.sum(axis=(1, 2, 3)) < digits.sum(axis=(1, 2, 3)))
+
+
+def test_bending_by_a_whole_pixel_moves_the_ink_and_by_nothing_leaves_it(digits: np.ndarray) -> None:
+    n = len(digits)
+    still = bend(tf.constant(digits), tf.zeros([n, SIZE, SIZE, 2])).numpy()
+    np.testing.assert_array_equal(still, digits)
+    # Each output pixel takes the ink one row below and two columns to its right: the digit moves up-left.
+    rows_columns = tf.constant([1.0, 2.0])[None, None, None, :] * tf.ones([n, SIZE, SIZE, 1])
+    moved = bend(tf.constant(digits), rows_columns).numpy()
+    np.testing.assert_array_equal(moved[:, :-1, :-2], digits[:, 1:, 2:])
+    assert not moved[:, -1, :].any() and not moved[:, :, -2:].any()  # nothing comes from beyond the edge
+    # Half a pixel blends two neighbours, so the ink's total is kept away from the edge.
+    half = bend(tf.constant(digits), tf.fill([n, SIZE, SIZE, 2], 0.5)).numpy()
+    np.testing.assert_allclose(half.sum(axis=(1, 2, 3)), digits.sum(axis=(1, 2, 3)), rtol=0.01)
+
+
+def test_the_elastic_distortion_bends_each_digit_its_own_way_and_repeats_for_a_seed(digits: np.ndarray) -> None:
+    plain = augment(tf.constant(digits), tf.constant(7)).numpy()
+    bent, again = (augment(tf.constant(digits), tf.constant(7), elastic=0.7).numpy() for _ in range(2))
+    np.testing.assert_array_equal(bent, again)
+    changed = np.abs(bent - plain).sum(axis=(1, 2, 3)) / plain.sum(axis=(1, 2, 3))
+    assert np.all(changed > 0.05), changed  # every digit is bent...
+    # ...and stays the same digit: most of its ink remains where the affine warp put it, give or take a pixel.
+    near = keras.ops.convert_to_numpy(keras.ops.max_pool(plain, 3, 1, "same"))
+    assert np.all((np.minimum(bent, near).sum(axis=(1, 2, 3)) / bent.sum(axis=(1, 2, 3))) > 0.8)
 
 
 def test_the_students_augmentation_repeats_for_a_seed_and_varies_between_seeds(digits: np.ndarray) -> None:

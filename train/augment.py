@@ -1,4 +1,5 @@
-"""The on-the-fly augmentation both training scripts apply: one affine warp and thicker or thinner ink.
+"""The on-the-fly augmentation both training scripts apply: one affine warp and thicker or thinner ink,
+and for the student, optionally, an elastic distortion.
 
 Written in ``keras.ops`` so that the student (``train/train.py``, TensorFlow, inside ``tf.data``) and the
 teacher (``train/teacher.py``, any Keras backend, inside the model) warp images with the same code.
@@ -19,6 +20,9 @@ SHIFT = 2.0
 """Largest shift, pixels, along each axis."""
 THICKNESS = 0.4
 """Largest blend towards a 3x3 dilation (positive) or erosion (negative) of the ink."""
+ELASTIC_GRID = 6
+"""Control points of the elastic distortion along each side: one every 5.4 px, so the field bends a
+stroke over a few pixels without breaking it."""
 
 
 def warp(images: Any, angle: Any, shear: Any, zoom: Any, shift: Any, thickness: Any) -> Any:
@@ -45,14 +49,46 @@ def warp(images: Any, angle: Any, shear: Any, zoom: Any, shift: Any, thickness: 
     return warped + ops.maximum(thickness, 0.0) * (dilated - warped) + ops.minimum(thickness, 0.0) * (warped - eroded)
 
 
-def augment(images: Any, rng_seed: Any) -> Any:
+def bend(images: Any, displacement: Any) -> Any:
+    """Move each pixel of ``images`` (N, 28, 28, 1) by ``displacement`` (N, 28, 28, 2: rows, columns, in
+    pixels): each output pixel takes the bilinear ink found that far from it, and no ink from beyond the
+    edge."""
+    from keras import ops
+
+    n = ops.shape(images)[0]
+    pad = 2  # sources are clipped to within a pixel of the field, so two of zeros cover every corner
+    side = SIZE + 2 * pad
+    padded = ops.reshape(ops.pad(images[..., 0], [[0, 0], [pad, pad], [pad, pad]]), (-1,))
+    grid = ops.arange(SIZE, dtype="float32")
+    y = ops.clip(grid[None, :, None] + displacement[..., 0], -1.0, float(SIZE))
+    x = ops.clip(grid[None, None, :] + displacement[..., 1], -1.0, float(SIZE))
+    y0, x0 = ops.floor(y), ops.floor(x)
+    wy, wx = y - y0, x - x0
+    base = ops.reshape(ops.arange(n, dtype="int32") * side * side, (-1, 1, 1))
+    top = base + (ops.cast(y0, "int32") + pad) * side + ops.cast(x0, "int32") + pad
+
+    def ink(index: Any) -> Any:
+        return ops.take(padded, index)
+
+    upper = ink(top) * (1.0 - wx) + ink(top + 1) * wx
+    lower = ink(top + side) * (1.0 - wx) + ink(top + side + 1) * wx
+    return (upper * (1.0 - wy) + lower * wy)[..., None]
+
+
+def augment(images: Any, rng_seed: Any, elastic: float = 0.0) -> Any:
     """:func:`warp` with parameters drawn from TensorFlow's stateless generator: the same batch number and
-    seed give the same warp, so a ``tf.data`` pipeline is reproducible whatever its parallelism."""
+    seed give the same warp, so a ``tf.data`` pipeline is reproducible whatever its parallelism.
+
+    With ``elastic`` above 0, each image is then :func:`bend`-ed by a smooth random field: a displacement
+    drawn at :data:`ELASTIC_GRID` x :data:`ELASTIC_GRID` control points (normal, ``elastic`` pixels
+    standard deviation) and interpolated bicubically between them. An affine warp moves a whole digit
+    alike; handwriting also varies within a digit (a loop rounder, a bar longer), which is what the
+    elastic distortions of Simard et al. (2003) teach a network trained on MNIST."""
     import tensorflow as tf
 
     n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(tf.stack([rng_seed, 0]), 6)
-    return warp(
+    warped = warp(
         images,
         angle=tf.random.stateless_uniform([n], seeds[0], -ANGLE, ANGLE),
         shear=tf.random.stateless_uniform([n], seeds[1], -SHEAR, SHEAR),
@@ -60,6 +96,10 @@ def augment(images: Any, rng_seed: Any) -> Any:
         shift=tf.random.stateless_uniform([n, 2], seeds[3], -SHIFT, SHIFT),
         thickness=tf.random.stateless_uniform([n], seeds[4], -THICKNESS, THICKNESS),
     )
+    if elastic <= 0.0:
+        return warped
+    coarse = tf.random.stateless_normal([n, ELASTIC_GRID, ELASTIC_GRID, 2], seeds[5], stddev=elastic)
+    return bend(warped, tf.image.resize(coarse, [SIZE, SIZE], method="bicubic"))
 
 
 def augmentation_layer(seed: int) -> Any:

@@ -11,7 +11,7 @@ width; MNIST's training digits, minus the last 5,000, are used as they are (see 
 (``livedigit labels export``), split by writer in the same way: their train rows join the training set
 (drawings sent as pixels are used as rasters, as often as a stroke drawing is rendered), their test rows
 are measured as ``extra_pen_test``. On-the-fly augmentation adds small rotations, shears, zooms, shifts
-and thicker or thinner ink.
+and thicker or thinner ink, and with ``--elastic`` a smooth random bending of each image.
 
 Three additions teach what a person drawing on the page needs, beyond whole digits:
 
@@ -108,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of the augmented renderings of one-stroke 0s whose path begins elsewhere on the loop, "
         "either way round (default 0; see render_pen)",
+    )
+    parser.add_argument(
+        "--elastic",
+        type=float,
+        default=0.0,
+        help="standard deviation, pixels, of the on-the-fly elastic distortion at its control points "
+        "(default 0: none; see train.augment.augment)",
     )
     parser.add_argument(
         "--prefix-cuts",
@@ -424,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = math.ceil(len(train_images) / args.batch_size)
 
     def augmented(i, batch):  # type: ignore[no-untyped-def]
-        images = augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003)
+        images = augment(batch[0], tf.cast(i, tf.int32) + args.seed * 100003, args.elastic)
         return ((images, batch[1]) if args.path else images), batch[2], batch[3]
 
     dataset = (
@@ -517,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             "path": args.path,
             "path_dropout": args.path_dropout if args.path else None,
             "loop_starts": args.loop_starts,
+            "elastic": args.elastic,
             "teacher": (
                 {"model": Path(args.teacher).name, "share": args.teacher_share, "temperature": args.teacher_temperature}
                 if args.teacher
