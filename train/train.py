@@ -201,10 +201,10 @@ def render_pen(
             travelled = strokes
             if copy and digit.label == 0 and len(strokes) == 1 and loops is not None and loops.random() < loop_starts:
                 travelled = [restart_loop(strokes[0], loops)]
-            image = render_strokes([s.tolist() for s in strokes], width=width)
+            image = render_strokes(strokes, width=width)
             if image is not None:
                 images.append(image)
-                paths.append(pen_path(Strokes([s.tolist() for s in travelled])))
+                paths.append(pen_path(Strokes(travelled)))
                 labels.append(digit.label)
     return np.stack(images), np.stack(paths), np.asarray(labels, dtype=np.int64)
 
