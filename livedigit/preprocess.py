@@ -474,14 +474,95 @@ def normalize(ink: np.ndarray) -> np.ndarray | None:
 
     Crop to the ink's bounding box, scale with area filtering (bilinear when enlarging) so the longer
     side is 20 px, then place the result in 28x28 with its centre of mass at the centre.
+
+    MNIST's fields are clean; a scan or a photo of paper is not. Its paper has a level and a grain
+    (:func:`clear_background` takes them off) and dust leaves specks away from the digit
+    (:func:`drop_specks` leaves them out of the crop): one speck in a corner, or grain above the ink
+    threshold, would otherwise set the crop, and the digit would be scaled down to a few pixels.
     """
+    ink = clear_background(ink)
     mask = ink > INK_THRESHOLD
+    if not mask.any():
+        return None
+    ink, mask = drop_specks(ink, mask)
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return _fit(np.ascontiguousarray(crop, dtype=np.float32), max(ink.shape))
+
+
+GRAIN_SPREADS = 3.0
+"""How far above the paper's level, in spreads of its grain, ink begins (:func:`clear_background`)."""
+
+MAX_PAPER = 0.5
+"""A border whose level plus grain reaches this much ink is not paper, but a digit cropped tight."""
+
+SPECK_MASS = 0.1
+"""A patch of ink with less than this share of the largest patch's ink may be a speck..."""
+
+SPECK_GAP = 0.1
+"""...and is one when it lies farther from the largest patch's box than this share of the box's longer
+side (:func:`drop_specks`)."""
+
+_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+"""Pixels that touch, corners included, belong to one patch of ink."""
+
+
+def clear_background(ink: np.ndarray) -> np.ndarray:
+    """``ink`` with the paper's level and grain taken off: the border's median, plus
+    :data:`GRAIN_SPREADS` times its spread (1.4826 x its median absolute deviation, the standard
+    deviation of a normal grain), becomes 0 and the rest is stretched back to 0..1.
+
+    The border is mostly paper in any image of a digit with a margin; where it is not (a digit cropped
+    tight: the border's level reaches :data:`MAX_PAPER`), the image is left as it is. So is a clean field
+    such as MNIST's, whose border is 0.
+    """
+    border = _border(ink)
+    level = float(np.median(border))
+    floor = level + GRAIN_SPREADS * 1.4826 * float(np.median(np.abs(border - level)))
+    if not 0.0 < floor < MAX_PAPER:
+        return ink
+    cleared: np.ndarray = np.clip((ink - np.float32(floor)) / np.float32(1.0 - floor), 0.0, 1.0).astype(np.float32)
+    return cleared
+
+
+def drop_specks(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ink`` and its ``mask`` (pixels above the threshold) without the specks: patches of touching ink
+    pixels with less than :data:`SPECK_MASS` of the largest patch's ink, lying more than
+    :data:`SPECK_GAP` of its box's longer side away from that box.
+
+    A digit's own small parts (the detached bar of a 5, a gap in a scanned stroke) lie next to its main
+    stroke and stay; dust and grain in the margin do not. Of MNIST's 70,000 digits, 363 lose such a
+    speck (a few faint pixels away from the digit), and none of the MNIST test digits' answers changes.
+    """
+    # Imported here, by the first raster: SciPy adds about 30 MB to a process, and the processes of a
+    # server that only ever receives strokes (the page) never need it.
+    from scipy import ndimage
+
+    patches, count = ndimage.label(mask, _NEIGHBOURS)
+    if count < 2:
+        return ink, mask
+    mass = ndimage.sum_labels(ink, patches, np.arange(1, count + 1))
+    boxes = ndimage.find_objects(patches)
+    largest = int(mass.argmax())
+    rows, cols = boxes[largest]
+    reach = SPECK_GAP * max(rows.stop - rows.start, cols.stop - cols.start)
+    specks = [
+        index + 1
+        for index, (patch_rows, patch_cols) in enumerate(boxes)
+        if mass[index] < SPECK_MASS * mass[largest]
+        and max(
+            patch_rows.start - rows.stop,
+            rows.start - patch_rows.stop,
+            patch_cols.start - cols.stop,
+            cols.start - patch_cols.stop,
+        )
+        > reach
+    ]
+    if not specks:
+        return ink, mask
+    speck = np.isin(patches, specks)
+    return np.where(speck, np.float32(0.0), ink), mask & ~speck
 
 
 def _fit(crop: np.ndarray, surface: int) -> np.ndarray | None:

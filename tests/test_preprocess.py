@@ -170,6 +170,55 @@ def test_output_is_anti_aliased() -> None:
         assert image.max() > 0.95
 
 
+# --- scans: paper, grain and specks ---------------------------------------------------------------------
+
+
+def test_grey_grainy_paper_reads_as_a_clean_field() -> None:
+    """A digit scanned from paper (its level and grain above the crop's ink threshold) is cropped to the
+    digit, not to the sheet, and comes out as the same digit on a clean field would."""
+    clean = ring()
+    grain = np.random.default_rng(3).normal(0.0, 0.04, clean.shape)
+    scanned = np.clip(0.15 + 0.85 * clean + grain, 0.0, 1.0)
+    expected, image = preprocess(Pixels(clean)), preprocess(Pixels(np.rint(scanned * 255).astype(np.uint8)))
+    assert_model_input(image)
+    assert expected is not None
+    assert ink_box(image > 0.3) == ink_box(expected > 0.3)
+    assert np.abs(image - expected).mean() < 0.02
+
+
+def test_a_speck_in_the_margin_is_left_out() -> None:
+    """Dust far from the digit does not set the crop: the digit comes out exactly as without it."""
+    clean = ring()
+    specked = clean.copy()
+    specked[190:193, 2:5] = 1.0
+    assert np.array_equal(preprocess(Pixels(specked)), preprocess(Pixels(clean)))
+
+
+def test_a_small_part_next_to_the_digit_is_the_digits() -> None:
+    """A small detached part close to the main stroke (the bar of a 5, a gap in a scanned stroke) stays;
+    the same part far from it is a speck."""
+    stem = np.zeros((200, 200), np.float32)
+    stem[40:160, 90:100] = 1.0
+    near, far = stem.copy(), stem.copy()
+    near[28:34, 92:110] = 1.0  # a tenth of the stem's ink, 6 px above it
+    far[28:34, 172:190] = 1.0  # the same, 72 px to its right
+    alone = preprocess(Pixels(stem))
+    assert np.array_equal(preprocess(Pixels(far)), alone)
+    with_part = preprocess(Pixels(near))
+    assert_model_input(with_part)
+    assert not np.array_equal(with_part, alone)
+    assert (with_part > 0.5).sum(axis=1).max() > (alone > 0.5).sum(axis=1).max()  # the bar is wider than the stem
+
+
+def test_a_digit_cropped_tight_keeps_its_ink() -> None:
+    """A raster whose border is mostly ink (a digit cropped to its box) is not taken for grey paper."""
+    tight = np.ones((60, 12), np.float32)
+    tight[10:50, 3:9] = 0.0  # a "0" as thick as its box is narrow
+    image = preprocess(Pixels(tight))
+    assert_model_input(image)
+    assert image.max() == 1.0 and ink_box(image)[0] == 20
+
+
 def test_pixels_uint8_and_float_agree() -> None:
     ink = ring()
     as_uint8 = preprocess(Pixels(np.round(ink * 255).astype(np.uint8)))

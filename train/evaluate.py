@@ -9,6 +9,8 @@ card (:mod:`livedigit.verdict`), exactly as the batcher does. Figures:
 
 * **accuracy**: MNIST test, pen-digits test (14 writers never trained on) and validation (6 writers),
   and the test rows of ``--extra-pen`` files (``extra_pen_test``); an ``empty`` answer counts as a miss.
+  Also MNIST test as if scanned from paper (``mnist_test_on_paper``, :func:`train.data.on_paper`: grey,
+  grainy paper and a speck of dust).
 * **early**: each pen-digits test digit cut after 50%, 75% and 90% of its points (the first
   ``ceil(fraction * points)`` points, strokes in order): top-1 against the final label at each cut, and
   *settled early*, the share right at 75% and still right at 90% and 100%.
@@ -46,7 +48,7 @@ from livedigit.runtime import Runtime, load_runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import Verdict
 from train import negatives
-from train.data import Outputs, as_served, load_mnist, rasters, run, subset
+from train.data import Outputs, as_served, load_mnist, on_paper, rasters, run, subset
 
 REPO = Path(__file__).resolve().parent.parent
 CUTS = (0.5, 0.75, 0.9)
@@ -82,6 +84,7 @@ class Sets:
     """What is measured, as the server receives it, with the labels."""
 
     mnist_test: tuple[list[Any], np.ndarray]
+    mnist_on_paper: list[Any]
     pen_test: list[pendigits.PenDigit]
     pen_validation: list[pendigits.PenDigit]
     negatives: dict[negatives.Split, list[negatives.Negative]] = field(default_factory=dict)
@@ -104,6 +107,7 @@ def load_sets(
     _, pen_validation = pendigits.split_writers(pendigits.load(pen_digits, "train"))
     sets = Sets(
         (rasters(x_test[keep]), y_test[keep].astype(np.int64)),
+        on_paper(x_test[keep]),
         [pen_test[i] for i in subset(pen_test, limit)],
         [pen_validation[i] for i in subset(pen_validation, limit)],
         extra_test=extra_test or [],
@@ -166,6 +170,7 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
     print("measuring through the serving preprocessing ...", flush=True)
     images, mnist_labels = sets.mnist_test
     mnist = run(runtime, images, "MNIST test")
+    paper = run(runtime, sets.mnist_on_paper, "MNIST test on paper")
     pen_labels = np.array([digit.label for digit in sets.pen_test])
     pen = run(runtime, [as_served(digit) for digit in sets.pen_test], "pen-digits test")
     validation_labels = np.array([digit.label for digit in sets.pen_validation])
@@ -207,6 +212,7 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
             by_letter[negative.name].append(verdict)
     accuracies: dict[str, Any] = {
         "mnist_test": round(accuracy(mnist, mnist_labels), 5),
+        "mnist_test_on_paper": round(accuracy(paper, mnist_labels), 5),
         "pen_digits_test": round(accuracy(pen, pen_labels), 5),
         "pen_digits_validation": round(accuracy(validation, validation_labels), 5),
         "pen_digits_test_most_confused": most_confused(confusion),
@@ -289,6 +295,7 @@ def table(figures: dict[str, Any]) -> str:
     top1 = early["pen_digits_test_top1"]
     rows = [
         ("MNIST test accuracy", f"{accuracy['mnist_test']:.2%}"),
+        ("MNIST test on paper", f"{accuracy['mnist_test_on_paper']:.2%}"),
         ("pen-digits test accuracy", f"{accuracy['pen_digits_test']:.2%}"),
         ("pen-digits validation accuracy", f"{accuracy['pen_digits_validation']:.2%}"),
         ("early top-1 at 50/75/90/100%", " / ".join(f"{top1[key]:.1%}" for key in top1)),
