@@ -96,3 +96,42 @@ def test_model_input_is_the_image_and_the_path_at_once(pen_test: list[pendigits.
     assert model_input(Pixels(np.zeros((20, 20), np.uint8))) is None
     with pytest.raises(PreprocessError, match="stroke 0"):
         model_input(Strokes([[[0, 0], [float("nan"), 1]]]))
+
+
+# --- stray taps ---------------------------------------------------------------------------------------------
+
+TAPS = {
+    "a tap before": lambda strokes: [[[480.0, 15.0]], *strokes],
+    "a tap after": lambda strokes: [*strokes, [[15.0, 480.0]]],
+    "a flick after": lambda strokes: [*strokes, [[470.0, 470.0], [474.0, 472.0], [477.0, 475.0]]],
+}
+
+
+@pytest.mark.parametrize("tap", list(TAPS))
+def test_a_stray_tap_away_from_the_digit_is_left_out(tap: str, pen_test: list[pendigits.PenDigit]) -> None:
+    """A palm or a second finger touching the screen away from the digit changes neither its image nor
+    its path."""
+    for digit in pen_test[:60]:
+        drawn = model_input(Strokes(digit.strokes, pendigits.SURFACE))
+        tapped = model_input(Strokes(TAPS[tap](digit.strokes), pendigits.SURFACE))
+        assert drawn is not None and tapped is not None
+        assert np.array_equal(tapped[0], drawn[0]) and np.array_equal(tapped[1], drawn[1])
+
+
+def test_a_short_stroke_next_to_the_digit_is_the_digits() -> None:
+    """A short stroke beside the rest (a 5's bar, a stroke just begun) is drawn; the same far away is not."""
+    body = [[100.0, 100.0], [100.0, 200.0], [150.0, 220.0], [180.0, 260.0], [150.0, 300.0], [100.0, 300.0]]
+    bar = [[102.0, 96.0], [112.0, 96.0]]  # 10 units long, a twentieth of the body, 4 units above it
+    alone = model_input(Strokes([body]))
+    near = model_input(Strokes([body, bar]))
+    far = model_input(Strokes([body, [[x + 300.0, y] for x, y in bar]]))
+    assert alone is not None and near is not None and far is not None
+    assert not np.array_equal(near[0], alone[0]) and not np.array_equal(near[1], alone[1])
+    assert np.array_equal(far[0], alone[0]) and np.array_equal(far[1], alone[1])
+
+
+def test_taps_alone_are_still_a_drawing() -> None:
+    """Two taps far apart are no digit's strokes with a stray beside them: both are drawn, as before."""
+    found = model_input(Strokes([[[10.0, 10.0]], [[90.0, 90.0]]]))
+    assert found is not None
+    assert found[0][:14, :14].sum() > 1.0 and found[0][14:, 14:].sum() > 1.0

@@ -47,6 +47,25 @@ def as_served(digit: pendigits.PenDigit, fraction: float = 1.0) -> Strokes:
     return Strokes(strokes, pendigits.SURFACE)
 
 
+TAP_MARGIN = 15.0
+"""How far from the tablet's edges :func:`with_a_tap` taps, in its units (the strokes lie within 12..472)."""
+
+
+def with_a_tap(digits: list[pendigits.PenDigit], seed: int = 0) -> list[Image]:
+    """Pen digits as served (:func:`as_served`) with a stray tap: a one-point stroke in a random corner of
+    the tablet, :data:`TAP_MARGIN` from its edges, before or after the digit's strokes at random. A
+    stand-in for a palm or a second finger touching a touch screen while a digit is drawn."""
+    rng = np.random.default_rng(seed)
+    far = pendigits.SURFACE[0] - TAP_MARGIN
+    tapped: list[Image] = []
+    for digit in digits:
+        served = as_served(digit)
+        tap = [[float(rng.choice([TAP_MARGIN, far])), float(rng.choice([TAP_MARGIN, far]))]]
+        strokes = [tap, *served.strokes] if rng.random() < 0.5 else [*served.strokes, tap]
+        tapped.append(Strokes(strokes, served.surface))
+    return tapped
+
+
 def rasters(images: np.ndarray) -> list[Image]:
     """MNIST images as the server receives them: 8-bit rasters, ink high."""
     return [Pixels(image) for image in images]

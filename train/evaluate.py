@@ -10,7 +10,8 @@ card (:mod:`livedigit.verdict`), exactly as the batcher does. Figures:
 * **accuracy**: MNIST test, pen-digits test (14 writers never trained on) and validation (6 writers),
   and the test rows of ``--extra-pen`` files (``extra_pen_test``); an ``empty`` answer counts as a miss.
   Also MNIST test as if scanned from paper (``mnist_test_on_paper``, :func:`train.data.on_paper`: grey,
-  grainy paper and a speck of dust).
+  grainy paper and a speck of dust), and the pen-digits test with a stray tap in a corner of the tablet
+  (``pen_digits_test_with_a_tap``, :func:`train.data.with_a_tap`).
 * **early**: each pen-digits test digit cut after 50%, 75% and 90% of its points (the first
   ``ceil(fraction * points)`` points, strokes in order): top-1 against the final label at each cut, and
   *settled early*, the share right at 75% and still right at 90% and 100%.
@@ -48,7 +49,7 @@ from livedigit.runtime import Runtime, load_runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import Verdict
 from train import negatives
-from train.data import Outputs, as_served, load_mnist, on_paper, rasters, run, subset
+from train.data import Outputs, as_served, load_mnist, on_paper, rasters, run, subset, with_a_tap
 
 REPO = Path(__file__).resolve().parent.parent
 CUTS = (0.5, 0.75, 0.9)
@@ -173,6 +174,7 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
     paper = run(runtime, sets.mnist_on_paper, "MNIST test on paper")
     pen_labels = np.array([digit.label for digit in sets.pen_test])
     pen = run(runtime, [as_served(digit) for digit in sets.pen_test], "pen-digits test")
+    tapped = run(runtime, with_a_tap(sets.pen_test), "pen-digits test with a tap")
     validation_labels = np.array([digit.label for digit in sets.pen_validation])
     validation = run(runtime, [as_served(digit) for digit in sets.pen_validation], "pen-digits validation")
     cuts = {
@@ -214,6 +216,7 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
         "mnist_test": round(accuracy(mnist, mnist_labels), 5),
         "mnist_test_on_paper": round(accuracy(paper, mnist_labels), 5),
         "pen_digits_test": round(accuracy(pen, pen_labels), 5),
+        "pen_digits_test_with_a_tap": round(accuracy(tapped, pen_labels), 5),
         "pen_digits_validation": round(accuracy(validation, validation_labels), 5),
         "pen_digits_test_most_confused": most_confused(confusion),
         "pen_digits_test_confusion": confusion,
@@ -297,6 +300,7 @@ def table(figures: dict[str, Any]) -> str:
         ("MNIST test accuracy", f"{accuracy['mnist_test']:.2%}"),
         ("MNIST test on paper", f"{accuracy['mnist_test_on_paper']:.2%}"),
         ("pen-digits test accuracy", f"{accuracy['pen_digits_test']:.2%}"),
+        ("pen-digits test with a tap", f"{accuracy['pen_digits_test_with_a_tap']:.2%}"),
         ("pen-digits validation accuracy", f"{accuracy['pen_digits_validation']:.2%}"),
         ("early top-1 at 50/75/90/100%", " / ".join(f"{top1[key]:.1%}" for key in top1)),
         ("settled early", f"{early['pen_digits_test_settled_early']:.1%}"),
