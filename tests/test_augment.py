@@ -13,7 +13,7 @@ import tensorflow as tf
 from livedigit import pendigits
 from livedigit.preprocess import SIZE, Pixels, preprocess
 from train.augment import augment, augmentation_layer, bend, warp
-from train.train import render_pen, restart_loop
+from train.train import redraw, render_pen, render_prefixes, restart_loop
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,47 @@ def test_a_restarted_loop_is_the_same_points_from_another_one_either_way_round()
             np.testing.assert_array_equal(restarted[::-1], np.concatenate([stroke[start + 1 :], stroke[: start + 1]]))
             ways.add("backward")
     assert ways == {"forward", "backward"}
+
+
+def four() -> pendigits.PenDigit:
+    """A 4 in two strokes: the open angle, then the stem."""
+    return pendigits.PenDigit(4, "writer", [[[40, 20], [20, 60], [70, 60]], [[55, 30], [55, 60], [55, 95]]])
+
+
+def test_redrawn_strokes_are_the_same_strokes_in_another_order_and_direction() -> None:
+    strokes = [np.asarray(stroke, dtype=np.float64) for stroke in four().strokes]
+    rng = np.random.default_rng(2)
+    ways = set()
+    for _ in range(40):
+        redrawn = redraw(strokes, rng)
+        assert len(redrawn) == len(strokes)
+        found = []
+        for stroke in redrawn:
+            index = next(
+                i for i, s in enumerate(strokes) if np.array_equal(s, stroke) or np.array_equal(s[::-1], stroke)
+            )
+            found.append(index)
+            ways.add("reversed" if not np.array_equal(strokes[index], stroke) else "as drawn")
+        assert sorted(found) == [0, 1]
+        ways.add("reordered" if found == [1, 0] else "in order")
+    assert ways == {"reversed", "as drawn", "reordered", "in order"}
+
+
+def test_redrawn_copies_keep_their_images_and_change_only_their_paths() -> None:
+    digits = [four()]
+    kept = render_pen(digits, 3, np.random.default_rng(4))
+    varied = render_pen(digits, 3, np.random.default_rng(4), reorder=1.0, orders=np.random.default_rng(5))
+    np.testing.assert_array_equal(varied[0], kept[0])  # the images
+    np.testing.assert_array_equal(varied[2], kept[2])  # the labels
+    np.testing.assert_array_equal(varied[1][0], kept[1][0])  # the first rendering is as drawn
+    assert any(not np.allclose(varied[1][copy], kept[1][copy]) for copy in range(1, 4))
+
+
+def test_redrawn_cut_digits_are_other_partial_drawings() -> None:
+    digits = [four()] * 8
+    kept = render_prefixes(digits, [0.5], np.random.default_rng(4))
+    varied = render_prefixes(digits, [0.5], np.random.default_rng(4), reorder=1.0, orders=np.random.default_rng(5))
+    assert len(varied[0]) == len(kept[0]) == 8
+    np.testing.assert_array_equal(varied[2], kept[2])
+    changed = [not np.allclose(varied[0][i], kept[0][i]) for i in range(8)]
+    assert any(changed) and not all(changed)  # half the cuts begin with the stem, or end the angle first

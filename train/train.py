@@ -11,7 +11,8 @@ width; MNIST's training digits, minus the last 5,000, are used as they are (see 
 (``livedigit labels export``), split by writer in the same way: their train rows join the training set
 (drawings sent as pixels are used as rasters, as often as a stroke drawing is rendered), their test rows
 are measured as ``extra_pen_test``. On-the-fly augmentation adds small rotations, shears, zooms, shifts
-and thicker or thinner ink, and with ``--elastic`` a smooth random bending of each image.
+and thicker or thinner ink, and with ``--elastic`` a smooth random bending of each image. With
+``--reorder``, some renderings carry the path of their strokes drawn in another order and direction.
 
 Three additions teach what a person drawing on the page needs, beyond whole digits:
 
@@ -40,6 +41,7 @@ verdict rule and the evaluation figures).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import subprocess
@@ -110,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "either way round (default 0; see render_pen)",
     )
     parser.add_argument(
+        "--reorder",
+        type=float,
+        default=0.0,
+        help="share of the augmented renderings and cut digits of the pen-digits train drawings drawn in "
+        "another order and direction: strokes shuffled, each reversed with even odds (default 0; see redraw)",
+    )
+    parser.add_argument(
         "--elastic",
         type=float,
         default=0.0,
@@ -165,6 +174,8 @@ def render_pen(
     rng: np.random.Generator,
     loop_starts: float = 0.0,
     loops: np.random.Generator | None = None,
+    reorder: float = 0.0,
+    orders: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render each digit once as drawn and ``copies`` more times with a random affine and pen width: the
     images, the pen's paths (of the same transformed strokes) and the labels.
@@ -174,6 +185,9 @@ def render_pen(
     from ``loops``); the image stays that of the strokes as drawn. The training writers nearly all begin
     a 0 at its top or left and go anticlockwise, and a network that reads the path would otherwise learn
     that a loop begun on the right, where 9s are begun, is a 9.
+
+    A share ``reorder`` of the other copies get the path of their strokes drawn in another order and
+    direction (:func:`redraw`, drawn from ``orders``); the image, which does not depend on either, stays.
 
     A digit drawn as pixels is normalized once and used ``copies + 1`` times, so it weighs as much as a
     drawing with strokes; the on-the-fly augmentation varies its copies. It has no path.
@@ -201,6 +215,8 @@ def render_pen(
             travelled = strokes
             if copy and digit.label == 0 and len(strokes) == 1 and loops is not None and loops.random() < loop_starts:
                 travelled = [restart_loop(strokes[0], loops)]
+            elif copy and reorder and orders is not None and orders.random() < reorder:
+                travelled = redraw(strokes, orders)
             image = render_strokes(strokes, width=width)
             if image is not None:
                 images.append(image)
@@ -219,18 +235,40 @@ def restart_loop(stroke: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return restarted[::-1] if rng.random() < 0.5 else restarted
 
 
+def redraw(strokes: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same strokes drawn in another order and direction: shuffled, each reversed with even odds.
+
+    Writers taught otherwise draw the same digit so: a 0 clockwise, a 4's two strokes the other way
+    round, a 5's bar before its body, lines from right to left. The training writers mostly share one
+    way, and a network that reads the path would take their way for the digit: with the strokes of each
+    pen-digits validation digit in reverse order, the shipped model read 91.3% of them, against 99.7% as
+    drawn and 98.8% from the image alone."""
+    order = rng.permutation(len(strokes))
+    return [strokes[index][::-1] if rng.random() < 0.5 else strokes[index] for index in order]
+
+
 def render_prefixes(
-    digits: list[pendigits.PenDigit], cuts: list[float], rng: np.random.Generator
+    digits: list[pendigits.PenDigit],
+    cuts: list[float],
+    rng: np.random.Generator,
+    reorder: float = 0.0,
+    orders: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each stroke-drawn digit cut after each share in ``cuts`` of its points (as the page sends a drawing
-    while the pen moves), rendered with a random pen width; the final label. Cuts that are empty or a dot
-    are left out, as the server answers ``empty`` for them. Returns the images, paths and labels."""
+    while the pen moves), rendered with a random pen width; the final label. A share ``reorder`` of the
+    cuts are of the digit drawn in another order and direction (:func:`redraw`, from ``orders``), so
+    their image is another partial drawing too. Cuts that are empty or a dot are left out, as the server
+    answers ``empty`` for them. Returns the images, paths and labels."""
     images, paths, labels = [], [], []
     for digit in digits:
         if digit.pixels is not None:
             continue
         for cut in cuts:
-            served = as_served(digit, cut)
+            drawn = digit
+            if reorder and orders is not None and orders.random() < reorder:
+                strokes = redraw([np.asarray(stroke, dtype=np.float64) for stroke in digit.strokes], orders)
+                drawn = dataclasses.replace(digit, strokes=[stroke.tolist() for stroke in strokes])
+            served = as_served(drawn, cut)
             image = render_strokes(served.strokes, served.surface, width=STROKE_WIDTH * rng.uniform(0.8, 1.25))
             if image is not None:
                 images.append(image)
@@ -390,8 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     mnist_images = normalize_all(x_train)
     count = len(pen_train) + len(extra_train)
     print(f"rendering {count} pen-digits train drawings x{args.pen_copies + 1} ...", flush=True)
+    orders = np.random.default_rng([args.seed, 1])  # --reorder's own draws: the other streams stay as they were
     pen_images, pen_paths, pen_labels = render_pen(
-        pen_train + extra_train, args.pen_copies, rng, args.loop_starts, np.random.default_rng([args.seed, 0])
+        pen_train + extra_train,
+        args.pen_copies,
+        rng,
+        args.loop_starts,
+        np.random.default_rng([args.seed, 0]),
+        args.reorder,
+        orders,
     )
     whole_images = np.concatenate([mnist_images, pen_images])
     whole_paths = np.concatenate([np.zeros((len(mnist_images), PATH_POINTS, PATH_FEATURES), np.float32), pen_paths])
@@ -405,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         whole_targets = (1 - args.teacher_share) * whole_targets + args.teacher_share * softened.astype(np.float32)
     cuts = [float(cut) for cut in args.prefix_cuts.split(",") if cut.strip()]
     print(f"rendering the pen-digits train drawings cut at {cuts} ...", flush=True)
-    prefix_images, prefix_paths, prefix_labels = render_prefixes(pen_train + extra_train, cuts, rng)
+    prefix_images, prefix_paths, prefix_labels = render_prefixes(
+        pen_train + extra_train, cuts, rng, args.reorder, orders
+    )
     print(f"making {args.negative_seeds} x the fitting negatives ...", flush=True)
     negative_images, negative_paths = make_negatives(0 if args.quick else args.negative_seeds)
     train_images = np.concatenate([whole_images, prefix_images, negative_images])
@@ -524,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             "path": args.path,
             "path_dropout": args.path_dropout if args.path else None,
             "loop_starts": args.loop_starts,
+            "reorder": args.reorder,
             "elastic": args.elastic,
             "teacher": (
                 {"model": Path(args.teacher).name, "share": args.teacher_share, "temperature": args.teacher_temperature}
