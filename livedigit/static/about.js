@@ -10,6 +10,9 @@ const ACCURACY_LABELS = {
   mnist_test: "Accuracy on MNIST test digits",
   pen_digits_test: "Accuracy on pen digits by unseen writers",
   pen_digits_train: "Accuracy on pen digits (training writers)",
+  pen_digits_validation: "Accuracy on pen digits by validation writers",
+  mnist_test_on_paper: "Accuracy on MNIST test digits on grey, grainy paper",
+  pen_digits_test_with_a_tap: "Accuracy on pen digits by unseen writers, with a stray tap",
 };
 
 const RUNTIME_LABELS = { litert: "LiteRT", tensorflow: "TensorFlow", tflite: "TensorFlow Lite" };
