@@ -565,12 +565,14 @@ def clear_background(ink: np.ndarray) -> np.ndarray:
 
 def drop_specks(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``ink`` and its ``mask`` (pixels above the threshold) without the specks: patches of touching ink
-    pixels with less than :data:`SPECK_MASS` of the largest patch's ink, lying more than
-    :data:`SPECK_GAP` of its box's longer side away from that box.
+    pixels with less than :data:`SPECK_MASS` of the largest patch's ink and no pixel within
+    :data:`SPECK_GAP` of its box's longer side of that box.
 
     A digit's own small parts (the detached bar of a 5, a gap in a scanned stroke) lie next to its main
     stroke and stay; dust and grain in the margin do not. Of MNIST's 70,000 digits, 363 lose such a
     speck (a few faint pixels away from the digit), and none of the MNIST test digits' answers changes.
+    Every step is one pass over the pixels, whatever the number of patches: a raster of a quarter of a
+    million separate dots costs what a digit of its size does.
     """
     # Imported here, by the first raster: SciPy adds about 30 MB to a process, and the processes of a
     # server that only ever receives strokes (the page) never need it.
@@ -580,25 +582,17 @@ def drop_specks(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if count < 2:
         return ink, mask
     mass = ndimage.sum_labels(ink, patches, np.arange(1, count + 1))
-    boxes = ndimage.find_objects(patches)
-    largest = int(mass.argmax())
-    rows, cols = boxes[largest]
-    reach = SPECK_GAP * max(rows.stop - rows.start, cols.stop - cols.start)
-    specks = [
-        index + 1
-        for index, (patch_rows, patch_cols) in enumerate(boxes)
-        if mass[index] < SPECK_MASS * mass[largest]
-        and max(
-            patch_rows.start - rows.stop,
-            rows.start - patch_rows.stop,
-            patch_cols.start - cols.stop,
-            cols.start - patch_cols.stop,
-        )
-        > reach
-    ]
-    if not specks:
+    largest = int(mass.argmax()) + 1
+    main = patches == largest
+    rows, cols = np.flatnonzero(main.any(axis=1)), np.flatnonzero(main.any(axis=0))
+    reach = int(SPECK_GAP * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)) + 1
+    near = patches[max(rows[0] - reach, 0) : rows[-1] + 1 + reach, max(cols[0] - reach, 0) : cols[-1] + 1 + reach]
+    kept = np.ones(count + 1, dtype=bool)  # by patch number; 0 is the background
+    kept[1:] = mass >= SPECK_MASS * mass[largest - 1]
+    kept[np.unique(near)] = True
+    if kept.all():
         return ink, mask
-    speck = np.isin(patches, specks)
+    speck = ~kept[patches]
     return np.where(speck, np.float32(0.0), ink), mask & ~speck
 
 

@@ -194,6 +194,19 @@ def test_a_speck_in_the_margin_is_left_out() -> None:
     assert np.array_equal(preprocess(Pixels(specked)), preprocess(Pixels(clean)))
 
 
+def test_dust_all_over_the_margin_is_left_out() -> None:
+    """Thousands of separate specks around the digit (a dusty scan) are all left out of the crop."""
+    clean = ring()  # the 0's box: rows 30..150, columns 40..130
+    dusty = clean.copy()
+    margin = np.ones(clean.shape, dtype=bool)
+    margin[10:170, 20:150] = False  # farther from the box than a tenth of its longer side
+    dust = np.zeros(clean.shape, dtype=bool)
+    dust[::3, ::3] = True
+    dusty[margin & dust] = 1.0
+    assert (margin & dust).sum() > 2000
+    assert np.array_equal(preprocess(Pixels(dusty)), preprocess(Pixels(clean)))
+
+
 def test_a_small_part_next_to_the_digit_is_the_digits() -> None:
     """A small detached part close to the main stroke (the bar of a 5, a gap in a scanned stroke) stays;
     the same part far from it is a speck."""
