@@ -26,7 +26,7 @@ from livedigit.verdict import VerdictRule
 from livedigit.wire import NoDigit, Verdict
 from livedigit.workers import Scorer
 from train import negatives
-from train.data import on_paper, with_a_tap
+from train.data import REDRAWN, on_paper, redrawn, with_a_tap
 
 MNIST_TARGET = 0.993
 """A floor against a broken model or preprocessing; the card's exact figures are checked separately."""
@@ -168,6 +168,19 @@ def test_a_stray_tap_does_not_change_the_answers(
     measured = float(np.mean(Served(runtime, rule, with_a_tap(pen_test)).digits() == labels))
     assert measured >= float(np.mean(pen[1.0].digits() == labels)) - MAX_LOSS_WITH_A_TAP
     assert card["accuracy"]["pen_digits_test_with_a_tap"] == pytest.approx(measured, abs=CARD_TOLERANCE)
+
+
+@pytest.mark.parametrize("way", REDRAWN)
+def test_card_reports_the_digits_drawn_another_way(
+    runtime: Runtime, rule: VerdictRule, pen_test: list[pendigits.PenDigit], pen_digits_file: Path, card: dict, way: str
+) -> None:
+    """The validation and test writers' digits with their strokes in reverse order or from their other
+    ends (``train.data.redrawn``): the same images, the paths of writers taught otherwise."""
+    _, validation = pendigits.split_writers(pendigits.load(pen_digits_file, "train"))
+    for split, digits in (("validation", validation), ("test", pen_test)):
+        labels = np.array([digit.label for digit in digits])
+        measured = float(np.mean(Served(runtime, rule, [redrawn(d, way) for d in digits]).digits() == labels))
+        assert card["evaluation"]["redrawn"][split][way] == pytest.approx(measured, abs=CARD_TOLERANCE)
 
 
 def test_card_reports_the_early_answers(pen: dict[float, Served], pen_labels: np.ndarray, card: dict) -> None:

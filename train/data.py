@@ -47,6 +47,24 @@ def as_served(digit: pendigits.PenDigit, fraction: float = 1.0) -> Strokes:
     return Strokes(strokes, pendigits.SURFACE)
 
 
+REDRAWN = ("strokes_in_reverse_order", "each_stroke_reversed", "both")
+"""The ways :func:`redrawn` draws a digit otherwise than its writer did."""
+
+
+def redrawn(digit: pendigits.PenDigit, way: str) -> Strokes:
+    """A pen digit as served (:func:`as_served`), drawn another way (one of :data:`REDRAWN`): its strokes
+    in reverse order, each stroke from its other end, or both. The same image with another path: how a
+    writer taught otherwise would draw it (a 0 clockwise, a 5's bar first, lines from right to left)."""
+    if way not in REDRAWN:
+        raise ValueError(f"way must be one of {REDRAWN}, got {way!r}")
+    strokes = list(digit.strokes)
+    if way != "each_stroke_reversed":
+        strokes.reverse()
+    if way != "strokes_in_reverse_order":
+        strokes = [stroke[::-1] for stroke in strokes]
+    return Strokes(strokes, pendigits.SURFACE)
+
+
 TAP_MARGIN = 15.0
 """How far from the tablet's edges :func:`with_a_tap` taps, in its units (the strokes lie within 12..472)."""
 

@@ -12,6 +12,9 @@ card (:mod:`livedigit.verdict`), exactly as the batcher does. Figures:
   Also MNIST test as if scanned from paper (``mnist_test_on_paper``, :func:`train.data.on_paper`: grey,
   grainy paper and a speck of dust), and the pen-digits test with a stray tap in a corner of the tablet
   (``pen_digits_test_with_a_tap``, :func:`train.data.with_a_tap`).
+* **redrawn**: the pen-digits validation and test splits with each digit's strokes in reverse order,
+  each stroke from its other end, or both (:func:`train.data.redrawn`): the same images with the paths
+  of writers taught otherwise.
 * **early**: each pen-digits test digit cut after 50%, 75% and 90% of its points (the first
   ``ceil(fraction * points)`` points, strokes in order): top-1 against the final label at each cut, and
   *settled early*, the share right at 75% and still right at 90% and 100%.
@@ -49,7 +52,7 @@ from livedigit.runtime import Runtime, load_runtime
 from livedigit.verdict import VerdictRule
 from livedigit.wire import Verdict
 from train import negatives
-from train.data import Outputs, as_served, load_mnist, on_paper, rasters, run, subset, with_a_tap
+from train.data import REDRAWN, Outputs, as_served, load_mnist, on_paper, rasters, redrawn, run, subset, with_a_tap
 
 REPO = Path(__file__).resolve().parent.parent
 CUTS = (0.5, 0.75, 0.9)
@@ -177,6 +180,18 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
     tapped = run(runtime, with_a_tap(sets.pen_test), "pen-digits test with a tap")
     validation_labels = np.array([digit.label for digit in sets.pen_validation])
     validation = run(runtime, [as_served(digit) for digit in sets.pen_validation], "pen-digits validation")
+    redrawn_accuracy = {
+        split: {
+            way: round(
+                accuracy(run(runtime, [redrawn(d, way) for d in digits], f"pen-digits {split}, {way}"), labels), 5
+            )
+            for way in REDRAWN
+        }
+        for split, digits, labels in (
+            ("validation", sets.pen_validation, np.array([d.label for d in sets.pen_validation])),
+            ("test", sets.pen_test, np.array([d.label for d in sets.pen_test])),
+        )
+    }
     cuts = {
         fraction: run(runtime, [as_served(d, fraction) for d in sets.pen_test], f"pen-digits test at {fraction:.0%}")
         for fraction in CUTS
@@ -233,6 +248,7 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
                 f"{fraction:g}": verdict_shares(judged(outputs)[1]) for fraction, outputs in cuts.items()
             },
         },
+        "redrawn": redrawn_accuracy,
         "calibration": {
             "pen_digits_test_ece": round(expected_calibration_error(pen_served, pen_labels[~pen.empty]), 5),
             "pen_digits_test_ece_uncalibrated": round(
@@ -295,6 +311,7 @@ def speed(model: str, reference: str | None) -> dict[str, Any]:
 def table(figures: dict[str, Any]) -> str:
     """The figures a person reads first, one per line."""
     accuracy, early, calibration, verdict = (figures[key] for key in ("accuracy", "early", "calibration", "verdict"))
+    redrawn = figures["redrawn"]
     top1 = early["pen_digits_test_top1"]
     rows = [
         ("MNIST test accuracy", f"{accuracy['mnist_test']:.2%}"),
@@ -304,6 +321,10 @@ def table(figures: dict[str, Any]) -> str:
         ("pen-digits validation accuracy", f"{accuracy['pen_digits_validation']:.2%}"),
         ("early top-1 at 50/75/90/100%", " / ".join(f"{top1[key]:.1%}" for key in top1)),
         ("settled early", f"{early['pen_digits_test_settled_early']:.1%}"),
+        *(
+            (f"pen-digits validation / test, {way.replace('_', ' ')}", f"{validation:.2%} / {redrawn['test'][way]:.2%}")
+            for way, validation in redrawn["validation"].items()
+        ),
         (
             "ECE pen-digits test (uncalibrated)",
             f"{calibration['pen_digits_test_ece']:.2%} ({calibration['pen_digits_test_ece_uncalibrated']:.2%})",
