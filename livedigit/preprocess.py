@@ -517,15 +517,27 @@ def normalize(ink: np.ndarray) -> np.ndarray | None:
     (:func:`drop_specks` leaves them out of the crop): one speck in a corner, or grain above the ink
     threshold, would otherwise set the crop, and the digit would be scaled down to a few pixels.
     """
+    surface = max(ink.shape)
     ink = clear_background(ink)
     mask = ink > INK_THRESHOLD
-    if not mask.any():
+    box = _box(mask)
+    if box is None:
         return None
-    ink, mask = drop_specks(ink, mask)
+    # Specks are looked for within the ink's box only: in an image with margins, a fraction of its pixels.
+    ink, mask = drop_specks(ink[box], mask[box])
+    kept = _box(mask)
+    assert kept is not None  # the largest patch of ink always stays
+    crop = ink[kept]
+    return _fit(np.ascontiguousarray(crop, dtype=np.float32), surface)
+
+
+def _box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns of ``mask``'s bounding box; ``None`` when it holds nothing."""
     rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
     cols = np.flatnonzero(mask.any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return _fit(np.ascontiguousarray(crop, dtype=np.float32), max(ink.shape))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 GRAIN_SPREADS = 3.0
