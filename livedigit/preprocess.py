@@ -550,8 +550,8 @@ SPECK_MASS = 0.1
 """A patch of ink with less than this share of the largest patch's ink may be a speck..."""
 
 SPECK_GAP = 0.1
-"""...and is one when it lies farther from the largest patch's box than this share of the box's longer
-side (:func:`drop_specks`)."""
+"""...and is one when none of its pixels lies within this share of the largest patch's box's longer side
+of that box (:func:`drop_specks`)."""
 
 _NEIGHBOURS = np.ones((3, 3), dtype=bool)
 """Pixels that touch, corners included, belong to one patch of ink."""
@@ -584,7 +584,7 @@ def drop_specks(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     stroke and stay; dust and grain in the margin do not. Of MNIST's 70,000 digits, 363 lose such a
     speck (a few faint pixels away from the digit), and none of the MNIST test digits' answers changes.
     Every step is one pass over the pixels, whatever the number of patches: a raster of a quarter of a
-    million separate dots costs what a digit of its size does.
+    million separate dots costs a few passes over its pixels, not a step per dot.
     """
     # Imported here, by the first raster: SciPy adds about 30 MB to a process, and the processes of a
     # server that only ever receives strokes (the page) never need it.
