@@ -125,7 +125,9 @@ def test_the_floor_answers_every_frame_with_the_same_stack_and_no_work(pen_digit
         assert floor[kind]["predicted"] == floor[kind]["sent"] > 0  # one prediction per frame, by its id
     assert floor["server"]["source"] == "psutil" and floor["server"]["ready_s"] > 0
     cpu = floor["cpu_per_answer_ms"]
-    assert cpu["total"] > 0 and cpu["stages"] is None  # no batcher, so no stages
+    # Measured, though it may be 0: three clients for three seconds cost the floor a few milliseconds of
+    # CPU, which /proc counts in 10 ms clock ticks.
+    assert isinstance(cpu["total"], float) and cpu["total"] >= 0 and cpu["stages"] is None  # no batcher, no stages
     # The event loop alone works; /proc counts a thread's CPU in 10 ms ticks, and three clients for three
     # seconds cost the floor about one, which may fall to no thread at all.
     assert {name for name, ms in cpu["threads"].items() if ms > 0} <= {"livedigit"}
