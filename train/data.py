@@ -57,12 +57,13 @@ def redrawn(digit: pendigits.PenDigit, way: str) -> Strokes:
     writer taught otherwise would draw it (a 0 clockwise, a 5's bar first, lines from right to left)."""
     if way not in REDRAWN:
         raise ValueError(f"way must be one of {REDRAWN}, got {way!r}")
-    strokes = list(digit.strokes)
+    served = as_served(digit)
+    strokes = list(served.strokes)
     if way != "each_stroke_reversed":
         strokes.reverse()
     if way != "strokes_in_reverse_order":
         strokes = [stroke[::-1] for stroke in strokes]
-    return Strokes(strokes, pendigits.SURFACE)
+    return Strokes(strokes, served.surface)
 
 
 TAP_MARGIN = 15.0

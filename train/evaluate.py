@@ -188,8 +188,8 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
             for way in REDRAWN
         }
         for split, digits, labels in (
-            ("validation", sets.pen_validation, np.array([d.label for d in sets.pen_validation])),
-            ("test", sets.pen_test, np.array([d.label for d in sets.pen_test])),
+            ("validation", sets.pen_validation, validation_labels),
+            ("test", sets.pen_test, pen_labels),
         )
     }
     cuts = {

@@ -48,7 +48,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -235,7 +237,10 @@ def restart_loop(stroke: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return restarted[::-1] if rng.random() < 0.5 else restarted
 
 
-def redraw(strokes: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+Stroke = TypeVar("Stroke", np.ndarray, list[list[float]])
+
+
+def redraw(strokes: Sequence[Stroke], rng: np.random.Generator) -> list[Stroke]:
     """The same strokes drawn in another order and direction: shuffled, each reversed with even odds.
 
     Writers taught otherwise draw the same digit so: a 0 clockwise, a 4's two strokes the other way
@@ -266,8 +271,7 @@ def render_prefixes(
         for cut in cuts:
             drawn = digit
             if reorder and orders is not None and orders.random() < reorder:
-                strokes = redraw([np.asarray(stroke, dtype=np.float64) for stroke in digit.strokes], orders)
-                drawn = dataclasses.replace(digit, strokes=[stroke.tolist() for stroke in strokes])
+                drawn = dataclasses.replace(digit, strokes=redraw(digit.strokes, orders))
             served = as_served(drawn, cut)
             image = render_strokes(served.strokes, served.surface, width=STROKE_WIDTH * rng.uniform(0.8, 1.25))
             if image is not None:
