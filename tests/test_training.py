@@ -187,7 +187,7 @@ def test_card_describes_the_model(exported: Path, card: dict) -> None:
     model = keras.models.load_model(exported.with_suffix(".keras"), compile=False)
     assert card["name"] == "quick"
     assert card["architecture"] and all(isinstance(layer, str) for layer in card["architecture"])
-    assert card["architecture"][-1] == "Dense(10,)"
+    assert card["architecture"][-1] == "Softmax(10,)" and card["training"]["blend"] is True
     assert card["parameters"] == model.count_params()
     assert isinstance(card["flops_per_sample"], int) and card["flops_per_sample"] > 2 * card["parameters"]
     assert card["training"]["seed"] == 3

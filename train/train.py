@@ -66,7 +66,7 @@ from livedigit.preprocess import (
     render_strokes,
 )
 from livedigit.runtime import load_runtime
-from train import calibrate, evaluate, negatives
+from train import blend, calibrate, evaluate, negatives
 from train.augment import augment
 from train.data import MNIST_VALIDATION, as_served, load_mnist, model_inputs, rasters, run
 
@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="give the network the pen's path beside the image (livedigit.preprocess.pen_path)",
+    )
+    parser.add_argument(
+        "--blend",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the path-reading network's logits with the path and without, averaged (train/blend.py)",
     )
     parser.add_argument(
         "--path-dropout",
@@ -356,21 +362,41 @@ def build_model(  # type: ignore[no-untyped-def]
 
 
 def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
-    """Multiply-adds of the convolution and dense layers, times two."""
+    """Multiply-adds of the convolution and dense layers, times two; a layer the network runs twice (the
+    path's, in the blended form, ``train/blend.py``) counts twice."""
     total = 0
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind == "DepthwiseConv2D":
-            _, height, width, channels = layer.output.shape
-            kh, kw = layer.kernel_size
-            total += height * width * kh * kw * channels
-        elif kind == "Conv2D":
-            _, height, width, out_channels = layer.output.shape
-            kh, kw = layer.kernel_size
-            total += height * width * kh * kw * layer.input.shape[-1] * out_channels
+        calls = len(layer._inbound_nodes)  # Keras keeps no public count of a layer's calls
+        if kind in ("DepthwiseConv2D", "Conv2D"):
+            _, height, width, _ = layer._inbound_nodes[0].outputs[0].shape
+            kh, kw, inputs, outputs = layer.kernel.shape
+            total += calls * height * width * kh * kw * inputs * outputs
         elif kind == "Dense":
-            total += layer.input.shape[-1] * layer.units
+            total += calls * layer.kernel.shape[0] * layer.kernel.shape[1]
     return 2 * int(total)
+
+
+def describe(model) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The card's description of a network: its layers with their output shapes, parameters and FLOPs."""
+    import keras
+
+    built = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    shapes = [layer._inbound_nodes[0].outputs[0].shape[1:] for layer in built]
+    return {
+        "architecture": [f"{type(layer).__name__}{tuple(shape)}" for layer, shape in zip(built, shapes, strict=True)],
+        "parameters": int(model.count_params()),
+        "flops_per_sample": flops_per_sample(model),
+    }
+
+
+def export_tflite(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Write ``model`` as a float32 LiteRT model."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model).convert())
 
 
 def teacher_beliefs(base: Path, images: np.ndarray) -> np.ndarray:
@@ -514,11 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keras_path, tflite_path, card_path = (out / f"{args.name}{ext}" for ext in (".keras", ".tflite", ".json"))
+    if args.path and args.blend:
+        model = blend.blended(model)
     model.compile(loss="categorical_crossentropy")  # drops the optimizer state from the archive
     model.save(keras_path)
-    with tempfile.TemporaryDirectory() as saved_model:
-        model.export(saved_model, format="tf_saved_model", verbose=False)
-        tflite_path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model).convert())
+    export_tflite(model, tflite_path)
     runtime = load_runtime(tflite_path, "litert")
     parity_inputs = np.concatenate([normalize_all(x_test[:256]), pen_images[:256]])
     no_paths = np.zeros((len(parity_inputs) - len(pen_images[:256]), PATH_POINTS, PATH_FEATURES), np.float32)
@@ -538,9 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["measured"] = {"command": "python -m train", "limit": limit}
     card = {
         "name": args.name,
-        "architecture": [f"{type(layer).__name__}{tuple(layer.output.shape[1:])}" for layer in model.layers[1:]],
-        "parameters": int(model.count_params()),
-        "flops_per_sample": flops_per_sample(model),
+        **describe(model),
         "input": "28x28 float32, ink = 1.0, MNIST-normalized by livedigit.preprocess"
         + (
             f"; the pen's path, {PATH_POINTS}x{PATH_FEATURES} float32 (livedigit.preprocess.pen_path)"
@@ -574,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             "channels": list(args.channels),
             "path": args.path,
             "path_dropout": args.path_dropout if args.path else None,
+            "blend": args.path and args.blend,
             "loop_starts": args.loop_starts,
             "reorder": args.reorder,
             "elastic": args.elastic,
