@@ -395,12 +395,17 @@ def measure_drawing(
     low = everything.min(axis=0)
     span = everything.max(axis=0) - low
     extent = float(span.max())
-    # A drawing whose extent is lost in rounding of its own coordinates (or below 1e-9) is a dot.
-    if extent <= 1e-9 * max(1.0, float(np.abs(everything).max())):
+    if _is_dot(extent, everything):
         return None
     if surface_side is not None and extent < MIN_EXTENT * surface_side:
         return None
     return points, everything, low, span
+
+
+def _is_dot(extent: float, everything: np.ndarray) -> bool:
+    """Whether a drawing (or stroke) ``extent`` wide is lost in rounding of its coordinates, ``everything``
+    (or below 1e-9): a dot."""
+    return extent <= 1e-9 * max(1.0, float(np.abs(everything).max()))
 
 
 STRAY_SIDE = 0.1
@@ -429,7 +434,7 @@ def drop_strays(points: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]
     highs = np.maximum.reduceat(everything, starts, axis=0)
     sides = (highs - lows).max(axis=1)
     small = sides < STRAY_SIDE * sides.max()
-    if not small.any():
+    if not small.any() or _is_dot(float(sides.max()), everything):  # no stroke is a body to stray from
         return points, everything
     low, high = lows[~small].min(axis=0), highs[~small].max(axis=0)
     gaps = np.maximum(lows - high, low - highs).max(axis=1)

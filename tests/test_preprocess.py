@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hardutil import lying_png
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image as PILImage
@@ -455,6 +455,7 @@ def test_strokes_render_as_their_fine_raster_does(pen_test: list[pendigits.PenDi
         st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)), min_size=1, max_size=12), min_size=1, max_size=5
     )
 )
+@example(strokes=[[(0.0, 0.0), (0.0, 5e-138)], [(0.0, 1.0)]])  # no stroke is more than a dot: none is a stray
 def test_any_strokes_fill_the_box_as_mnist_does(strokes: list) -> None:
     """Whatever the strokes, the ink's longer side, pen included, is MNIST's 20 px."""
     everything = np.concatenate([np.asarray(stroke) for stroke in strokes])
