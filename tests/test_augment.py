@@ -13,7 +13,7 @@ import tensorflow as tf
 from livedigit import pendigits
 from livedigit.preprocess import SIZE, Pixels, preprocess
 from train.augment import augment, augmentation_layer, bend, warp
-from train.train import redraw, render_pen, render_prefixes, restart_loop
+from train.train import DEVICE_JITTER, as_recorded, redraw, render_pen, render_prefixes, restart_loop
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,40 @@ def test_redrawn_cut_digits_are_other_partial_drawings() -> None:
     np.testing.assert_array_equal(varied[2], kept[2])
     changed = [not np.allclose(varied[0][i], kept[0][i]) for i in range(8)]
     assert any(changed) and not all(changed)  # half the cuts begin with the stem, or end the angle first
+
+
+def nine() -> pendigits.PenDigit:
+    """A 9 in two strokes recorded as densely as the pen-digits tablet records: a loop of 40 points, then a
+    stem of 12."""
+    stem = [[80.0, 50.0 + 5.0 * step] for step in range(12)]
+    return pendigits.PenDigit(9, "writer", [loop(9).strokes[0], stem])
+
+
+def test_a_recorded_drawing_keeps_every_stroke_its_ends_and_fewer_of_its_points_near_where_they_were() -> None:
+    strokes = [np.asarray(stroke, dtype=np.float64) for stroke in nine().strokes]
+    size = float(np.ptp(np.concatenate(strokes), axis=0).max())
+    rng = np.random.default_rng(3)
+    counts = set()
+    for _ in range(30):
+        recorded = as_recorded(strokes, rng)
+        assert len(recorded) == len(strokes)
+        for stroke, kept in zip(strokes, recorded, strict=True):
+            assert 2 <= len(kept) < len(stroke)
+            # Each recorded point lies near one of the stroke's, its ends near the stroke's ends.
+            off = np.hypot(*(kept[:, None, :] - stroke[None, :, :]).transpose(2, 0, 1)).min(axis=1)
+            assert off.max() < 6 * DEVICE_JITTER * size
+            assert np.hypot(*(kept[0] - stroke[0])) < 6 * DEVICE_JITTER * size
+            assert np.hypot(*(kept[-1] - stroke[-1])) < 6 * DEVICE_JITTER * size
+            counts.add(len(kept))
+    assert len(counts) > 2  # one point in two, three or four
+
+
+def test_recorded_copies_change_image_and_path_and_leave_the_first_rendering_as_drawn() -> None:
+    digits = [nine()]
+    kept = render_pen(digits, 3, np.random.default_rng(4))
+    varied = render_pen(digits, 3, np.random.default_rng(4), device=1.0, devices=np.random.default_rng(5))
+    np.testing.assert_array_equal(varied[2], kept[2])
+    np.testing.assert_array_equal(varied[0][0], kept[0][0])
+    np.testing.assert_array_equal(varied[1][0], kept[1][0])
+    for copy in range(1, 4):
+        assert not np.allclose(varied[0][copy], kept[0][copy]) and not np.allclose(varied[1][copy], kept[1][copy])

@@ -127,6 +127,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "another order and direction: strokes shuffled, each reversed with even odds (default 0; see redraw)",
     )
     parser.add_argument(
+        "--device",
+        type=float,
+        default=0.0,
+        help="share of the augmented renderings of the pen-digits train drawings recorded as another device "
+        "would: fewer points, each a little off (default 0; see as_recorded)",
+    )
+    parser.add_argument(
         "--elastic",
         type=float,
         default=0.0,
@@ -184,6 +191,8 @@ def render_pen(
     loops: np.random.Generator | None = None,
     reorder: float = 0.0,
     orders: np.random.Generator | None = None,
+    device: float = 0.0,
+    devices: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render each digit once as drawn and ``copies`` more times with a random affine and pen width: the
     images, the pen's paths (of the same transformed strokes) and the labels.
@@ -196,6 +205,9 @@ def render_pen(
 
     A share ``reorder`` of the other copies get the path of their strokes drawn in another order and
     direction (:func:`redraw`, drawn from ``orders``); the image, which does not depend on either, stays.
+
+    A share ``device`` of the copies are drawn as another device would record them (:func:`as_recorded`,
+    drawn from ``devices``): fewer points, each a little off; image and path alike.
 
     A digit drawn as pixels is normalized once and used ``copies + 1`` times, so it weighs as much as a
     drawing with strokes; the on-the-fly augmentation varies its copies. It has no path.
@@ -220,6 +232,8 @@ def render_pen(
                 matrix = matrix @ np.array([[aspect, shear], [0.0, 1.0 / aspect]])
                 strokes = [s @ matrix.T for s in strokes]
                 width = STROKE_WIDTH * rng.uniform(0.7, 1.4)
+                if device and devices is not None and devices.random() < device:
+                    strokes = as_recorded(strokes, devices)
             travelled = strokes
             if copy and digit.label == 0 and len(strokes) == 1 and loops is not None and loops.random() < loop_starts:
                 travelled = [restart_loop(strokes[0], loops)]
@@ -231,6 +245,33 @@ def render_pen(
                 paths.append(pen_path(Strokes(travelled)))
                 labels.append(digit.label)
     return np.stack(images), np.stack(paths), np.asarray(labels, dtype=np.int64)
+
+
+DEVICE_STEPS = (2, 3, 4)
+"""A device recording a drawing keeps one point in this many of the pen-digits tablet's (one chosen)..."""
+
+DEVICE_JITTER = 0.015
+"""...and places each up to (a standard deviation chosen up to) this share of the drawing's size off."""
+
+
+def as_recorded(strokes: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """``strokes`` as a device with a slower sampling rate and a noisier sensor records them: every k-th
+    point of each stroke (:data:`DEVICE_STEPS`, from a random one, its first and last points kept), each
+    moved by normal noise (:data:`DEVICE_JITTER`).
+
+    The pen-digits tablet records a digit in about 37 points, each within a fraction of a pixel; a
+    phone's finger or another tablet records fewer and less exactly. With every fourth point of each
+    pen-digits test digit the shipped model read 96.9% of them, against 99.0% as recorded."""
+    step = int(rng.choice(DEVICE_STEPS))
+    everything = np.concatenate(strokes)
+    spread = rng.uniform(0.0, DEVICE_JITTER) * float((everything.max(axis=0) - everything.min(axis=0)).max())
+    recorded = []
+    for stroke in strokes:
+        kept = np.unique(
+            np.concatenate([[0], np.arange(int(rng.integers(step)), len(stroke), step), [len(stroke) - 1]])
+        )
+        recorded.append(stroke[kept] + rng.normal(0.0, spread, (len(kept), 2)))
+    return recorded
 
 
 def restart_loop(stroke: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -467,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         np.random.default_rng([args.seed, 0]),
         args.reorder,
         orders,
+        args.device,
+        np.random.default_rng([args.seed, 2]),  # --device's own draws
     )
     whole_images = np.concatenate([mnist_images, pen_images])
     whole_paths = np.concatenate([np.zeros((len(mnist_images), PATH_POINTS, PATH_FEATURES), np.float32), pen_paths])
@@ -601,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             "blend": args.path and args.blend,
             "loop_starts": args.loop_starts,
             "reorder": args.reorder,
+            "device": args.device,
             "elastic": args.elastic,
             "teacher": (
                 {"model": Path(args.teacher).name, "share": args.teacher_share, "temperature": args.teacher_temperature}
