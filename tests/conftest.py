@@ -23,13 +23,13 @@ from livedigit.bench.served import ServerProcess, free_port
 from livedigit.config import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LIVEDIGIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # CI lands a commit only when it is green, so there the property tests draw the same examples on every
 # run; elsewhere each run explores new ones, and a failure one finds becomes an @example of its test.
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-SHARED_DATA = Path(os.environ.get("LIVEDIGIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def shared_file(name: str) -> Path:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from livedigit import pendigits
-from train import calibrate, evaluate
+from train.quantize import measure_again
 
 BLEND_LAYER = "image_alone"
 """Name of the layer that zeroes the path for the image's own answer: a blended network has one."""
@@ -146,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {out}.keras and {out}.tflite (float32)", flush=True)
 
-    shared = [f"--model={out}", f"--pen-digits={args.pen_digits}"] + ([f"--data={args.data}"] if args.data else [])
-    limit = [f"--limit={args.limit}"] if args.limit else []
-    calibrate.main([*shared, *limit])
-    evaluate.main([*shared, *limit, "--card"])
+    measure_again(out, args.data, args.pen_digits, args.limit)
     return 0
 
 

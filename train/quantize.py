@@ -147,12 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps(card["quantization"], indent=2), flush=True)
 
-    shared = [f"--model={out}", f"--pen-digits={args.pen_digits}"] + ([f"--data={args.data}"] if args.data else [])
-    limit = [f"--limit={args.limit}"] if args.limit else []
-    temperature = [f"--temperature={args.temperature}"] if args.temperature is not None else []
-    calibrate.main([*shared, *limit, *temperature])
-    evaluate.main([*shared, *limit, "--card"])
+    measure_again(out, args.data, args.pen_digits, args.limit, args.temperature)
     return 0
+
+
+def measure_again(
+    model: Path, data: str | None, pen_digits: str, limit: int | None = None, temperature: float | None = None
+) -> None:
+    """Fit ``model``'s verdict rule again (``train/calibrate.py``; ``temperature`` kept if given) and measure
+    every figure of its card again (``train/evaluate.py --card``): what a changed network needs."""
+    shared = [f"--model={model}", f"--pen-digits={pen_digits}"] + ([f"--data={data}"] if data else [])
+    limited = [f"--limit={limit}"] if limit else []
+    calibrate.main([*shared, *limited, *([f"--temperature={temperature}"] if temperature is not None else [])])
+    evaluate.main([*shared, *limited, "--card"])
 
 
 if __name__ == "__main__":
