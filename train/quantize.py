@@ -3,9 +3,10 @@
     python -m train.quantize --model models/livedigit-cnn --data ../shared/data/mnist.npz \
         --pen-digits ../shared/data/pen_digits.jsonl [--temperature 1.0] [--out BASE]
 
-On a CPU with AVX-512 and VNNI, LiteRT runs the 8-bit network through XNNPACK at 1.6-1.7 times the
-float32 one's digits/s on one core (on an AMD EPYC with AVX2 alone, at 0.9 times), and the model is a
-large share of the server's CPU per prediction. Weights are quantized per channel
+On an Intel CPU with AVX-512 and VNNI, LiteRT ran an 8-bit network through XNNPACK at 1.6-1.7 times
+its float32 form's digits/s on one core; on an AMD EPYC with AVX2 alone, at 0.63 times with every layer
+in 8 bits and 0.92 times with the first convolution in float32, as this script leaves it (see below).
+The model is a large share of the server's CPU per prediction. Weights are quantized per channel
 and activations per tensor, with ranges taken from a representative set of what the server feeds the
 model: MNIST training digits and pen-digits training drawings, whole and cut after 75% of their points
 as a live snapshot is, all through ``livedigit.preprocess``. The input stays float32 (the server's
@@ -82,8 +83,8 @@ def representative(
 
 
 def int8_tflite(saved_model: str, samples: tuple[np.ndarray, np.ndarray], reads_path: bool) -> bytes:
-    """A SavedModel converted to LiteRT with int8 weights and activations, float32 input and softmax;
-    ``reads_path``: the model's second input is the pen's path."""
+    """A SavedModel converted to LiteRT with int8 weights and activations, float32 input, first convolution
+    (:func:`float_layers`) and softmax; ``reads_path``: the model's second input is the pen's path."""
     import tensorflow as tf
 
     images, paths = samples
