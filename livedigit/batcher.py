@@ -3,8 +3,9 @@
 A batch is taken as soon as a worker is free for it, from whatever is queued (up to ``max_batch``). A
 worker (:mod:`livedigit.workers`, a process of its own) turns the batch's drawings into model inputs and
 runs the model on them, so that none of that work holds the event loop's interpreter lock, and sends
-back what the replies need: one round trip a batch. :data:`IN_FLIGHT` batches are taken at once, so the
-worker starts on the next one while the results of the last travel back and wait for the event loop. A
+back what the replies need: one round trip a batch. :data:`IN_FLIGHT` batches per worker are taken at
+once, so a worker starts on the next one while the results of the last travel back and wait for the
+event loop; with several workers, each batch goes whole to the one with the least waiting. A
 batch waits for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a
 lone client is never delayed.
 
@@ -93,7 +94,7 @@ RETRY_AFTER_BOUNDS = (0.01, 5.0)
 """The shortest and longest wait (seconds) an ``overloaded`` refusal suggests."""
 
 IN_FLIGHT = 2
-"""Batches sent to the workers at once (each by a feed task of its own). With one, a worker sat idle
+"""Batches sent to each worker at once (each by a feed task of its own). With one, a worker sat idle
 while each batch's results went back to the event loop; a batch taken early is not replaced by newer
 snapshots, so more than two would score frames that are already stale."""
 
@@ -234,7 +235,8 @@ class Batcher:
         self._healthy = True
         self._last_run = time.perf_counter()
         self._tasks = [
-            asyncio.create_task(self._feed(), name=f"livedigit-batcher-feed-{feed}") for feed in range(IN_FLIGHT)
+            asyncio.create_task(self._feed(), name=f"livedigit-batcher-feed-{feed}")
+            for feed in range(IN_FLIGHT * self._workers.lanes)
         ]
 
     async def stop(self) -> None:
@@ -347,26 +349,24 @@ class Batcher:
                 self._fail(jobs, Failure.PREPROCESS_FAILED)
 
     async def _score(self, jobs: list[Job]) -> None:
-        """Score ``jobs`` in the workers, a chunk per lane, and answer each."""
+        """Score ``jobs`` in a worker and answer each."""
         wanted = []
         for job in jobs:
             if job.abandoned or job.image is None:
                 self._resolve(job, Shed(DropReason.STALE))
             else:
                 wanted.append(job)
-        lanes = self._workers.lanes
-        chunks = [chunk for start in range(lanes) if (chunk := wanted[start::lanes])]
-        results = await self._run_chunks(chunks)
-        for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, WorkerDied):
-                    raise result
-                self._fail(chunk, Failure.PREPROCESS_FAILED)
-            else:
-                self._answer(chunk, result)
+        if not wanted:
+            return
+        try:
+            finished = await self._workers.run([job.image for job in wanted if job.image is not None])
+        except WorkerDied:
+            self._fail(wanted, Failure.PREPROCESS_FAILED)
+            return
+        self._answer(wanted, finished)
 
     def _answer(self, jobs: list[Job], finished: Finished) -> None:
-        """Answer the jobs of one chunk with what a worker made of them, and note what it cost."""
+        """Answer a batch's jobs with what a worker made of them, and note what it cost."""
         self._last_run = time.perf_counter()
         metrics = self.metrics
         scored = []
@@ -379,8 +379,8 @@ class Batcher:
                 scored.append(job)
             else:
                 self._resolve(job, Shed(DropReason.STALE) if job.abandoned else outcome)
-        # A lane works through both stages in turn and the lanes work at once: its time per image, over
-        # the lanes, is the pace.
+        # A worker works through both stages in turn and the workers work at once: its time per image,
+        # over the lanes, is the pace.
         per_image = (sum(finished.preprocess_seconds) + finished.model_seconds) / len(jobs) / self._workers.lanes
         self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
         if not scored:
@@ -421,19 +421,6 @@ class Batcher:
                 continue
             logger.info("the model answers again; ready")
             self._healthy = True
-
-    async def _run_chunks(self, chunks: list[list[Job]]) -> list[Finished | BaseException]:
-        """Each chunk's images scored in a lane of its own; a lane's failure is its chunk's result.
-
-        One chunk (one worker) is awaited directly: gathering it would cost the batch two more turns of
-        the event loop, and under overload a turn is every connection's frames read in the meantime."""
-        images = [[job.image for job in chunk if job.image is not None] for chunk in chunks]
-        if len(images) == 1:
-            try:
-                return [await self._workers.run(images[0])]
-            except Exception as exc:
-                return [exc]
-        return await asyncio.gather(*(self._workers.run(lane) for lane in images), return_exceptions=True)
 
     # Helpers.
 

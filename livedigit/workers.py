@@ -354,30 +354,44 @@ class WorkerPool:
         self._processes: list[_Worker | None] = [None] * self.workers
         self._thread: Executor | None = None
         self._scorer: Scorer | None = None
-        self._next = 0
         self._starting = asyncio.Lock()
         """Held while a worker starts, so that two batches for one lane never start two."""
 
     @property
     def lanes(self) -> int:
-        """How many chunks of a batch are worked on at once."""
+        """How many batches are worked on at once, one in each worker."""
         return max(1, self.workers)
 
     async def start(self) -> list[Finished]:
         """Start every lane and run a blank digit through each, so the first batch does not pay for the
         imports and the model's first call. Raises the model's :class:`~livedigit.runtime.ModelLoadError`;
         a model that loads but fails on the blank digit is each result's ``model_error``."""
-        return list(await asyncio.gather(*(self.run([]) for _ in range(self.lanes))))
+        if not self.workers:
+            return [await self.run([])]
+        return list(await asyncio.gather(*(self._run_in(lane, []) for lane in range(self.workers))))
 
     async def run(self, images: Sequence[Image | Deferred]) -> Finished:
-        """Score ``images`` in one lane; raises :class:`WorkerDied` if its worker dies meanwhile.
+        """Score ``images`` in the lane with the fewest batches waiting (the first of equals); raises
+        :class:`WorkerDied` if its worker dies meanwhile.
 
-        A worker found dead before it was given the images (it died idle) is replaced at once and the
-        images go to the new one: nothing was lost, so nobody is told.
+        A batch goes whole to one worker: split across workers, a light load's batch of three costs two
+        round trips and wakes two processes (20% more CPU per frame at 100 people drawing, on 2 cores).
+        A second worker so takes batches only while the first is busy, and under load each works
+        through batches of its own, on a core of its own.
         """
         if not self.workers:
             return await asyncio.get_running_loop().run_in_executor(self._in_thread(), self._score_here, images)
-        lane, self._next = self._next, (self._next + 1) % self.workers
+        lane = min(range(self.workers), key=self._waiting)
+        return await self._run_in(lane, images)
+
+    def _waiting(self, lane: int) -> int:
+        worker = self._processes[lane]
+        return 0 if worker is None else len(worker.waiting)
+
+    async def _run_in(self, lane: int, images: Sequence[Image | Deferred]) -> Finished:
+        """Score ``images`` in ``lane``. A worker found dead before it was given the images (it died
+        idle) is replaced at once and the images go to the new one: nothing was lost, so nobody is told.
+        """
         worker = self._processes[lane]
         if worker is None or not worker.alive:
             async with self._starting:

@@ -1,5 +1,5 @@
-"""The worker process (preprocessing and the model): named, replaced when it dies without losing a reply,
-gone with the server.
+"""The worker processes (preprocessing and the model): named, each batch whole in one of them, replaced
+when one dies without losing a reply, gone with the server.
 
 Each test runs a real ``livedigit serve`` and finds its worker the way an operator would, in ``/proc``.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
+from livedigit.config import DEFAULT_MODEL_WORKERS
 from livedigit.workers import _frame, _Worker
 
 pytestmark = [
@@ -54,30 +55,40 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def worker_of(pid: int, timeout: float = 30.0) -> int:
-    """The one worker of the server ``pid``."""
+def workers_of(pid: int, count: int = DEFAULT_MODEL_WORKERS, timeout: float = 30.0) -> list[int]:
+    """The ``count`` workers of the server ``pid`` (waiting for them to start), by process id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = [child for child, name in children(pid).items() if name == "livedigit-work"]
-        if workers:
-            assert len(workers) == 1, children(pid)
-            return workers[0]
+        workers = sorted(child for child, name in children(pid).items() if name == "livedigit-work")
+        if len(workers) >= count:
+            assert len(workers) == count, children(pid)
+            return workers
         time.sleep(0.05)
-    raise AssertionError(f"no livedigit-work child of {pid}: {children(pid)}")
+    raise AssertionError(f"not {count} livedigit-work children of {pid}: {children(pid)}")
 
 
-def cpu_ticks(pid: int) -> int:
-    """User and system CPU time of ``pid`` so far, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def cpu_ticks(*pids: int) -> int:
+    """User and system CPU time of ``pids`` so far, in clock ticks."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
 
 
-async def busy(pid: int, ticks: int = 3, timeout: float = 30.0) -> None:
-    """Wait until ``pid`` has spent ``ticks`` more of CPU: it is working on what it was sent."""
-    start, deadline = cpu_ticks(pid), time.monotonic() + timeout
-    while cpu_ticks(pid) < start + ticks:
-        assert time.monotonic() < deadline, "the worker never started on the batch"
+async def busy(*pids: int, ticks: int = 3, timeout: float = 30.0) -> None:
+    """Wait until ``pids`` have spent ``ticks`` more of CPU: they are working on what they were sent."""
+    start, deadline = cpu_ticks(*pids), time.monotonic() + timeout
+    while cpu_ticks(*pids) < start + ticks:
+        assert time.monotonic() < deadline, "the workers never started on the batch"
         await asyncio.sleep(0.005)
+
+
+def batch_sizes(http_url: str) -> tuple[float, float]:
+    """How many batches the model has scored, and how many images they held."""
+    _, _, text = http_json(f"{http_url}/metrics")
+    found = dict(line.split() for line in text.splitlines() if line.startswith("livedigit_batch_size_"))
+    return float(found["livedigit_batch_size_count"]), float(found["livedigit_batch_size_sum"])
 
 
 def restarts(http_url: str) -> float:
@@ -88,12 +99,13 @@ def restarts(http_url: str) -> float:
     raise AssertionError("livedigit_worker_restarts_total not exported")
 
 
-async def test_the_worker_is_a_named_child_of_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
-    """It scores every image, and batches far larger than a socket's buffer either way (64 drawings of
-    1,000 points out, 64 predictions with their previews back) go through it whole, by the same worker."""
+async def test_the_workers_are_named_children_of_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
+    """They score every image, and batches far larger than a socket's buffer either way (64 drawings of
+    1,000 points out, 64 predictions with their previews back) go through them whole, by the same workers."""
     server = start_server(*BIG_MESSAGES, "--max-pending-submits", "1024")
-    worker = worker_of(server.pid)
-    assert Path(f"/proc/{worker}/comm").read_text().strip() == "livedigit-work"
+    workers = workers_of(server.pid)
+    for worker in workers:
+        assert Path(f"/proc/{worker}/comm").read_text().strip() == "livedigit-work"
     ws, _ = await open_ws(server.ws_url)
     await ws.send(json.dumps({"type": "submit", "id": 1, "strokes": SEVEN}))
     assert (await replies(ws, 1))[0]["digit"] == 7
@@ -101,7 +113,26 @@ async def test_the_worker_is_a_named_child_of_the_server(start_server) -> None: 
         await ws.send(json.dumps({"type": "batch", "id": message_id, "items": [{"strokes": HEAVY} for _ in range(64)]}))
     for answer in await replies(ws, 5):
         assert [result["type"] for result in answer["results"]] == ["prediction"] * 64, answer["results"][:8]
-    assert worker_of(server.pid) == worker and restarts(server.http_url) == 0
+    assert workers_of(server.pid) == workers and restarts(server.http_url) == 0
+
+
+async def test_two_workers_take_a_batch_each_and_never_split_one(start_server) -> None:  # type: ignore[no-untyped-def]
+    """A batch goes whole to one worker (split, a light load's batches would each cost two round trips):
+    four drawings of 1,000 points, one batch's worth of work, are scored as one batch of four. Many
+    batches at once go to both workers, so both cores work."""
+    server = start_server(*BIG_MESSAGES, "--model-workers", "2")
+    workers = workers_of(server.pid, 2)
+    ws, _ = await open_ws(server.ws_url)
+    batches, images = batch_sizes(server.http_url)
+    await ws.send(json.dumps({"type": "batch", "id": 1, "items": [{"strokes": HEAVY} for _ in range(4)]}))
+    assert {r["type"] for r in (await replies(ws, 1))[0]["results"]} == {"prediction"}
+    assert batch_sizes(server.http_url) == (batches + 1, images + 4)
+    before = [cpu_ticks(worker) for worker in workers]
+    for message_id in (2, 3):
+        await ws.send(json.dumps({"type": "batch", "id": message_id, "items": [{"strokes": HEAVY} for _ in range(64)]}))
+    assert [answer["id"] for answer in await replies(ws, 2)] == [2, 3]
+    spent = [cpu_ticks(worker) - start for worker, start in zip(workers, before, strict=True)]
+    assert min(spent) >= 5, spent
 
 
 async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -110,11 +141,11 @@ async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(
 
     A kill can land in the moment between two batches, when the worker holds nothing and nothing is lost;
     the test then kills the next worker the same way, until one dies holding images."""
-    server = start_server(*BIG_MESSAGES)
+    server = start_server(*BIG_MESSAGES, "--model-workers", "1")
     ws, _ = await open_ws(server.ws_url)
     heavy = [{"strokes": HEAVY} for _ in range(64)]
     for kills in range(1, 6):
-        worker = worker_of(server.pid)
+        [worker] = workers_of(server.pid, 1)
         first = 10 * kills
         for message_id in range(first, first + 3):
             await ws.send(json.dumps({"type": "batch", "id": message_id, "items": heavy}))
@@ -127,7 +158,7 @@ async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(
         assert len(results) == 192
         assert set(results) <= {("prediction", None), ("error", "internal")}, set(results)
         assert answers[3]["type"] == "prediction" and answers[3]["digit"] == 1
-        replacement = worker_of(server.pid)
+        [replacement] = workers_of(server.pid, 1)
         assert replacement != worker and not alive(worker)
         assert restarts(server.http_url) == kills
         if ("error", "internal") in results:
@@ -141,11 +172,11 @@ async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(
 
 async def test_sigterm_with_work_in_flight_answers_it_and_leaves_no_process(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server(*BIG_MESSAGES)
-    worker = worker_of(server.pid)
+    workers = workers_of(server.pid)
     ws, _ = await open_ws(server.ws_url)
     await ws.send(json.dumps({"type": "batch", "id": 1, "items": [{"strokes": HEAVY} for _ in range(64)]}))
     await ws.send(json.dumps({"type": "submit", "id": 2, "strokes": ONE}))
-    await busy(worker)
+    await busy(*workers)
     server.process.send_signal(signal.SIGTERM)
     answers = await replies(ws, 2)
     assert [answer["id"] for answer in answers] == [1, 2]
@@ -154,21 +185,21 @@ async def test_sigterm_with_work_in_flight_answers_it_and_leaves_no_process(star
     assert await closed(ws) == (1001, "server restarting")
     assert await asyncio.to_thread(server.process.wait, 30) in (0, -signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while alive(worker) and time.monotonic() < deadline:
+    while any(alive(worker) for worker in workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert not alive(worker)
+    assert not any(alive(worker) for worker in workers)
     assert "Traceback" not in server.log()
 
 
 def test_a_server_killed_outright_takes_its_worker_with_it(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
-    worker = worker_of(server.pid)
+    workers = workers_of(server.pid)
     server.process.kill()
     server.process.wait(30)
     deadline = time.monotonic() + 10
-    while alive(worker) and time.monotonic() < deadline:
+    while any(alive(worker) for worker in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(worker)
+    assert not any(alive(worker) for worker in workers)
 
 
 async def test_with_no_workers_a_named_thread_of_the_server_scores(start_server) -> None:  # type: ignore[no-untyped-def]
