@@ -38,9 +38,9 @@ DEFAULT_MODEL_WORKERS = min(
 )
 """Two worker processes where the server may use two CPUs or more, else one. On a dyno's two cores the
 event loop takes under half of one at the knee, so a second worker gives the model the rest of it (300
-people drawing: p99 38 ms and nothing dropped, against 130 ms and 12% dropped with one worker, on an AMD
-EPYC, 2026-12-05), and a light load costs the same per frame (each batch goes whole to one worker). Each
-worker holds the model: about 55 MB more than one."""
+people drawing: p99 36-47 ms and nothing dropped, against 130 ms and 13% dropped with one worker, on an
+AMD EPYC, 2026-12-05), and a light load costs 4-5% more CPU per frame (each batch goes whole to one
+worker). Each worker holds the model: about 55 MB more than one."""
 
 
 def _option(default: Any, help: str, env: tuple[str, ...] = ()) -> Any:

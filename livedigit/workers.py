@@ -374,10 +374,10 @@ class WorkerPool:
         """Score ``images`` in the lane with the fewest batches waiting (the first of equals); raises
         :class:`WorkerDied` if its worker dies meanwhile.
 
-        A batch goes whole to one worker: split across workers, a light load's batch of three costs two
-        round trips and wakes two processes (20% more CPU per frame at 100 people drawing, on 2 cores).
-        A second worker so takes batches only while the first is busy, and under load each works
-        through batches of its own, on a core of its own.
+        A batch goes whole to one worker: split across workers, a light load's batch of three cost two
+        round trips and woke two processes (8% more CPU per frame at 100 people drawing, on 2 cores).
+        A second worker so takes a batch only while the first has one waiting, and under load each
+        works through batches of its own, on a core of its own.
         """
         if not self.workers:
             return await asyncio.get_running_loop().run_in_executor(self._in_thread(), self._score_here, images)
