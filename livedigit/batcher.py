@@ -173,6 +173,12 @@ class Batcher:
         """Connections that sent a snapshot since their last submit."""
         self._taken: set[Job] = set()
         self._work = asyncio.Event()
+        self._batches = 0
+        """Batches at the workers."""
+        self._heavy = 0
+        """Of those, batches of one image that costs more than :data:`BATCH_COST`."""
+        self._room = asyncio.Event()
+        """Set each time a batch comes back from the workers."""
         self._tasks: list[asyncio.Task[None]] = []
         self._probing: asyncio.Task[None] | None = None
         self._last_run = 0.0
@@ -338,19 +344,34 @@ class Batcher:
 
     async def _feed(self) -> None:
         """Take a batch, have the workers score it and answer it, then the next one (one of
-        :data:`IN_FLIGHT` such loops)."""
+        :data:`IN_FLIGHT` such loops).
+
+        While an expensive image (a batch of its own) is at the workers, no batch waits behind another:
+        with one batch more than there are workers, a submit taken behind a 1024x1024 PNG waited for all
+        of it, and a bystander's p99 during a siege of such images doubled (260-323 ms against 164-167
+        with one batch a worker, two workers, 2026-12-05)."""
         loop = asyncio.get_running_loop()
         while True:
             while not self._answers and not self._submits and not self._snapshots:
                 self._work.clear()
                 await self._work.wait()
+            while self._heavy and self._batches >= self._workers.lanes:
+                self._room.clear()
+                await self._room.wait()
             await self._linger(loop)
             jobs = self._take(time.perf_counter())
+            heavy = sum(job.cost for job in jobs) > BATCH_COST
+            self._batches += 1
+            self._heavy += heavy
             try:
                 await self._score(jobs)
             except Exception:  # A defect; the jobs still get an answer and the batcher keeps serving.
                 logger.exception("scoring a batch of %d failed", len(jobs))
                 self._fail(jobs, Failure.PREPROCESS_FAILED)
+            finally:
+                self._batches -= 1
+                self._heavy -= heavy
+                self._room.set()
 
     async def _score(self, jobs: list[Job]) -> None:
         """Score ``jobs`` in a worker and answer each."""

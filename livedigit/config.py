@@ -33,16 +33,6 @@ HOST_NAME = re.compile(r"\*|(\*\.)?[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*|\[[0-9A-Fa-
 """An ``allowed_hosts`` entry: a name or address without a port, ``*.domain`` or ``*``."""
 
 
-DEFAULT_MODEL_WORKERS = min(
-    2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
-"""Two worker processes where the server may use two CPUs or more, else one. On a dyno's two cores the
-event loop takes under half of one at the knee, so a second worker gives the model the rest of it (300
-people drawing: p99 36-47 ms and nothing dropped, against 130 ms and 13% dropped with one worker, on an
-AMD EPYC, 2026-12-05), and a light load costs 4-5% more CPU per frame (each batch goes whole to one
-worker). Each worker holds the model: about 55 MB more than one."""
-
-
 def _option(default: Any, help: str, env: tuple[str, ...] = ()) -> Any:
     return field(default=default, metadata={"help": help, "env": env})
 
@@ -57,10 +47,10 @@ class Settings:
     runtime: str = _option("litert", "inference runtime: litert or tensorflow")
     threads: int = _option(1, "CPU threads the model may use per batch")
     model_workers: int = _option(
-        DEFAULT_MODEL_WORKERS,
+        1,
         "processes that turn drawings into model inputs and run the model on them beside the server's event "
-        "loop, each batch in one of them (default: 2, or 1 where the server may use one CPU); 0: a thread of "
-        "the server process instead (it then competes with the event loop for the interpreter lock)",
+        "loop, each batch in one of them (2 on two cores: more people per dyno, see docs/operations.md); 0: a "
+        "thread of the server process instead (it then competes with the event loop for the interpreter lock)",
     )
     max_batch: int = _option(32, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
-from livedigit.config import DEFAULT_MODEL_WORKERS
 from livedigit.workers import _frame, _Worker
 
 pytestmark = [
@@ -55,7 +54,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def workers_of(pid: int, count: int = DEFAULT_MODEL_WORKERS, timeout: float = 30.0) -> list[int]:
+def workers_of(pid: int, count: int = 1, timeout: float = 30.0) -> list[int]:
     """The ``count`` workers of the server ``pid`` (waiting for them to start), by process id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -173,8 +172,8 @@ async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(
 
 
 async def test_sigterm_with_work_in_flight_answers_it_and_leaves_no_process(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server(*BIG_MESSAGES)
-    workers = workers_of(server.pid)
+    server = start_server(*BIG_MESSAGES, "--model-workers", "2")
+    workers = workers_of(server.pid, 2)
     ws, _ = await open_ws(server.ws_url)
     await ws.send(json.dumps({"type": "batch", "id": 1, "items": [{"strokes": HEAVY} for _ in range(64)]}))
     await ws.send(json.dumps({"type": "submit", "id": 2, "strokes": ONE}))
