@@ -346,10 +346,10 @@ class Batcher:
         """Take a batch, have the workers score it and answer it, then the next one (one of
         :data:`IN_FLIGHT` such loops).
 
-        While an expensive image (a batch of its own) is at the workers, no batch waits behind another:
-        with one batch more than there are workers, a submit taken behind a 1024x1024 PNG waited for all
-        of it, and a bystander's p99 during a siege of such images doubled (260-323 ms against 164-167
-        with one batch a worker, two workers, 2026-12-05)."""
+        While an expensive image (a batch of its own) is at the workers, no batch is sent to wait behind
+        another: a submit taken behind a second 1024x1024 PNG waited for all of it. During the attack
+        tests' siege of such images a bystander's p99 was 164-167 ms so, and 147 ms without (one worker,
+        2026-12-05)."""
         loop = asyncio.get_running_loop()
         while True:
             while not self._answers and not self._submits and not self._snapshots:

@@ -147,6 +147,16 @@ def rss_mb(samples: dict[str, float]) -> float:
 # PNG files, well formed and hostile.
 
 
+def expensive_png() -> bytes:
+    """A valid 1024x1024 16-bit grayscale PNG of a thick 1 (about 9 KB): tens of milliseconds of
+    preprocessing each, the most expensive image the default limits accept."""
+    image = np.zeros((1024, 1024), np.uint16)
+    image[200:824, 480:560] = 65535
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def png_file(array: np.ndarray, mode: str | None = None) -> bytes:
     """A PNG of ``array`` (uint8 or uint16) in ``mode`` as Pillow saves it."""
     image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import re
@@ -22,10 +21,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytest
-from hardutil import ATTACK_SECONDS, Siege, log_problems, lying_png, repeat
-from PIL import Image as PILImage
+from hardutil import ATTACK_SECONDS, Siege, expensive_png, log_problems, lying_png, repeat
 from wsutil import SEVEN, ask, closed, http_json, open_ws
 
 from livedigit.config import Settings
@@ -433,16 +430,6 @@ async def test_frames_held_by_hundreds_of_connections_stay_within_the_memory_bou
 
 
 # 5. Expensive but valid work.
-
-
-def expensive_png() -> bytes:
-    """A valid 1024x1024 16-bit grayscale PNG of a thick 1 (about 9 KB): tens of milliseconds of
-    preprocessing each, the most expensive image the default limits accept."""
-    image = np.zeros((1024, 1024), np.uint16)
-    image[200:824, 480:560] = 65535
-    buffer = io.BytesIO()
-    PILImage.fromarray(image).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
 
 
 def submit_at_the_limit(url: str, png: str, seconds: float) -> int:

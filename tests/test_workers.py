@@ -7,13 +7,16 @@ Each test runs a real ``livedigit serve`` and finds its worker the way an operat
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hardutil import BYSTANDER_ADDRESS, expensive_png
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
 from livedigit.workers import _frame, _Worker
@@ -132,6 +135,30 @@ async def test_two_workers_take_a_batch_each_and_never_split_one(start_server) -
     assert [answer["id"] for answer in await replies(ws, 2)] == [2, 3]
     spent = [cpu_ticks(worker) - start for worker, start in zip(workers, before, strict=True)]
     assert min(spent) >= 5, spent
+
+
+async def test_a_submit_is_not_queued_behind_a_second_expensive_image(start_server) -> None:  # type: ignore[no-untyped-def]
+    """While one 1024x1024 PNG is at the worker, the next ones stay in the batcher's fair queue: a drawing
+    submitted meanwhile from another address is answered before the second PNG, not after it."""
+    server = start_server()
+    [worker] = workers_of(server.pid)
+    png = base64.b64encode(expensive_png()).decode()
+    attacker, _ = await open_ws(server.ws_url)
+    bystander, _ = await open_ws(server.ws_url, local_addr=(BYSTANDER_ADDRESS, 0))
+    for message_id in (1, 2, 3):
+        await attacker.send(json.dumps({"type": "submit", "id": message_id, "png": png}))
+    await busy(worker)
+    await bystander.send(json.dumps({"type": "submit", "id": 1, "strokes": SEVEN}))
+
+    async def arrivals(ws: Any, count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == "prediction"
+            times.append(time.monotonic())
+        return times
+
+    pngs, drawing = await asyncio.gather(arrivals(attacker, 3), arrivals(bystander, 1))
+    assert pngs[0] < drawing[0] < pngs[1], (pngs, drawing)
 
 
 @pytest.mark.parametrize("count", [1, 2])
