@@ -375,16 +375,17 @@ class Batcher:
 
     async def _score(self, jobs: list[Job]) -> None:
         """Score ``jobs`` in a worker and answer each."""
-        wanted = []
+        wanted, images = [], []
         for job in jobs:
             if job.abandoned or job.image is None:
                 self._resolve(job, Shed(DropReason.STALE))
             else:
                 wanted.append(job)
+                images.append(job.image)
         if not wanted:
             return
         try:
-            finished = await self._workers.run([job.image for job in wanted if job.image is not None])
+            finished = await self._workers.run(images)
         except WorkerDied:
             self._fail(wanted, Failure.PREPROCESS_FAILED)
             return

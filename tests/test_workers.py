@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardutil import BYSTANDER_ADDRESS, expensive_png
+from hardutil import BYSTANDER_ADDRESS, expensive_png, scrape
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
 from livedigit.workers import _frame, _Worker
@@ -88,9 +88,8 @@ async def busy(*pids: int, ticks: int = 3, timeout: float = 30.0) -> None:
 
 def batch_sizes(http_url: str) -> tuple[float, float]:
     """How many batches the model has scored, and how many images they held."""
-    _, _, text = http_json(f"{http_url}/metrics")
-    found = dict(line.split() for line in text.splitlines() if line.startswith("livedigit_batch_size_"))
-    return float(found["livedigit_batch_size_count"]), float(found["livedigit_batch_size_sum"])
+    samples = scrape(http_url)
+    return samples["livedigit_batch_size_count"], samples["livedigit_batch_size_sum"]
 
 
 def restarts(http_url: str) -> float:

@@ -40,7 +40,7 @@ import numpy as np
 from livedigit import pendigits
 from livedigit.config import DEFAULT_MODEL
 from livedigit.preprocess import SIZE
-from livedigit.runtime import load_runtime
+from livedigit.runtime import IMAGE_SHAPE, load_runtime
 from train import calibrate, evaluate
 from train.data import MNIST_VALIDATION, as_served, load_mnist, model_inputs, rasters, run
 
@@ -123,7 +123,7 @@ def float_layers(float_model: bytes) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=float_model)
-    image = next(d["index"] for d in interpreter.get_input_details() if tuple(d["shape"][1:]) == (SIZE, SIZE, 1))
+    image = next(d["index"] for d in interpreter.get_input_details() if tuple(d["shape"][1:]) == IMAGE_SHAPE)
     names = {tensor["index"]: tensor["name"] for tensor in interpreter.get_tensor_details()}
     return [
         names[op["outputs"][0]]
