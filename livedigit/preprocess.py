@@ -164,20 +164,25 @@ _NO_PATH = np.empty(0, np.float32)
 def _path(points: list[np.ndarray], everything: np.ndarray, low: np.ndarray, span: np.ndarray) -> np.ndarray:
     """:func:`pen_path` of a drawing's checked strokes, all their points, and their box's corner and size."""
     path = np.zeros((PATH_POINTS, PATH_FEATURES), np.float32)
-    steps = np.diff(everything, axis=0)
+    steps = everything[1:] - everything[:-1]
+    if not len(steps):
+        return path
     lengths = np.hypot(steps[:, 0], steps[:, 1])
-    travelled = np.cumsum(lengths)
-    if not len(steps) or travelled[-1] <= 0.0:
+    travelled = lengths.cumsum()
+    total = float(travelled[-1])
+    if total <= 0.0:
         return path
     # Each resampled point lies on one step (point k to point k + 1), at a share of the step's length.
-    at = _PATH_SHARES * travelled[-1]
-    step = np.minimum(np.searchsorted(travelled, at), len(steps) - 1)
+    at = _PATH_SHARES * total
+    step = travelled.searchsorted(at)
+    np.minimum(step, len(steps) - 1, out=step)
     along = 1.0 - (travelled[step] - at) / np.maximum(lengths[step], 1e-300)
     path[:, :2] = (everything[step] + steps[step] * along[:, None] - (low + span / 2.0)) / float(span.max())
-    # A step from the last point of a stroke is a jump to the next stroke.
-    down = np.ones(len(steps), np.float32)
-    down[np.cumsum([len(stroke) for stroke in points[:-1]], dtype=np.int64) - 1] = 0.0
-    path[:, 2] = down[step]
+    path[:, 2] = 1.0
+    if len(points) > 1:  # a step from the last point of a stroke is a jump to the next stroke
+        down = np.ones(len(steps), np.float32)
+        down[[total - 1 for total in itertools.accumulate(len(stroke) for stroke in points[:-1])]] = 0.0
+        path[:, 2] = down[step]
     path[:, 3] = 1.0
     return path
 
@@ -388,24 +393,24 @@ def measure_drawing(
     """Validate a drawing and measure it: its strokes, all their points, the corner of their box and the
     box's size; ``None`` for no strokes or a dot (the rules every renderer of strokes applies)."""
     points = validate_strokes(strokes, limits)
-    surface_side = _validate_surface(surface)
+    surface_side = validate_surface(surface)
     if not points:
         return None
     points, everything = drop_strays(points)
-    low = everything.min(axis=0)
-    span = everything.max(axis=0) - low
+    low, high = everything.min(axis=0), everything.max(axis=0)
+    span = high - low
     extent = float(span.max())
-    if _is_dot(extent, everything):
+    if _is_dot(extent, max(abs(value) for value in (*low.tolist(), *high.tolist()))):
         return None
     if surface_side is not None and extent < MIN_EXTENT * surface_side:
         return None
     return points, everything, low, span
 
 
-def _is_dot(extent: float, everything: np.ndarray) -> bool:
-    """Whether a drawing (or stroke) ``extent`` wide is lost in rounding of its coordinates, ``everything``
-    (or below 1e-9): a dot."""
-    return extent <= 1e-9 * max(1.0, float(np.abs(everything).max()))
+def _is_dot(extent: float, magnitude: float) -> bool:
+    """Whether a drawing (or stroke) ``extent`` wide is lost in rounding of its coordinates, the largest of
+    which is ``magnitude`` (or is below 1e-9): a dot."""
+    return extent <= 1e-9 * max(1.0, magnitude)
 
 
 STRAY_SIDE = 0.1
@@ -434,7 +439,7 @@ def drop_strays(points: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]
     highs = np.maximum.reduceat(everything, starts, axis=0)
     sides = (highs - lows).max(axis=1)
     small = sides < STRAY_SIDE * sides.max()
-    if not small.any() or _is_dot(float(sides.max()), everything):  # no stroke is a body to stray from
+    if not small.any() or _is_dot(float(sides.max()), float(np.abs(everything).max())):  # no body to stray from
         return points, everything
     low, high = lows[~small].min(axis=0), highs[~small].max(axis=0)
     gaps = np.maximum(lows - high, low - highs).max(axis=1)
@@ -653,8 +658,9 @@ def _check_dimensions(width: int, height: int, limits: Limits) -> None:
         raise PreprocessError(f"image is {width}x{height}; the limit is {limits.max_side} px per side")
 
 
-def _validate_surface(surface: object) -> float | None:
-    """Return the longer side of ``surface``, a (width, height) pair of positive numbers, or ``None``."""
+def validate_surface(surface: object) -> float | None:
+    """Return the longer side of ``surface``, a (width, height) pair of positive numbers below 1e9, or
+    ``None``. The protocol checks it when a message arrives, a label's included, which is stored unrendered."""
     if surface is None:
         return None
     message = "surface must be [width, height], two positive numbers below 1e9"
@@ -673,7 +679,10 @@ def _validate_surface(surface: object) -> float | None:
 
 def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], limits: Limits) -> list[np.ndarray]:
     """Check the stroke and point counts and every coordinate; return each non-empty stroke as a float64
-    (n, 2) array. The protocol calls this when a message arrives, so a queued drawing is already compact."""
+    (n, 2) array. The protocol calls this when a message arrives, so a queued drawing is already compact.
+
+    The coordinates of all strokes are checked at once: a drawing is checked again where it is rendered,
+    and numpy's calls, not its arithmetic, are most of what a stroke of a snapshot costs to check."""
     if not isinstance(strokes, (list, tuple)):
         raise PreprocessError("strokes must be a list of polylines, each a list of [x, y] points")
     if len(strokes) > limits.max_strokes:
@@ -688,15 +697,22 @@ def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], 
             raise PreprocessError(f"more than {limits.max_points} points in all; send fewer (downsample)")
         if len(stroke) == 0:
             continue
-        message = f"stroke {index} must hold [x, y] points, each coordinate a number within \u00b11e9"
         try:
             array = np.asarray(stroke)
         except (TypeError, ValueError, OverflowError):
-            raise PreprocessError(message) from None
+            raise PreprocessError(_coordinates_message(index)) from None
         if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "iuf":
-            raise PreprocessError(message)
-        array = array.astype(np.float64)
-        if not np.isfinite(array).all() or np.abs(array).max() > 1e9:
-            raise PreprocessError(message)
-        arrays.append(array)
+            raise PreprocessError(_coordinates_message(index))
+        arrays.append(array.astype(np.float64, copy=False))
+    if arrays and not (np.abs(np.concatenate(arrays)) <= MAX_COORDINATE).all():  # NaN is not <= anything
+        index = next(i for i, array in enumerate(arrays) if not (np.abs(array) <= MAX_COORDINATE).all())
+        raise PreprocessError(_coordinates_message([i for i, stroke in enumerate(strokes) if len(stroke)][index]))
     return arrays
+
+
+MAX_COORDINATE = 1e9
+"""Largest accepted magnitude of a stroke's coordinate."""
+
+
+def _coordinates_message(index: int) -> str:
+    return f"stroke {index} must hold [x, y] points, each coordinate a number within \u00b11e9"

@@ -30,7 +30,17 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from livedigit.preprocess import COST_POINTS, Image, Limits, Pixels, Png, PreprocessError, Strokes, validate_strokes
+from livedigit.preprocess import (
+    COST_POINTS,
+    Image,
+    Limits,
+    Pixels,
+    Png,
+    PreprocessError,
+    Strokes,
+    validate_strokes,
+    validate_surface,
+)
 from livedigit.verdict import ranked
 from livedigit.wire import (
     BINARY_BATCH,
@@ -598,9 +608,8 @@ def _legacy(value: str) -> Pixels:
 
 
 def _strokes(value: list[list[tuple[float, float]]], surface: tuple[float, float] | None, limits: Limits) -> Strokes:
-    if surface is not None and not all(math.isfinite(side) and side > 0 for side in surface):
-        raise ProtocolError(ErrorCode.BAD_IMAGE, "surface sides must be finite numbers above 0")
     try:
+        validate_surface(surface)
         return Strokes(validate_strokes(value, limits), surface)
     except PreprocessError as exc:
         raise ProtocolError(ErrorCode.BAD_IMAGE, str(exc)) from None

@@ -102,6 +102,7 @@ def test_binary_frame() -> None:
         ('{"type": "submit", "strokes": {}}', ErrorCode.BAD_MESSAGE),
         ('{"type": "submit", "strokes": [], "surface": "big"}', ErrorCode.BAD_MESSAGE),
         ('{"type": "submit", "strokes": [], "surface": [0, 10]}', ErrorCode.BAD_IMAGE),
+        ('{"type": "submit", "strokes": [], "surface": [1e10, 1]}', ErrorCode.BAD_IMAGE),
         ('{"type": "submit", "strokes": [], "preview": "yes"}', ErrorCode.BAD_MESSAGE),
         ('{"type": "submit", "pixels": [1, 2]}', ErrorCode.BAD_MESSAGE),
         ('{"type": "submit", "pixels": {"width": "2", "height": 1, "data": "AAA="}}', ErrorCode.BAD_MESSAGE),

@@ -205,6 +205,7 @@ MALFORMED: list[tuple[str, dict[str, Any], str, str]] = [
     ("strokes of text", {"strokes": "1,2"}, "bad_message", "strokes"),
     ("too many points", {"strokes": [[[i, i] for i in range(1100)]]}, "bad_image", "points"),
     ("a flat surface", {"surface": [0, 10]}, "bad_image", "surface"),
+    ("a surface of 1e10", {"surface": [1e10, 1]}, "bad_image", "below 1e9"),
     ("short pixels", {"strokes": None, "pixels": {"width": 3, "height": 3, "data": "AAAA"}}, "bad_image", "bytes"),
     ("huge pixels", {"strokes": None, "pixels": {"width": 5000, "height": 1, "data": ""}}, "bad_image", "limit"),
     ("not a PNG", {"strokes": None, "png": base64.b64encode(b"GIF89a" * 8).decode()}, "bad_image", "PNG"),
