@@ -349,7 +349,9 @@ class Batcher:
         While an expensive image (a batch of its own) is at the workers, no batch is sent to wait behind
         another: a submit taken behind a second 1024x1024 PNG waited for all of it. During the attack
         tests' siege of such images a bystander's p99 was 164-167 ms so, and 135-180 ms without (one
-        worker, 2026-12-05)."""
+        worker, 2026-12-05). With two workers, the one beside an expensive image takes only cheap work:
+        with both of them on such images, nothing was left of the two cores for the event loop, and the
+        bystander's p99 was 221-283 ms."""
         loop = asyncio.get_running_loop()
         while True:
             while not self._answers and not self._submits and not self._snapshots:
@@ -361,7 +363,10 @@ class Batcher:
             while self._heavy and self._batches >= self._workers.lanes:
                 self._room.clear()
                 await self._room.wait()
-            jobs = self._take(time.perf_counter())
+            jobs = self._take(time.perf_counter(), cheap_only=self._heavy > 0)
+            if not jobs and self._heavy:  # only expensive images wait, and one is at a worker
+                await self._room_or_work()
+                continue
             heavy = sum(job.cost for job in jobs) > BATCH_COST
             self._batches += 1
             self._heavy += heavy
@@ -468,9 +473,21 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take(self, now: float) -> list[Job]:
+    async def _room_or_work(self) -> None:
+        """Wait until a batch comes back from the workers or more work arrives."""
+        self._room.clear()
+        self._work.clear()
+        waits = [asyncio.ensure_future(self._room.wait()), asyncio.ensure_future(self._work.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    def _take(self, now: float, cheap_only: bool = False) -> list[Job]:
         """The next batch, within ``max_batch`` images and :data:`BATCH_COST` of preprocessing work (an
-        image that costs more than that goes alone); see "Who goes first" in the module docstring.
+        image that costs more than that goes alone, and with ``cheap_only`` not at all: it waits in its
+        place); see "Who goes first" in the module docstring.
 
         1. People's final answers, in the order they came, up to a full batch.
         2. The snapshot slots in line order, one per client address before a second, leaving
@@ -485,11 +502,16 @@ class Batcher:
         def fits(job: Job, images: int, most_work: int) -> bool:
             return not jobs or (len(jobs) < images and work + job.cost <= most_work)
 
+        def cheap(job: Job) -> bool:
+            return job.cost <= BATCH_COST
+
         expired = list(itertools.takewhile(lambda job: now - job.since > self.snapshot_deadline, self._snapshots))
         for job in expired:
             self._snapshots.pop(job.owner)
             self._resolve(job, Shed(DropReason.OVERLOADED))
         for owner, job in list(self._answers.items()):
+            if cheap_only and not cheap(job):
+                continue
             if not fits(job, self.max_batch, BATCH_COST):
                 break
             del self._answers[owner]
@@ -506,6 +528,8 @@ class Batcher:
                         break  # every waiting address has one in the batch: the rest go in line order
                     if job.client in served:
                         continue
+                if cheap_only and not cheap(job):
+                    continue
                 if not fits(job, images, most_work):
                     break
                 self._snapshots.pop(job.owner)
@@ -517,8 +541,11 @@ class Batcher:
             least = 1.0 - self.submit_share
             images = min(images, max(self.live_images, math.ceil(len(jobs) / least)))
             most_work = min(most_work, max(self.live_images, math.ceil(work / least)))
-        while self._submits and fits(self._submits.peek(), images, most_work):
-            jobs.append(job := self._submits.pop())
+        while self._submits:
+            next_job = self._submits.first(cheap) if cheap_only else self._submits.peek()
+            if next_job is None or not fits(next_job, images, most_work):
+                break
+            jobs.append(job := self._submits.pop(next_job))
             work += job.cost
         for job in jobs:
             self.metrics.queue_wait.observe(now - job.enqueued)

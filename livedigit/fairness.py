@@ -17,7 +17,7 @@ school behind a NAT, or the bench) would otherwise make every batch walk all of 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 
@@ -90,10 +90,25 @@ class FairQueue(Generic[T]):
         owners = next(iter(self._clients.values()))
         return next(iter(owners.values()))[0]
 
-    def pop(self) -> T:
-        """Take the next item, and send its connection and its address to the back of their lines."""
-        client, owners = next(iter(self._clients.items()))
-        owner, items = next(iter(owners.items()))
+    def first(self, accept: Callable[[T], bool]) -> T | None:
+        """The first item in fair order that ``accept`` takes, or ``None``. Only each connection's next item
+        is looked at: a connection's items are served in the order it sent them."""
+        for owners in self._clients.values():
+            for items in owners.values():
+                if accept(items[0]):
+                    return items[0]
+        return None
+
+    def pop(self, item: T | None = None) -> T:
+        """Take the next item (or ``item``, which :meth:`first` returned), and send its connection and its
+        address to the back of their lines."""
+        if item is None:
+            client, owners = next(iter(self._clients.items()))
+            owner, items = next(iter(owners.items()))
+        else:
+            client, owner = item.client, item.owner
+            owners = self._clients[client]
+            items = owners[owner]
         item = items.popleft()
         self._count -= 1
         _count_down(self._per_client, client, 1)

@@ -147,11 +147,11 @@ def rss_mb(samples: dict[str, float]) -> float:
 # PNG files, well formed and hostile.
 
 
-def expensive_png() -> bytes:
-    """A valid 1024x1024 16-bit grayscale PNG of a thick 1 (about 9 KB): tens of milliseconds of
-    preprocessing each, the most expensive image the default limits accept."""
-    image = np.zeros((1024, 1024), np.uint16)
-    image[200:824, 480:560] = 65535
+def expensive_png(side: int = 1024) -> bytes:
+    """A valid ``side`` x ``side`` 16-bit grayscale PNG of a thick 1 (about 9 KB at 1024): tens of
+    milliseconds of preprocessing each at 1024, the most expensive image the default limits accept."""
+    image = np.zeros((side, side), np.uint16)
+    image[side // 5 : side - side // 5, side * 15 // 32 : side * 35 // 64] = 65535
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

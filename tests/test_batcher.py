@@ -480,6 +480,26 @@ def test_fair_queue_serves_the_least_recently_served_address_first() -> None:
     assert not queue and len(queue) == 0
 
 
+def test_fair_queue_finds_the_first_item_it_is_asked_for_in_fair_order() -> None:
+    """Only each connection's next item is looked at; taking it moves its connection and address back."""
+    from livedigit.fairness import FairQueue
+
+    class Item:
+        def __init__(self, client: str, owner: str, name: str) -> None:
+            self.client, self.owner, self.name = client, owner, name
+
+    queue: FairQueue[Item] = FairQueue()
+    for client, owner, name in [("A", "a1", "big-1"), ("A", "a1", "small-1"), ("A", "a2", "big-2")]:
+        queue.push(Item(client, owner, name))
+    queue.push(Item("B", "b", "big-3"))  # B goes first: its address has waited longest
+    queue.push(Item("A", "a3", "small-2"))
+    small = queue.first(lambda item: item.name.startswith("small"))
+    assert small is not None and small.name == "small-2"  # a1's small-1 waits behind its own big-1
+    assert queue.pop(small) is small and queue.first(lambda item: item.name.startswith("small")) is None
+    assert [queue.pop().name for _ in range(4)] == ["big-3", "big-2", "big-1", "small-1"]
+    assert not queue
+
+
 async def test_a_model_that_fails_on_the_blank_digit_stops_start_up(pausable_runtime) -> None:
     """The warm-up is the model's first call: a model that raises there never serves, and says why."""
     pausable_runtime.fail = True

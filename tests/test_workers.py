@@ -135,11 +135,13 @@ async def test_two_workers_take_a_batch_each_and_never_split_one(start_server) -
     assert min(spent) >= 5, spent
 
 
-async def test_expensive_images_go_to_the_worker_one_at_a_time(start_server) -> None:  # type: ignore[no-untyped-def]
-    """While a 1024x1024 PNG is at the worker, the next ones stay in the batcher's fair queue, where a
-    submit from another address goes before them; sent on behind the first, it would have waited for two.
-    ``livedigit_in_flight`` (images at the worker) never counts two of them."""
-    server = start_server()
+@pytest.mark.parametrize("count", [1, 2])
+async def test_expensive_images_go_to_the_workers_one_at_a_time(start_server, count: int) -> None:  # type: ignore[no-untyped-def]
+    """While a 1024x1024 PNG is at a worker, the next ones stay in the batcher's fair queue, where a
+    submit from another address goes before them; sent on behind the first, it would have waited for two,
+    and with two workers both cores would be on them. ``livedigit_in_flight`` (images at the workers)
+    never counts two of them."""
+    server = start_server("--model-workers", str(count))
     png = base64.b64encode(expensive_png()).decode()
     attacker, _ = await open_ws(server.ws_url)
     for message_id in range(6):
@@ -151,6 +153,35 @@ async def test_expensive_images_go_to_the_worker_one_at_a_time(start_server) -> 
         await asyncio.sleep(0.002)
     assert [answer["type"] for answer in answered.result()] == ["prediction"] * 6
     assert 1 in seen and max(seen) == 1, seen
+
+
+async def test_the_worker_beside_an_expensive_image_answers_a_drawing_meanwhile(start_server) -> None:  # type: ignore[no-untyped-def]
+    """With two workers, a drawing submitted while 2048x2048 PNGs wait, one of them at a worker, goes to
+    the other worker: it is answered before that PNG (about a tenth of a second of work). Had the other
+    worker been given the next PNG, the drawing would have waited for one of them."""
+    server = start_server("--model-workers", "2", "--max-side", "2048")
+    workers_of(server.pid, 2)
+    png = base64.b64encode(expensive_png(2048)).decode()
+    attacker, _ = await open_ws(server.ws_url)
+    bystander, _ = await open_ws(server.ws_url)
+    for message_id in range(6):
+        await attacker.send(json.dumps({"type": "submit", "id": message_id, "png": png}))
+    attacked: list[dict[str, object]] = []
+
+    async def read_attacker() -> None:
+        for _ in range(6):
+            attacked.extend(await replies(attacker, 1))
+
+    reading = asyncio.ensure_future(read_attacker())
+    deadline = time.monotonic() + 30
+    while (samples := scrape(server.http_url))["livedigit_in_flight"] + samples["livedigit_queued_submits"] < 6:
+        assert time.monotonic() < deadline, samples  # every PNG read, one at least taken
+        await asyncio.sleep(0.002)
+    await bystander.send(json.dumps({"type": "submit", "id": "seven", "strokes": SEVEN}))
+    answer = (await replies(bystander, 1))[0]
+    assert answer["digit"] == 7 and attacked == []
+    await reading
+    assert [reply["type"] for reply in attacked] == ["prediction"] * 6
 
 
 @pytest.mark.parametrize("count", [1, 2])
