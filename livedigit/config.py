@@ -47,10 +47,11 @@ class Settings:
     runtime: str = _option("litert", "inference runtime: litert or tensorflow")
     threads: int = _option(1, "CPU threads the model may use per batch")
     model_workers: int = _option(
-        1,
+        2,
         "processes that turn drawings into model inputs and run the model on them beside the server's event "
-        "loop, each batch in one of them (2 on two cores: more people per dyno, see docs/operations.md); 0: a "
-        "thread of the server process instead (it then competes with the event loop for the interpreter lock)",
+        "loop, each batch in one of them (2: both cores of a two-core dyno, see docs/operations.md; 1 on one "
+        "core); 0: a thread of the server process instead (it then competes with the event loop for the "
+        "interpreter lock)",
     )
     max_batch: int = _option(32, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")

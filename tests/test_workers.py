@@ -18,6 +18,7 @@ import pytest
 from hardutil import expensive_png, scrape
 from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
 
+from livedigit.config import Settings
 from livedigit.workers import _frame, _Worker
 
 pytestmark = [
@@ -27,6 +28,8 @@ pytestmark = [
 
 HEAVY = [[[x, (x * 37) % 500] for x in range(0, 1000, 1)]]
 """One drawing of 1,000 points: a few milliseconds of preprocessing, so a batch of them keeps a worker busy."""
+
+DEFAULT_WORKERS = Settings().model_workers
 
 BIG_MESSAGES = ("--max-message-bytes", str(1 << 20))
 """Room for a batch of 64 such drawings in one message."""
@@ -103,7 +106,7 @@ async def test_the_workers_are_named_children_of_the_server(start_server) -> Non
     """They score every image, and batches far larger than a socket's buffer either way (64 drawings of
     1,000 points out, 64 predictions with their previews back) go through them whole, by the same workers."""
     server = start_server(*BIG_MESSAGES, "--max-pending-submits", "1024")
-    workers = workers_of(server.pid)
+    workers = workers_of(server.pid, DEFAULT_WORKERS)
     for worker in workers:
         assert Path(f"/proc/{worker}/comm").read_text().strip() == "livedigit-work"
     ws, _ = await open_ws(server.ws_url)
@@ -113,7 +116,7 @@ async def test_the_workers_are_named_children_of_the_server(start_server) -> Non
         await ws.send(json.dumps({"type": "batch", "id": message_id, "items": [{"strokes": HEAVY} for _ in range(64)]}))
     for answer in await replies(ws, 5):
         assert [result["type"] for result in answer["results"]] == ["prediction"] * 64, answer["results"][:8]
-    assert workers_of(server.pid) == workers and restarts(server.http_url) == 0
+    assert workers_of(server.pid, DEFAULT_WORKERS) == workers and restarts(server.http_url) == 0
 
 
 async def test_two_workers_take_a_batch_each_and_never_split_one(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -242,9 +245,9 @@ async def test_sigterm_with_work_in_flight_answers_it_and_leaves_no_process(star
     assert "Traceback" not in server.log()
 
 
-def test_a_server_killed_outright_takes_its_worker_with_it(start_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_killed_outright_takes_its_workers_with_it(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
-    workers = workers_of(server.pid)
+    workers = workers_of(server.pid, DEFAULT_WORKERS)
     server.process.kill()
     server.process.wait(30)
     deadline = time.monotonic() + 10
