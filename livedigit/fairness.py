@@ -109,6 +109,7 @@ class FairQueue(Generic[T]):
             client, owner = item.client, item.owner
             owners = self._clients[client]
             items = owners[owner]
+            assert items[0] is item, "only a connection's next item can be taken"
         item = items.popleft()
         self._count -= 1
         _count_down(self._per_client, client, 1)

@@ -181,7 +181,7 @@ def _path(points: list[np.ndarray], everything: np.ndarray, low: np.ndarray, spa
     path[:, 2] = 1.0
     if len(points) > 1:  # a step from the last point of a stroke is a jump to the next stroke
         down = np.ones(len(steps), np.float32)
-        down[[total - 1 for total in itertools.accumulate(len(stroke) for stroke in points[:-1])]] = 0.0
+        down[[end - 1 for end in itertools.accumulate(len(stroke) for stroke in points[:-1])]] = 0.0
         path[:, 2] = down[step]
     path[:, 3] = 1.0
     return path
@@ -677,6 +677,10 @@ def validate_surface(surface: object) -> float | None:
     return max(sides)
 
 
+MAX_COORDINATE = 1e9
+"""Largest accepted magnitude of a stroke's coordinate."""
+
+
 def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], limits: Limits) -> list[np.ndarray]:
     """Check the stroke and point counts and every coordinate; return each non-empty stroke as a float64
     (n, 2) array. The protocol calls this when a message arrives, so a queued drawing is already compact.
@@ -708,10 +712,6 @@ def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], 
         index = next(i for i, array in enumerate(arrays) if not (np.abs(array) <= MAX_COORDINATE).all())
         raise PreprocessError(_coordinates_message([i for i, stroke in enumerate(strokes) if len(stroke)][index]))
     return arrays
-
-
-MAX_COORDINATE = 1e9
-"""Largest accepted magnitude of a stroke's coordinate."""
 
 
 def _coordinates_message(index: int) -> str:
