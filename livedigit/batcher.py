@@ -102,6 +102,12 @@ score frames that are already stale, and a submit would wait behind them: with t
 on two workers, the submits of 600 people streaming past the knee waited 155 ms at p99, with three
 batches in all 115 ms (one run each, 2026-12-05)."""
 
+
+def _cheap(job: Job) -> bool:
+    """Whether a job may share a batch: it costs at most :data:`BATCH_COST` to preprocess."""
+    return job.cost <= BATCH_COST
+
+
 _DRAWINGS = (Pixels, Png, Strokes)
 """The decoded images (a tuple: ``isinstance`` with a union builds the union on every call)."""
 
@@ -502,15 +508,12 @@ class Batcher:
         def fits(job: Job, images: int, most_work: int) -> bool:
             return not jobs or (len(jobs) < images and work + job.cost <= most_work)
 
-        def cheap(job: Job) -> bool:
-            return job.cost <= BATCH_COST
-
         expired = list(itertools.takewhile(lambda job: now - job.since > self.snapshot_deadline, self._snapshots))
         for job in expired:
             self._snapshots.pop(job.owner)
             self._resolve(job, Shed(DropReason.OVERLOADED))
         for owner, job in list(self._answers.items()):
-            if cheap_only and not cheap(job):
+            if cheap_only and not _cheap(job):
                 continue
             if not fits(job, self.max_batch, BATCH_COST):
                 break
@@ -528,7 +531,7 @@ class Batcher:
                         break  # every waiting address has one in the batch: the rest go in line order
                     if job.client in served:
                         continue
-                if cheap_only and not cheap(job):
+                if cheap_only and not _cheap(job):
                     continue
                 if not fits(job, images, most_work):
                     break
@@ -542,7 +545,7 @@ class Batcher:
             images = min(images, max(self.live_images, math.ceil(len(jobs) / least)))
             most_work = min(most_work, max(self.live_images, math.ceil(work / least)))
         while self._submits:
-            next_job = self._submits.first(cheap) if cheap_only else self._submits.peek()
+            next_job = self._submits.first(_cheap) if cheap_only else self._submits.peek()
             if next_job is None or not fits(next_job, images, most_work):
                 break
             jobs.append(job := self._submits.pop(next_job))

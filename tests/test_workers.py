@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from hardutil import expensive_png, scrape
-from wsutil import ONE, SEVEN, closed, http_json, open_ws, replies
+from wsutil import ONE, SEVEN, closed, open_ws, replies
 
 from livedigit.config import Settings
 from livedigit.workers import _frame, _Worker
@@ -95,11 +95,7 @@ def batch_sizes(http_url: str) -> tuple[float, float]:
 
 
 def restarts(http_url: str) -> float:
-    _, _, text = http_json(f"{http_url}/metrics")
-    for line in text.splitlines():
-        if line.startswith("livedigit_worker_restarts_total "):
-            return float(line.split()[1])
-    raise AssertionError("livedigit_worker_restarts_total not exported")
+    return scrape(http_url)["livedigit_worker_restarts_total"]
 
 
 async def test_the_workers_are_named_children_of_the_server(start_server) -> None:  # type: ignore[no-untyped-def]
