@@ -147,10 +147,17 @@ def environment(model: str) -> dict:
 
     base = Path(model).with_suffix("") if Path(model).suffix in (".tflite", ".keras") else Path(model)
     tflite = base.with_suffix(".tflite")
+    from livedigit.bench.resources import cpu_description
+
+    try:
+        cpu = cpu_description(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        cpu = cpu_description("")
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        **cpu,
         "load_average": [round(value, 2) for value in os.getloadavg()],
         "ai_edge_litert": version("ai-edge-litert"),
         "tensorflow": version("tensorflow-cpu"),
@@ -214,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     info = environment(args.model)
     results = [run_worker(config, args) for config in args.configs.split(",")]
     info["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+    from livedigit.bench.resources import describe_cpu
+
+    print(f"machine: {describe_cpu(info)}")
     print(
         f"model {info['model']} ({info['tflite_bytes']} bytes tflite); python {info['python']}, "
-        f"{info['cpus']} CPUs, load average {info['load_average']} -> {info['load_average_after']}; "
+        f"load average {info['load_average']} -> {info['load_average_after']}; "
         f"ai-edge-litert {info['ai_edge_litert']}, tensorflow {info['tensorflow']}"
     )
     print(f"samples/s: median of {args.rounds} rounds of {args.round_seconds} s; each config in a fresh process")

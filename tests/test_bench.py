@@ -20,7 +20,7 @@ from livedigit.bench.measure import BENCH_LATE_MS, Target, run_load
 from livedigit.bench.people import timeline, websocket_people
 from livedigit.bench.recorder import Recorder
 from livedigit.bench.report import format_report
-from livedigit.bench.resources import CLOCK_TICKS
+from livedigit.bench.resources import CLOCK_TICKS, SPEED_FEATURES, cpu_description, describe_cpu
 from livedigit.bench.workload import Workload, drawing, schedule
 from livedigit.client import LiveDigitClient
 from livedigit.wire import VERSION, Empty
@@ -39,6 +39,37 @@ def test_drawing_replays_the_pen_in_growing_prefixes(pen_test):
     for frame in frames:
         flat = [point for stroke in frame for point in stroke]
         assert flat == [point for stroke in digit.strokes for point in stroke][: len(flat)]
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 bmi2
+
+processor\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 bmi2 avx512f
+"""
+
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes crc32 atomics asimddp sha512
+CPU implementer\t: 0x41
+"""
+
+
+def test_the_machine_is_described_with_the_instruction_sets_that_set_the_models_speed():
+    x86 = cpu_description(X86_CPUINFO)
+    assert x86 == {
+        "cpu": "AMD EPYC",
+        "cpu_features": ["avx2", "fma"],
+        "cpu_features_lacking": ["avx512f", "avx512_vnni", "avx_vnni", "amx_int8"],
+    }
+    assert describe_cpu({**x86, "cpus": 2}) == "AMD EPYC, 2 CPUs, avx2 fma, no avx512f avx512_vnni avx_vnni amx_int8"
+    arm = cpu_description(ARM_CPUINFO)
+    assert arm == {"cpu": "", "cpu_features": ["asimddp"], "cpu_features_lacking": ["i8mm"]}
+    assert describe_cpu({**arm, "cpus": 4}) == "unknown CPU, 4 CPUs, asimddp, no i8mm"
+    assert cpu_description("") == {"cpu": "", "cpu_features": [], "cpu_features_lacking": []}
 
 
 def check_run(run: dict, clients: int) -> None:
@@ -101,6 +132,11 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_digits_file, tmp_pat
     assert server["source"] == "psutil" and server["rss_mb_max"] > 10 and server["cpu_percent"] > 0
     assert 0 < server["ready_s"] < 60
     assert f"server ready {server['ready_s']} s after its process started" in captured.out
+    machine = report["machine"]
+    assert captured.out.startswith(f"machine: {describe_cpu(machine)}\n")
+    if sys.platform.startswith("linux"):  # every speed-related instruction set is either had or lacked
+        found = {*machine["cpu_features"], *machine["cpu_features_lacking"]}
+        assert found in [set(features) for features in SPEED_FEATURES.values()]
     cpu = run["cpu_per_answer_ms"]
     assert cpu["answered"] > 0 and cpu["total"] > 0
     assert {"livedigit", "livedigit-work"} <= set(cpu["threads"])  # the worker process too

@@ -24,7 +24,8 @@ card (:mod:`livedigit.verdict`), exactly as the batcher does. Figures:
   ``unsure``, by kind, and the share of real digits (pen-digits and MNIST test) answered each way; the
   share of the pen-digits test errors flagged (``unsure`` or ``not_a_digit``).
 * **cost**: the card's FLOPs and parameters; with ``--speed``, LiteRT digits/s with one thread from
-  ``bench/runtime.py`` (in a fresh process; ``--reference`` measures another model in the same run).
+  ``bench/runtime.py`` (in a fresh process; ``--reference`` measures another model in the same run),
+  with the CPU it ran on (``machine``: its model and which 8-bit dot-product instructions it has).
 
 Writes the figures as JSON (``--json``) and prints a table; ``--card`` also stores them in the model's
 card (``accuracy`` updated, the rest under ``evaluation``).
@@ -288,6 +289,11 @@ def evaluate(runtime: Runtime, rule: VerdictRule, sets: Sets) -> dict[str, Any]:
     }
 
 
+MACHINE_KEYS = ("cpu", "cpus", "cpu_features", "cpu_features_lacking")
+"""What ``bench/runtime.py`` says of the machine that a speed is kept with: the same network runs at
+different multiples of another on CPUs with and without 8-bit dot products."""
+
+
 def speed(model: str, reference: str | None) -> dict[str, Any]:
     """LiteRT digits/s with one thread, by batch size, from ``bench/runtime.py`` (a fresh process per model)."""
     results: dict[str, Any] = {}
@@ -303,6 +309,7 @@ def speed(model: str, reference: str | None) -> dict[str, Any]:
         rates = measured["results"][0]["samples_per_s"]
         results[name] = {batch: round(rates[batch]) for batch in SPEED_BATCHES}
         results["load_average"] = measured["environment"]["load_average"]
+        results["machine"] = {key: measured["environment"][key] for key in MACHINE_KEYS}
     if "reference" in results:
         results["ratio_batch_8"] = round(results["model"]["8"] / results["reference"]["8"], 3)
     return results
@@ -342,6 +349,9 @@ def table(figures: dict[str, Any]) -> str:
         rows.append(("MFLOPs per digit, parameters", f"{cost['flops_per_sample'] / 1e6:.1f}, {cost['parameters']:,}"))
     if "speed" in cost:
         rows.append(("LiteRT 1 thread digits/s (b=1/8/64)", " / ".join(map(str, cost["speed"]["model"].values()))))
+        from livedigit.bench.resources import describe_cpu  # the bench extra, as bench/runtime.py needs
+
+        rows.append(("  measured on", describe_cpu(cost["speed"]["machine"])))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from livedigit.bench.ceiling import IDLE_BATCH, IDLE_PAUSE_S
+from livedigit.bench.resources import describe_cpu
 
 DISTURBED_PERCENT = 5.0
 """CPU (% of one core) used by processes other than the server and the bench above which a run is flagged."""
@@ -16,7 +17,7 @@ SPEED_CHANGE = 0.3
 
 def format_report(report: dict[str, Any]) -> str:
     """The figures as plain-text tables."""
-    lines: list[str] = []
+    lines: list[str] = [f"machine: {describe_cpu(report['machine'])}", ""] if report.get("machine") else []
     ceiling = report.get("ceiling")
     if ceiling:
         lines += [
