@@ -139,6 +139,8 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
 def environment(model: str) -> dict:
     import importlib.metadata as metadata
 
+    from livedigit.bench.resources import this_cpu
+
     def version(package: str) -> str:
         try:
             return metadata.version(package)
@@ -147,17 +149,11 @@ def environment(model: str) -> dict:
 
     base = Path(model).with_suffix("") if Path(model).suffix in (".tflite", ".keras") else Path(model)
     tflite = base.with_suffix(".tflite")
-    from livedigit.bench.resources import cpu_description
-
-    try:
-        cpu = cpu_description(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        cpu = cpu_description("")
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        **cpu,
+        **this_cpu(),
         "load_average": [round(value, 2) for value in os.getloadavg()],
         "ai_edge_litert": version("ai-edge-litert"),
         "tensorflow": version("tensorflow-cpu"),

@@ -349,9 +349,10 @@ def table(figures: dict[str, Any]) -> str:
         rows.append(("MFLOPs per digit, parameters", f"{cost['flops_per_sample'] / 1e6:.1f}, {cost['parameters']:,}"))
     if "speed" in cost:
         rows.append(("LiteRT 1 thread digits/s (b=1/8/64)", " / ".join(map(str, cost["speed"]["model"].values()))))
-        from livedigit.bench.resources import describe_cpu  # the bench extra, as bench/runtime.py needs
+        if "machine" in cost["speed"]:  # cards measured before it was kept have none
+            from livedigit.bench.resources import describe_cpu  # the bench extra, as bench/runtime.py needs
 
-        rows.append(("  measured on", describe_cpu(cost["speed"]["machine"])))
+            rows.append(("  measured on", describe_cpu(cost["speed"]["machine"])))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 

@@ -200,7 +200,9 @@ an AMD one with AVX2 only, so a speed means little without them."""
 def cpu_description(cpuinfo: str) -> dict[str, Any]:
     """The CPU's model name, and which of :data:`SPEED_FEATURES` it has and lacks, from the text of
     ``/proc/cpuinfo`` (the first processor's lines: a machine's cores are alike)."""
-    name, have, lacking = "", list[str](), list[str]()
+    name = ""
+    have: list[str] = []
+    lacking: list[str] = []
     for line in cpuinfo.splitlines():
         key, _, value = (part.strip() for part in line.partition(":"))
         if key == "model name" and not name:
@@ -222,12 +224,16 @@ def describe_cpu(machine: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def this_cpu() -> dict[str, Any]:
+    """:func:`cpu_description` of this machine (nothing known where ``/proc/cpuinfo`` is absent)."""
+    try:
+        return cpu_description(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return cpu_description("")
+
+
 def machine() -> dict[str, Any]:
     """Where the figures were measured: they only compare with figures from the same machine and code."""
-    try:
-        cpu = cpu_description(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        cpu = cpu_description("")
     try:
         commit = (
             subprocess.run(
@@ -243,7 +249,7 @@ def machine() -> dict[str, Any]:
         commit = None
     return {
         "cpus": os.cpu_count(),
-        **cpu,
+        **this_cpu(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
         "platform": sys.platform,
