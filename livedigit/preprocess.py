@@ -18,17 +18,24 @@ the way a drawing's strokes were drawn, and :func:`model_input` both at once. An
 
 from __future__ import annotations
 
+import array
 import io
 import itertools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image as PILImage
 
 from livedigit.wire import PNG_SIGNATURE
+
+_compiled_coverage: Callable[[object, object, object, object, object, float, float], None] | None
+try:
+    from livedigit._coverage import coverage as _compiled_coverage
+except ImportError:  # installed where no C compiler was at hand (setup.py): numpy draws the same pixels
+    _compiled_coverage = None
 
 SIZE = 28
 """Side of the model input, in pixels."""
@@ -463,6 +470,23 @@ def _coverage(placed: np.ndarray, lengths: list[int], radius: float, xs: np.ndar
     """The ink at the pixel centres ``xs`` x ``ys``: 1 within ``radius`` of a stroke, 0 beyond ``radius``
     + 1 px, linear between (the share of a pixel an edge crosses). ``placed`` holds every stroke's points
     in pixels, one after the other, ``lengths`` how many each has; a one-point stroke is a dot.
+
+    Computed by ``livedigit/_coverage.c`` where the package was built with it, else by
+    :func:`_coverage_numpy`: the same float32 operations in the same order, so the same pixels, bit for
+    bit. Compiled, a snapshot's ink costs a fifth of numpy's (18 against 80 µs for pen digits cut at 75%
+    of their points, 2026-12-05), the largest single part of preprocessing in numpy.
+    """
+    if _compiled_coverage is None:
+        return _coverage_numpy(placed, lengths, radius, xs, ys)
+    ink = np.empty((len(ys), len(xs)), np.float32)
+    _compiled_coverage(ink, placed, array.array("i", lengths), xs, ys, radius + 0.5, radius + 1.0)
+    return ink
+
+
+def _coverage_numpy(
+    placed: np.ndarray, lengths: list[int], radius: float, xs: np.ndarray, ys: np.ndarray
+) -> np.ndarray:
+    """:func:`_coverage` in numpy.
 
     A snapshot's segments (up to :data:`SEGMENTS_AT_ONCE`) are measured against every pixel at once, in
     about 25 numpy calls whatever their number. A longer drawing is measured a run of consecutive

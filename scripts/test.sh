@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Python packages into .venv, Debian's chromium for the browser tests,
-# Debian's postgresql for the label storage tests, the fonts the generated non-digits are drawn from),
+# Debian's postgresql for the label storage tests, the fonts the generated non-digits are drawn from, a C
+# compiler for the compiled preprocessing, which the tests compare with numpy's),
 # check lint, formatting and types, and run the whole suite: ./scripts/test.sh [pytest arguments]
 # The quick loop, without the tests marked slow (browser, training, fuzzing, load...): ./scripts/test.sh -m "not slow"
 set -euo pipefail
@@ -10,6 +11,8 @@ FONTS="hershey-fonts-data fonts-dkg-handwriting fonts-bwht fonts-breip fonts-hum
 PACKAGES=()
 [ -x /usr/bin/chromium ] || PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || PACKAGES+=(postgresql)
+command -v cc >/dev/null || PACKAGES+=(gcc)
+[ -f "$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || PACKAGES+=(python3-dev)
 command -v dpkg >/dev/null && ! dpkg -s $FONTS >/dev/null 2>&1 && PACKAGES+=($FONTS)
 if [ ${#PACKAGES[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo -n"; else SUDO=none; fi

@@ -7,12 +7,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # venv_install NAME PIP_INSTALL_ARGUMENTS...: run pip install, unless it already ran with these arguments
-# and the same pyproject.toml, requirements.txt and constraints.txt (their hash is kept in .venv/.NAME).
+# and the same pyproject.toml, setup.py, the compiled preprocessing's source, requirements.txt and
+# constraints.txt (their hash is kept in .venv/.NAME).
 venv_install() {
   local stamp=".venv/.$1"
   shift
   local hash
-  hash=$({ cat pyproject.toml requirements.txt constraints.txt; echo "$*"; } | sha256sum | cut -d' ' -f1)
+  hash=$({ cat pyproject.toml setup.py livedigit/_coverage.c requirements.txt constraints.txt; echo "$*"; } | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"
     echo "$hash" >"$stamp"

@@ -8,6 +8,7 @@ refused with a :class:`PreprocessError` saying what to change, never with anothe
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import ImageDraw
 from scipy import ndimage
 
 from livedigit import pendigits
+from livedigit import preprocess as preprocessing
 from livedigit.bench.workload import drawing
 from livedigit.preprocess import (
     PNG_SIGNATURE,
@@ -384,6 +386,49 @@ def test_strokes_in_any_coordinate_range_give_the_same_image(scale: float, offse
     image = preprocess(Strokes(moved))
     assert_model_input(image)
     assert np.abs(image - expected).max() < 1e-6
+
+
+def drawings_to_compare(pen: list[pendigits.PenDigit]) -> list[tuple[list, tuple[float, float] | None]]:
+    """Drawings of every kind a renderer meets: growing prefixes of pen digits (every other point, with the
+    tablet's surface), the same moved and scaled, random scribbles of one to four strokes and up to 300
+    points (past the 64 segments numpy measures at once), dots and single points."""
+    rng = np.random.default_rng(5)
+    drawings: list[tuple[list, tuple[float, float] | None]] = []
+    for digit in pen:
+        total = sum(len(stroke) for stroke in digit.strokes)
+        for points in range(1, total + 1, 2):
+            drawings.append((pendigits.prefix(digit.strokes, points), pendigits.SURFACE))
+        scale, shift = rng.uniform(0.01, 100.0), rng.uniform(-1e4, 1e4, 2)
+        drawings.append(([[[x * scale + shift[0], y * scale + shift[1]] for x, y in s] for s in digit.strokes], None))
+    for _ in range(300):
+        strokes = [
+            rng.uniform(0, rng.uniform(1, 1000), (int(rng.integers(1, 80)), 2)).tolist()
+            for _ in range(int(rng.integers(1, 5)))
+        ]
+        drawings.append((strokes, None))
+    drawings += [
+        ([[[5.0, 5.0]]], None),
+        ([[[5.0, 5.0]], [[9.0, 1.0]]], None),
+        ([[[0.0, 0.0], [0.0, 0.0], [3.0, 0.0]]], None),
+    ]
+    return drawings
+
+
+@pytest.mark.skipif(
+    preprocessing._compiled_coverage is None and not os.environ.get("CI"),
+    reason="livedigit/_coverage.c was not built here (no C compiler when installing): numpy draws every pixel",
+)
+def test_the_compiled_renderer_draws_numpys_pixels_bit_for_bit(pen_test, monkeypatch) -> None:
+    assert preprocessing._compiled_coverage is not None, "CI installs with a C compiler (scripts/test.sh)"
+    drawings = drawings_to_compare(pen_test[:200])
+    compiled = [render_strokes(strokes, surface) for strokes, surface in drawings]
+    monkeypatch.setattr(preprocessing, "_compiled_coverage", None)
+    in_numpy = [render_strokes(strokes, surface) for strokes, surface in drawings]
+    assert sum(image is not None for image in compiled) > 0.8 * len(drawings)  # the rest are dots
+    for (strokes, surface), one, other in zip(drawings, compiled, in_numpy, strict=True):
+        assert (one is None) == (other is None)
+        if one is not None:
+            assert np.array_equal(one, other), (strokes, surface)
 
 
 def test_strokes_accept_tuples_ints_and_arrays() -> None:
