@@ -23,6 +23,7 @@ from conftest import REPO
 from PIL import Image
 from wsutil import ONE, drawing
 
+from livedigit import preprocess as preprocessing
 from livedigit.bench.served import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -135,3 +136,12 @@ def test_the_installed_command_predicts_a_png(installed: Installed) -> None:
 def test_the_training_script_is_not_installed(installed: Installed) -> None:
     done = installed.run("python", "-c", "import train")
     assert done.returncode != 0 and "ModuleNotFoundError: No module named 'train'" in done.stderr
+
+
+@pytest.mark.skipif(
+    preprocessing._compiled_coverage is None and not os.environ.get("CI"),
+    reason="no C compiler built livedigit/_coverage.c here, so none builds it from the sdist either",
+)
+def test_the_sdist_builds_the_compiled_ink(installed: Installed) -> None:
+    done = installed.run("python", "-c", "import livedigit.preprocess as p; print(p._compiled_coverage is not None)")
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
