@@ -31,7 +31,7 @@ from PIL import Image as PILImage
 
 from livedigit.wire import PNG_SIGNATURE
 
-_compiled_coverage: Callable[[object, object, object, object, object, float, float], None] | None
+_compiled_coverage: Callable[..., None] | None  # its signature: livedigit/_coverage.pyi
 try:
     from livedigit._coverage import coverage as _compiled_coverage
 except ImportError:  # installed where no C compiler was at hand (setup.py): numpy draws the same pixels
