@@ -124,8 +124,8 @@ def exported(
     teacher: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
-    """Base path of a model trained by ``python -m train --quick`` with seed 3 and narrow layers, with
-    ``labels_export``, distilled from ``teacher``'s ``.keras``."""
+    """Base path of a model trained by ``python -m train --quick`` with seed 3 and narrow layers (one
+    block at 14x14), with ``labels_export``, distilled from ``teacher``'s ``.keras``."""
     out = tmp_path_factory.mktemp("trained")
     done = subprocess.run(
         [
@@ -137,6 +137,8 @@ def exported(
             "3",
             "--channels",
             "16,24,40",
+            "--blocks",
+            "1,2",
             "--data",
             str(mnist_path),
             "--pen-digits",
@@ -191,9 +193,9 @@ def test_card_describes_the_model(exported: Path, card: dict) -> None:
     assert card["parameters"] == model.count_params()
     assert isinstance(card["flops_per_sample"], int) and card["flops_per_sample"] > 2 * card["parameters"]
     assert card["training"]["seed"] == 3
-    assert card["training"]["channels"] == [16, 24, 40]
+    assert card["training"]["channels"] == [16, 24, 40] and card["training"]["blocks"] == [1, 2]
     widths = [layer.output.shape[-1] for layer in model.layers if type(layer).__name__ == "Conv2D"]
-    assert widths == [16, 24, 24, 40, 40], widths
+    assert widths == [16, 24, 40, 40], widths
     assert card["training"]["quick"] is True
     assert any("MNIST" in item for item in card["training"]["data"])
     assert any("pen_digits" in item for item in card["training"]["data"])

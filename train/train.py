@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="channels at 28x28, 14x14 and 7x7 (comma-separated; default 32,72,144; see build_model)",
     )
     parser.add_argument(
+        "--blocks",
+        type=depths,
+        default=None,
+        help="convolution blocks at 14x14 and 7x7 (comma-separated; default 2,2 for separable, 2,1 for cnn)",
+    )
+    parser.add_argument(
         "--path",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -176,6 +182,17 @@ def widths(text: str) -> tuple[int, int, int]:
     if min(first, middle, last) < 1:
         raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
     return first, middle, last
+
+
+def depths(text: str) -> tuple[int, int]:
+    """``--blocks``: two positive counts, comma-separated."""
+    try:
+        middle, last = (int(count) for count in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"two comma-separated counts, got {text!r}") from None
+    if min(middle, last) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be positive, got {text!r}")
+    return middle, last
 
 
 def normalize_all(images: np.ndarray) -> np.ndarray:
@@ -346,7 +363,11 @@ ARCHITECTURES = ("separable", "cnn")
 
 
 def build_model(  # type: ignore[no-untyped-def]
-    arch: str = "separable", channels: tuple[int, int, int] = (32, 72, 144), name: str | None = None, path: bool = False
+    arch: str = "separable",
+    channels: tuple[int, int, int] = (32, 72, 144),
+    name: str | None = None,
+    path: bool = False,
+    blocks: tuple[int, int] | None = None,
 ):
     """A small CNN: full resolution only for the cheap first layer; the capacity sits at 14x14 and 7x7.
 
@@ -354,12 +375,15 @@ def build_model(  # type: ignore[no-untyped-def]
     network shipped before); ``separable`` replaces each with a 3x3 depthwise and a 1x1 pointwise
     convolution (3.1 M at those widths, 3.7 M at the default ones), the same receptive field at a fifth
     of the work, which is what a server running every live snapshot of every person pays for.
-    ``channels`` sets the width at 28x28, 14x14 and 7x7 (docs/model.md says what each width was worth).
+    ``channels`` sets the width at 28x28, 14x14 and 7x7 (docs/model.md says what each width was worth),
+    ``blocks`` how many convolutions run at 14x14 and at 7x7 (default: two and two, or two and one for
+    ``cnn``, whose 7x7 convolution is the dearest layer).
     With ``path``, a second input takes the pen's path (:func:`livedigit.preprocess.pen_path`) through two
     small dense layers whose output joins the image's features before the last two: the way a drawing
     was drawn tells digits apart that look alike, for 0.04 MFLOPs.
     """
     first, middle, last = channels
+    middle_blocks, last_blocks = blocks or default_blocks(arch)
     import keras
     from keras import layers
 
@@ -377,11 +401,10 @@ def build_model(  # type: ignore[no-untyped-def]
     inputs = keras.Input((SIZE, SIZE, 1), name="image")
     x = conv(inputs, first)
     x = layers.MaxPooling2D()(x)
-    x = conv(x, middle)
-    x = conv(x, middle)
+    for _ in range(middle_blocks):
+        x = conv(x, middle)
     x = layers.MaxPooling2D()(x)
-    x = conv(x, last)
-    if arch == "separable":
+    for _ in range(last_blocks):
         x = conv(x, last)
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
@@ -400,6 +423,11 @@ def build_model(  # type: ignore[no-untyped-def]
     x = layers.Dropout(0.3)(x)
     outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
     return keras.Model(sources if path else inputs, outputs, name=name or f"livedigit_{arch}")
+
+
+def default_blocks(arch: str) -> tuple[int, int]:
+    """:func:`build_model`'s blocks at 14x14 and 7x7 when none are given."""
+    return (2, 2) if arch == "separable" else (2, 1)
 
 
 def flops_per_sample(model) -> int:  # type: ignore[no-untyped-def]
@@ -562,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         .map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    model = build_model(args.arch, args.channels, path=args.path)
+    blocks = args.blocks or default_blocks(args.arch)
+    model = build_model(args.arch, args.channels, path=args.path, blocks=blocks)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=steps * args.epochs - steps // 2 if args.epochs > 1 else steps,
@@ -639,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             "negatives": len(negative_images),
             "architecture": args.arch,
             "channels": list(args.channels),
+            "blocks": list(blocks),
             "path": args.path,
             "path_dropout": args.path_dropout if args.path else None,
             "blend": args.path and args.blend,
