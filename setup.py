@@ -1,5 +1,5 @@
-"""The compiled part of preprocessing (livedigit/_coverage.c), optional: where no C compiler is at hand the
-package installs without it, and preprocessing draws the same pixels in numpy, more slowly. Everything
+"""The compiled part of preprocessing (livedigit/_draw.c), optional: where no C compiler is at hand the
+package installs without it, and preprocessing draws the same images in numpy, more slowly. Everything
 else about the package is in pyproject.toml."""
 
 import sys
@@ -10,6 +10,4 @@ from setuptools import Extension, setup
 # round once, and the pixels would differ from numpy's in their last bits.
 FLAGS = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off"]
 
-setup(
-    ext_modules=[Extension("livedigit._coverage", ["livedigit/_coverage.c"], extra_compile_args=FLAGS, optional=True)]
-)
+setup(ext_modules=[Extension("livedigit._draw", ["livedigit/_draw.c"], extra_compile_args=FLAGS, optional=True)])

@@ -31,11 +31,11 @@ from PIL import Image as PILImage
 
 from livedigit.wire import PNG_SIGNATURE
 
-_compiled_coverage: Callable[..., None] | None  # its signature: livedigit/_coverage.pyi
+_compiled_draw: Callable[..., bool] | None  # its signature: livedigit/_draw.pyi
 try:
-    from livedigit._coverage import coverage as _compiled_coverage
-except ImportError:  # installed where no C compiler was at hand (setup.py): numpy draws the same pixels
-    _compiled_coverage = None
+    from livedigit._draw import draw as _compiled_draw
+except ImportError:  # installed where no C compiler was at hand (setup.py): numpy draws the same images
+    _compiled_draw = None
 
 SIZE = 28
 """Side of the model input, in pixels."""
@@ -159,13 +159,44 @@ def model_input(
         if pixels is None:
             return None
         return pixels, np.zeros((PATH_POINTS, PATH_FEATURES), np.float32) if path else _NO_PATH
-    drawing = measure_drawing(image.strokes, image.surface, limits)
-    if drawing is None:
-        return None
-    return _render(drawing, STROKE_WIDTH), _path(*drawing) if path else _NO_PATH
+    return _draw(image.strokes, image.surface, limits, STROKE_WIDTH, path)
 
 
 _NO_PATH = np.empty(0, np.float32)
+
+
+def _draw(
+    strokes: Sequence[Sequence[Sequence[float]] | np.ndarray],
+    surface: tuple[float, float] | None,
+    limits: Limits,
+    width: float,
+    path: bool,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A drawing's image and, with ``path``, its :func:`pen_path` (else an empty array); ``None`` for no
+    strokes or a dot. The one way strokes become the model's inputs, for every caller.
+
+    Computed by ``livedigit/_draw.c`` where the package was built with it, else by numpy
+    (:func:`measure_drawing`, :func:`_render`, :func:`_path`): the same operations in the same order, so
+    the same image and path, bit for bit. Compiled, a snapshot costs a few microseconds instead of the
+    fifty or so numpy calls that made up most of its preprocessing.
+    """
+    if _compiled_draw is None:
+        drawing = measure_drawing(strokes, surface, limits)
+        if drawing is None:
+            return None
+        return _render(drawing, width), _path(*drawing) if path else _NO_PATH
+    points = validate_strokes(strokes, limits)
+    surface_side = validate_surface(surface)
+    if not points:
+        return None
+    image = np.empty((SIZE, SIZE), np.float32)
+    drawn = np.empty((PATH_POINTS, PATH_FEATURES), np.float32) if path else _NO_PATH
+    lengths = array.array("i", [len(stroke) for stroke in points])
+    everything = np.concatenate(points)
+    rules = (surface_side or 0.0, width, BOX, MIN_EXTENT, STRAY_SIDE, STRAY_GAP)
+    if not _compiled_draw(image, drawn, _PATH_SHARES, everything, lengths, *rules):
+        return None
+    return image, drawn
 
 
 def _path(points: list[np.ndarray], everything: np.ndarray, low: np.ndarray, span: np.ndarray) -> np.ndarray:
@@ -373,8 +404,8 @@ def render_strokes(
     pixel's ink is its centre's distance to the nearest segment turned into coverage
     (:func:`_coverage`): anti-aliased, and without drawing a large canvas only to shrink it.
     """
-    drawing = measure_drawing(strokes, surface, limits)
-    return None if drawing is None else _render(drawing, width)
+    drawn = _draw(strokes, surface, limits, width, path=False)
+    return None if drawn is None else drawn[0]
 
 
 def _render(drawing: tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray], width: float) -> np.ndarray:
@@ -470,23 +501,6 @@ def _coverage(placed: np.ndarray, lengths: list[int], radius: float, xs: np.ndar
     """The ink at the pixel centres ``xs`` x ``ys``: 1 within ``radius`` of a stroke, 0 beyond ``radius``
     + 1 px, linear between (the share of a pixel an edge crosses). ``placed`` holds every stroke's points
     in pixels, one after the other, ``lengths`` how many each has; a one-point stroke is a dot.
-
-    Computed by ``livedigit/_coverage.c`` where the package was built with it, else by
-    :func:`_coverage_numpy`: the same float32 operations in the same order, so the same pixels, bit for
-    bit. Compiled, a snapshot's ink costs a ninth of numpy's (8.7 against 80 µs for pen digits cut at 75%
-    of their points, 2026-12-05): in numpy the largest single part of preprocessing.
-    """
-    if _compiled_coverage is None:
-        return _coverage_numpy(placed, lengths, radius, xs, ys)
-    ink = np.empty((len(ys), len(xs)), np.float32)
-    _compiled_coverage(ink, placed, array.array("i", lengths), xs, ys, radius + 0.5, radius + 1.0)
-    return ink
-
-
-def _coverage_numpy(
-    placed: np.ndarray, lengths: list[int], radius: float, xs: np.ndarray, ys: np.ndarray
-) -> np.ndarray:
-    """:func:`_coverage` in numpy.
 
     A snapshot's segments (up to :data:`SEGMENTS_AT_ONCE`) are measured against every pixel at once, in
     about 25 numpy calls whatever their number. A longer drawing is measured a run of consecutive
@@ -664,10 +678,12 @@ def _place(scaled: np.ndarray) -> np.ndarray:
     """The 28x28 model input with the ink ``scaled`` into the 20 px box placed so that its centre of
     mass sits at the centre (to the nearest pixel, without leaving the field)."""
     height, width = scaled.shape
-    by_row = scaled.sum(axis=1, dtype=np.float64)
-    total = float(by_row.sum())
-    centre_y = float(by_row @ PIXEL_INDICES[:height]) / total
-    centre_x = float(scaled.sum(axis=0, dtype=np.float64) @ PIXEL_INDICES[:width]) / total
+    # Every sum runs in order (cumsum), as livedigit/_draw.c adds them: the same centre to the last bit.
+    by_row = scaled.cumsum(axis=1, dtype=np.float64)[:, -1]
+    by_column = scaled.cumsum(axis=0, dtype=np.float64)[-1]
+    total = float(by_row.cumsum()[-1])
+    centre_y = float((by_row * PIXEL_INDICES[:height]).cumsum()[-1]) / total
+    centre_x = float((by_column * PIXEL_INDICES[:width]).cumsum()[-1]) / total
     out = np.zeros((SIZE, SIZE), dtype=np.float32)
     y = min(max(round(SIZE / 2 - centre_y), 0), SIZE - height)
     x = min(max(round(SIZE / 2 - centre_x), 0), SIZE - width)

@@ -13,7 +13,7 @@ venv_install() {
   local stamp=".venv/.$1"
   shift
   local hash
-  hash=$({ cat pyproject.toml setup.py livedigit/_coverage.c requirements.txt constraints.txt; echo "$*"; } | sha256sum | cut -d' ' -f1)
+  hash=$({ cat pyproject.toml setup.py livedigit/_draw.c requirements.txt constraints.txt; echo "$*"; } | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"
     echo "$hash" >"$stamp"

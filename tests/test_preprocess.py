@@ -35,6 +35,7 @@ from livedigit.preprocess import (
     Png,
     PreprocessError,
     Strokes,
+    model_input,
     normalize,
     pixel_chunks,
     preprocess,
@@ -390,8 +391,9 @@ def test_strokes_in_any_coordinate_range_give_the_same_image(scale: float, offse
 
 def drawings_to_compare(pen: list[pendigits.PenDigit]) -> list[tuple[list, tuple[float, float] | None]]:
     """Drawings of every kind a renderer meets: growing prefixes of pen digits (every other point, with the
-    tablet's surface), the same moved and scaled, random scribbles of one to four strokes and up to 300
-    points (past the 64 segments numpy measures at once), dots and single points."""
+    tablet's surface), the same moved and scaled, the same with a stray tap or flick, random scribbles
+    of one to four strokes and up to 300 points (past the 64 segments numpy measures at once), dots and
+    single points."""
     rng = np.random.default_rng(5)
     drawings: list[tuple[list, tuple[float, float] | None]] = []
     for digit in pen:
@@ -400,6 +402,8 @@ def drawings_to_compare(pen: list[pendigits.PenDigit]) -> list[tuple[list, tuple
             drawings.append((pendigits.prefix(digit.strokes, points), pendigits.SURFACE))
         scale, shift = rng.uniform(0.01, 100.0), rng.uniform(-1e4, 1e4, 2)
         drawings.append(([[[x * scale + shift[0], y * scale + shift[1]] for x, y in s] for s in digit.strokes], None))
+        tap = rng.uniform(0, 500, 2).tolist()
+        drawings.append(([*digit.strokes, [tap, [tap[0] + 3.0, tap[1] + 1.0]]], pendigits.SURFACE))
     for _ in range(300):
         strokes = [
             rng.uniform(0, rng.uniform(1, 1000), (int(rng.integers(1, 80)), 2)).tolist()
@@ -415,20 +419,25 @@ def drawings_to_compare(pen: list[pendigits.PenDigit]) -> list[tuple[list, tuple
 
 
 @pytest.mark.skipif(
-    preprocessing._compiled_coverage is None and not os.environ.get("CI"),
-    reason="livedigit/_coverage.c was not built here (no C compiler when installing): numpy draws every pixel",
+    preprocessing._compiled_draw is None and not os.environ.get("CI"),
+    reason="livedigit/_draw.c was not built here (no C compiler when installing): numpy draws every drawing",
 )
-def test_the_compiled_renderer_draws_numpys_pixels_bit_for_bit(pen_test, monkeypatch) -> None:
-    assert preprocessing._compiled_coverage is not None, "CI installs with a C compiler (scripts/test.sh)"
+def test_the_compiled_drawing_makes_numpys_image_and_path_bit_for_bit(pen_test, monkeypatch) -> None:
+    assert preprocessing._compiled_draw is not None, "CI installs with a C compiler (scripts/test.sh)"
     drawings = drawings_to_compare(pen_test[:200])
-    compiled = [render_strokes(strokes, surface) for strokes, surface in drawings]
-    monkeypatch.setattr(preprocessing, "_compiled_coverage", None)
-    in_numpy = [render_strokes(strokes, surface) for strokes, surface in drawings]
-    assert sum(image is not None for image in compiled) > 0.8 * len(drawings)  # the rest are dots
+    compiled = [model_input(Strokes(strokes, surface)) for strokes, surface in drawings]
+    images = [render_strokes(strokes, surface, width=0.05) for strokes, surface in drawings[::10]]
+    monkeypatch.setattr(preprocessing, "_compiled_draw", None)
+    in_numpy = [model_input(Strokes(strokes, surface)) for strokes, surface in drawings]
+    assert sum(found is not None for found in compiled) > 0.8 * len(drawings)  # the rest are dots
     for (strokes, surface), one, other in zip(drawings, compiled, in_numpy, strict=True):
         assert (one is None) == (other is None)
         if one is not None:
-            assert np.array_equal(one, other), (strokes, surface)
+            assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1]), (strokes, surface)
+    for (strokes, surface), image in zip(drawings[::10], images, strict=True):  # another pen
+        other_image = render_strokes(strokes, surface, width=0.05)
+        assert (image is None) == (other_image is None)
+        assert image is None or np.array_equal(image, other_image), (strokes, surface)
 
 
 def test_strokes_accept_tuples_ints_and_arrays() -> None:

@@ -139,9 +139,9 @@ def test_the_training_script_is_not_installed(installed: Installed) -> None:
 
 
 @pytest.mark.skipif(
-    preprocessing._compiled_coverage is None and not os.environ.get("CI"),
-    reason="no C compiler built livedigit/_coverage.c here, so none builds it from the sdist either",
+    preprocessing._compiled_draw is None and not os.environ.get("CI"),
+    reason="no C compiler built livedigit/_draw.c here, so none builds it from the sdist either",
 )
-def test_the_sdist_builds_the_compiled_ink(installed: Installed) -> None:
-    done = installed.run("python", "-c", "import livedigit.preprocess as p; print(p._compiled_coverage is not None)")
+def test_the_sdist_builds_the_compiled_drawing(installed: Installed) -> None:
+    done = installed.run("python", "-c", "import livedigit.preprocess as p; print(p._compiled_draw is not None)")
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr

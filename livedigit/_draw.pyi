@@ -1,0 +1,15 @@
+"""Types of the compiled preprocessing of strokes (livedigit/_draw.c)."""
+
+def draw(
+    image: object,
+    path: object,
+    shares: object,
+    points: object,
+    lengths: object,
+    surface_side: float,
+    width: float,
+    box: float,
+    min_extent: float,
+    stray_side: float,
+    stray_gap: float,
+) -> bool: ...
