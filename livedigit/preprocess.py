@@ -177,8 +177,9 @@ def _draw(
 
     Computed by ``livedigit/_draw.c`` where the package was built with it, else by numpy
     (:func:`measure_drawing`, :func:`_render`, :func:`_path`): the same operations in the same order, so
-    the same image and path, bit for bit. Compiled, a snapshot costs a few microseconds instead of the
-    fifty or so numpy calls that made up most of its preprocessing.
+    the same image and path, bit for bit. Compiled, :func:`model_input` takes about 20 µs for a live
+    snapshot, where numpy's calls on a few dozen points took about 190 (99 with only the ink compiled;
+    docs/benchmarks.md, 2026-12-05).
     """
     if _compiled_draw is None:
         drawing = measure_drawing(strokes, surface, limits)
