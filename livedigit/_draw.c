@@ -13,18 +13,22 @@
 #include <Python.h>
 #include <math.h>
 
-/* The first index of the sorted `centres` whose value is at least `value`. */
-static Py_ssize_t first_at_least(const float *centres, Py_ssize_t count, float value) {
-    Py_ssize_t low = 0, high = count;
-    while (low < high) {
-        Py_ssize_t middle = (low + high) / 2;
-        if (centres[middle] < value)
-            low = middle + 1;
-        else
-            high = middle;
+/* The first index of the ascending `sorted` whose value is at least `value` (`count` if none is), for
+   the pixel centres (float) and the distances travelled along the path (double). */
+#define FIRST_AT_LEAST(name, type)                                         \
+    static Py_ssize_t name(const type *sorted, Py_ssize_t count, type value) { \
+        Py_ssize_t low = 0, high = count;                                  \
+        while (low < high) {                                               \
+            Py_ssize_t middle = (low + high) / 2;                          \
+            if (sorted[middle] < value)                                    \
+                low = middle + 1;                                          \
+            else                                                           \
+                high = middle;                                             \
+        }                                                                  \
+        return low;                                                        \
     }
-    return low;
-}
+FIRST_AT_LEAST(first_at_least, float)
+FIRST_AT_LEAST(first_travelled, double)
 
 static void ink(float *out, const float *placed, const int *lengths, Py_ssize_t strokes, const float *xs,
                 Py_ssize_t columns, const float *ys, Py_ssize_t rows, float radius_and_half, float reach) {
@@ -194,15 +198,9 @@ static void path_of(float *path, Py_ssize_t resampled, const double *shares, con
     double extent = span[0] > span[1] ? span[0] : span[1];
     for (Py_ssize_t i = 0; i < resampled; i++) {
         double at = shares[i] * total;
-        Py_ssize_t lo = 0, hi = steps; /* the first step travelled as far as `at` */
-        while (lo < hi) {
-            Py_ssize_t middle = (lo + hi) / 2;
-            if (travelled[middle] < at)
-                lo = middle + 1;
-            else
-                hi = middle;
-        }
-        Py_ssize_t k = lo < steps - 1 ? lo : steps - 1;
+        Py_ssize_t k = first_travelled(travelled, steps, at); /* the first step travelled as far as `at` */
+        if (k > steps - 1)
+            k = steps - 1;
         double dx = points[2 * k + 2] - points[2 * k], dy = points[2 * k + 3] - points[2 * k + 1];
         double length = hypot(dx, dy);
         double along = 1.0 - (travelled[k] - at) / (length > 1e-300 ? length : 1e-300);
