@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,9 @@ import time
 import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
 from livedigit import cli
 from livedigit.bench.ceiling import model_ceiling
@@ -294,6 +298,59 @@ async def test_the_bench_sends_what_the_client_sends(pen_test):
     assert bench == reference and len(bench) > 6
     assert recorder.submits.sent == recorder.submits.empty == 3
     assert recorder.snapshots.sent == recorder.snapshots.empty == len(bench) - 3
+
+
+async def test_the_bench_reads_replies_split_and_joined_and_answers_pings(pen_test):
+    """The pages read the server's frames themselves: a reply cut into single bytes, several replies in one
+    read, replies longer than 125 and 65,535 bytes, and a ping between them are all read as the protocol
+    reads them; each reply is counted once and the ping is answered with its pong."""
+    pongs: list[bytes] = []
+    requests: list[dict] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        protocol = ServerProtocol()
+        answered, held = 0, b""
+        while not reader.at_eof():
+            protocol.receive_data(await reader.read(65536) or b"")
+            for event in protocol.events_received():
+                if isinstance(event, Request):
+                    protocol.send_response(protocol.accept(event))
+                    protocol.send_text(json.dumps({"type": "hello", "protocol": VERSION}).encode())
+                elif isinstance(event, Frame) and event.opcode is Opcode.PONG:
+                    pongs.append(bytes(event.data))
+                elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    request = json.loads(event.data)
+                    requests.append(request)
+                    reply = Empty(request["id"], request["type"] == "submit").to_wire()
+                    reply["padding"] = "x" * (0 if answered % 3 == 0 else 200 if answered % 3 == 1 else 70000)
+                    if answered == 1:
+                        protocol.send_ping(b"ping")
+                    protocol.send_text(json.dumps(reply).encode())
+                    answered += 1
+            data, held = held + b"".join(protocol.data_to_send()), b""
+            if answered % 4 == 2:  # sent with the next reply: two replies in one read
+                held = data
+            elif answered % 2:  # a byte at a time
+                for byte in range(len(data)):
+                    writer.write(data[byte : byte + 1])
+                    await writer.drain()
+            else:  # with an empty text frame after it, which is no reply of the bench's
+                protocol.send_text(b"")
+                writer.write(data + b"".join(protocol.data_to_send()))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server.sockets[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    async with server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        workload = Workload(1, 100.0, 8, 3600.0, 0.0, 2, 5.0, 0)
+        recorder = Recorder(0.0, math.inf)
+        await websocket_people(url, workload, timeline(workload, [pen_test[:2]], [2], [0.0], 3600.0), 0.0, recorder)
+    assert len(requests) > 6 and pongs == [b"ping"]
+    assert recorder.submits.empty == recorder.submits.sent == 2
+    assert recorder.snapshots.empty == recorder.snapshots.sent == len(requests) - 2
+    assert recorder.snapshots.lost == recorder.submits.lost == 0
 
 
 async def test_a_paced_person_keeps_one_snapshot_unanswered(pen_test):

@@ -15,21 +15,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import random
 import ssl
+import struct
 import time
 from typing import cast
 
 import httpx
 import msgspec
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame, Opcode, apply_mask
 from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
 
 from livedigit import pendigits
 from livedigit.bench.recorder import Recorder
 from livedigit.bench.workload import Drawing, Strokes, Workload, schedule
-from livedigit.client import ConnectionClosed, LiveDigitError, ServerError, as_image, parse_reply, request_tail, with_id
+from livedigit.client import ConnectionClosed, LiveDigitError, ServerError, as_image, request_tail, with_id
 from livedigit.wire import VERSION, Dropped, Empty, Prediction, ReplyType
 
 HELD = "held"
@@ -44,9 +46,48 @@ out up to this late (the report's client lag shows by how much). Each wake of an
 bench 70-110 us of CPU on the 2-vCPU machine, more than sending a frame, and uvloop rounds a sleep under
 1 ms down to none at all, so waking for each frame would either cost that per frame or spin."""
 
-_decode = msgspec.json.Decoder().decode
-"""JSON to the dicts and lists ``json.loads`` makes, in a sixth of its time (2 us against 12 for a
-prediction reply): decoding the replies was the largest part of the bench's own work per message."""
+
+class Answer(msgspec.Struct):
+    """The fields of a reply that the bench counts; decoding skips the rest (the ten probabilities, a
+    preview) without building them, where a reply decoded whole and parsed into a
+    :class:`~livedigit.wire.Prediction` cost the bench more than anything else it did per message."""
+
+    type: str = ""
+    id: int | None = None
+    """The bench sends integer ids; a reply with another is none of its own."""
+    digit: int | None = None
+    reason: str | None = None
+    code: str | None = None
+    protocol: int | str | None = None
+
+    def detail(self) -> object:
+        """What :meth:`Recorder.count <livedigit.bench.recorder.Recorder.count>` counts beside the type."""
+        if self.type == ReplyType.PREDICTION:
+            return self.digit
+        return self.reason if self.type == ReplyType.DROPPED else self.code
+
+
+_answer = msgspec.json.Decoder(Answer).decode
+
+_SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
+_TEXT = 0x81
+"""The first byte of a whole (FIN) text frame."""
+_masks = random.Random().randbytes
+"""A client's frame masks (RFC 6455, 5.3): they keep a proxy from reading a client's frames as its own
+requests; a load generator on a loopback needs them only because the server insists on a mask."""
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one masked text frame, the frame ``websockets`` sends for it, without its objects."""
+    mask = _masks(4)
+    size = len(payload)
+    if size < 126:
+        head = _SHORT.pack(_TEXT, 0x80 | size)
+    elif size < 1 << 16:
+        head = _MEDIUM.pack(_TEXT, 0x80 | 126, size)
+    else:
+        head = _LONG.pack(_TEXT, 0x80 | 127, size)
+    return head + mask + apply_mask(payload, mask)
 
 
 async def sleep_until(when: float) -> None:
@@ -64,6 +105,10 @@ class Page(asyncio.Protocol):
     messages are those of :class:`~livedigit.client.LiveDigitClient` (ids counting from 1, the JSON of
     :func:`~livedigit.client.request_tail`), so the server does the same work for them. The server never
     fragments its messages, so each text frame is one whole reply.
+
+    Once the hello is in, the page frames its requests and reads the server's whole text frames itself
+    (:func:`text_frame`, :meth:`_read`), and hands every other frame (a ping, a close) to the protocol,
+    which answers it: the same bytes on the wire at a fraction of the bench's CPU per message.
     """
 
     def __init__(self, uri: WebSocketURI, recorder: Recorder, timeout: float, paced: bool = False) -> None:
@@ -81,6 +126,10 @@ class Page(asyncio.Protocol):
         self.ids = itertools.count(1)
         self.closed: str | None = None
         self.transport: asyncio.Transport | None = None
+        self.reading = False
+        """Whether :meth:`_read` reads the frames (from the hello on, when the protocol holds no partial one)."""
+        self.unread = b""
+        """The start of a frame whose end has not arrived."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -88,13 +137,48 @@ class Page(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.reading:
+            self._read(data)
+            return
+        self._receive(data)
+        if self.protocol.handshake_exc is not None and not self.hello.done():
+            self.hello.set_exception(ConnectionClosed(None, f"handshake refused: {self.protocol.handshake_exc}"))
+        self.reading = (
+            self.hello.done()
+            and not self.hello.exception()
+            and self.protocol.state is State.OPEN
+            and not self.protocol.reader.buffer
+        )
+
+    def _receive(self, data: bytes) -> None:
+        """Bytes read by the protocol: the handshake, and any frame but a whole text frame after it."""
         self.protocol.receive_data(data)
         for event in self.protocol.events_received():
             if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
                 self._message(bytes(event.data))
-        if self.protocol.handshake_exc is not None and not self.hello.done():
-            self.hello.set_exception(ConnectionClosed(None, f"handshake refused: {self.protocol.handshake_exc}"))
         self._flush()  # pongs and the answer to a close frame
+
+    def _read(self, data: bytes) -> None:
+        """Every whole frame in what has arrived: a text frame is a reply, any other goes to the protocol."""
+        buffer = self.unread + data if self.unread else data
+        end, at = len(buffer), 0
+        while end - at >= 2:
+            first, second = buffer[at], buffer[at + 1]
+            size, head = second & 0x7F, 2
+            if size == 126:
+                size, head = int.from_bytes(buffer[at + 2 : at + 4]), 4
+            elif size == 127:
+                size, head = int.from_bytes(buffer[at + 2 : at + 10]), 10
+            if second & 0x80:  # a masked frame: the protocol refuses it from a server
+                head += 4
+            if end - at < head + size:
+                break
+            if first == _TEXT and not second & 0x80:
+                self._message(buffer[at + head : at + head + size])
+            else:
+                self._receive(buffer[at : at + head + size])
+            at += head + size
+        self.unread = buffer[at:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         close = self.protocol.close_rcvd
@@ -130,8 +214,12 @@ class Page(asyncio.Protocol):
         self.pending[request_id] = (kind, scheduled, sent_at, label)
         if self.paced and kind == "snapshot":
             self.live = request_id
-        self.protocol.send_text(with_id(request_id, tail).encode())
-        self._flush()
+        message = with_id(request_id, tail).encode()
+        if not self.reading:
+            self.protocol.send_text(message)
+            self._flush()
+        elif self.transport is not None and self.protocol.state is State.OPEN and not self.transport.is_closing():
+            self.transport.write(text_frame(message))
 
     def _drop_held(self, now: float, outcome: object) -> None:
         """Count the held snapshot, if any, with ``outcome``: it will not be sent."""
@@ -155,31 +243,30 @@ class Page(asyncio.Protocol):
             self.transport.close()
 
     def _message(self, data: bytes) -> None:
-        reply = _decode(data)
+        try:
+            reply = _answer(data)
+        except msgspec.DecodeError:  # not JSON, or not a reply: nothing to count it as
+            reply = None
         if not self.hello.done():
-            if isinstance(reply, dict) and reply.get("type") == ReplyType.HELLO and reply.get("protocol") == VERSION:
+            if reply is not None and reply.type == ReplyType.HELLO and reply.protocol == VERSION:
                 self.hello.set_result(None)
             else:
-                self.hello.set_exception(LiveDigitError(f"no livedigit protocol {VERSION} hello: {reply!r}"))
+                self.hello.set_exception(LiveDigitError(f"no livedigit protocol {VERSION} hello: {data[:200]!r}"))
             return
-        entry = self.pending.pop(reply.get("id"), None)
-        if entry is None:
+        entry = None if reply is None or reply.id is None else self.pending.pop(reply.id, None)
+        if reply is None or entry is None:
             return
-        if self.live is not None and reply.get("id") == self.live:
+        if self.live is not None and reply.id == self.live:
             self.live = None
             if self.held is not None:
                 (tail, scheduled, label), self.held = self.held, None
                 self._send("snapshot", tail, scheduled, scheduled, label)
         kind, scheduled, sent_at, label = entry
-        outcome: object
-        if time.monotonic() - sent_at > self.timeout:
-            outcome = None  # as late as a reply the client has stopped waiting for
+        if time.monotonic() - sent_at > self.timeout:  # as late as a reply the client has stopped waiting for
+            self.recorder.count(kind, scheduled, sent_at, None)
         else:
-            try:
-                outcome = parse_reply(reply)
-            except LiveDigitError as exc:  # a ServerError, or a reply of no known type
-                outcome = exc
-        self.recorder.reply(kind, scheduled, sent_at, outcome, label if kind == "submit" else None)
+            label_if_submit = label if kind == "submit" else None
+            self.recorder.count(kind, scheduled, sent_at, reply.type, reply.detail(), label_if_submit)
 
     def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from livedigit.client import ServerError
-from livedigit.wire import Dropped, Empty, Prediction
+from livedigit.wire import Dropped, Empty, Prediction, ReplyType
 
 
 @dataclass
@@ -92,21 +92,45 @@ class Recorder:
         ``outcome`` is a reply (:class:`Prediction`, :class:`Empty`, :class:`Dropped`), a
         :class:`ServerError`, or anything else (``None``, another exception) for a reply that never came.
         """
+        if isinstance(outcome, Prediction):
+            self.count(kind, scheduled, sent_at, ReplyType.PREDICTION, outcome.digit, label)
+        elif isinstance(outcome, Empty):
+            self.count(kind, scheduled, sent_at, ReplyType.EMPTY)
+        elif isinstance(outcome, Dropped):
+            self.count(kind, scheduled, sent_at, ReplyType.DROPPED, outcome.reason)
+        elif isinstance(outcome, ServerError):
+            self.count(kind, scheduled, sent_at, ReplyType.ERROR, outcome.code)
+        else:
+            self.count(kind, scheduled, sent_at, None)
+
+    def count(
+        self,
+        kind: str,
+        scheduled: float,
+        sent_at: float,
+        answer: str | None,
+        detail: object = None,
+        label: int | None = None,
+    ) -> None:
+        """Count one reply by its ``type`` alone, as :meth:`reply` does for a parsed one: ``answer`` is
+        ``prediction`` (``detail`` its digit, right if it is ``label``), ``empty``, ``dropped`` (``detail``
+        the reason), ``error`` (``detail`` the code), or ``None`` for a reply that never came. The bench's
+        pages count this way, without building a reply object per message."""
         latency = (time.monotonic() - sent_at) * 1000.0
-        answered = isinstance(outcome, (Prediction, Empty))
+        answered = answer == ReplyType.PREDICTION or answer == ReplyType.EMPTY
         self.recent.append((kind, latency if answered else None))
         if not self.measured(scheduled):
             return
         tally = self._tally(kind)
-        if isinstance(outcome, Prediction):
+        if answer == ReplyType.PREDICTION:
             tally.predicted += 1
-            tally.correct += int(label is not None and outcome.digit == label)
-        elif isinstance(outcome, Empty):
+            tally.correct += int(label is not None and detail == label)
+        elif answer == ReplyType.EMPTY:
             tally.empty += 1
-        elif isinstance(outcome, Dropped):
-            tally.dropped[outcome.reason] += 1
-        elif isinstance(outcome, ServerError):
-            tally.errors[outcome.code] += 1
+        elif answer == ReplyType.DROPPED:
+            tally.dropped[str(detail)] += 1
+        elif answer == ReplyType.ERROR:
+            tally.errors[str(detail)] += 1
         else:
             tally.lost += 1
         if answered:
