@@ -134,6 +134,8 @@ def test_bench_starts_a_server_and_reports_every_figure(pen_digits_file, tmp_pat
     assert sum(batches["buckets"].values()) == batches["batches"]
     server = run["server"]
     assert server["source"] == "psutil" and server["rss_mb_max"] > 10 and server["cpu_percent"] > 0
+    # Shared libraries count once for each process in the first, once in all in the second.
+    assert 10 < server["pss_mb_max"] < server["rss_mb_max"]
     assert 0 < server["ready_s"] < 60
     assert f"server ready {server['ready_s']} s after its process started" in captured.out
     machine = report["machine"]
@@ -203,6 +205,7 @@ def test_bench_against_a_running_server_and_the_http_reference(server, pen_digit
         check_run(run, 2)
         assert run["submits"]["sent"] == 6
     assert websocket["server"]["source"] == "metrics" and websocket["server"]["rss_mb_max"] > 10
+    assert websocket["server"]["pss_mb_max"] is None  # a server the bench did not start: its gauges only
     assert set(http["snapshots"]["dropped"]) <= {"busy"}
 
 

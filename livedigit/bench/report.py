@@ -93,7 +93,7 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
     header = (
         f"{'run':<16}{'clients':>8}{'snap/s off':>11}{'snap/s ok':>10}{'sub/s':>7}"
         f"{'live p50':>9}{'p95':>7}{'p99':>7}{'max':>8}{'submit p99':>11}{'dropped':>9}{'errors':>7}"
-        f"{'batch':>7}{'cpu%':>6}{'rss MB':>7}{'acc':>6}"
+        f"{'batch':>7}{'cpu%':>6}{'rss MB':>7}{'pss MB':>7}{'acc':>6}"
     )
     lines = [header]
     floor = next(
@@ -117,7 +117,7 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             f"{sub['achieved_per_s']:>7.1f}{_ms(live['p50']):>9}{_ms(live['p95']):>7}{_ms(live['p99']):>7}"
             f"{_ms(live['max']):>8}{_ms(sub['latency_ms']['p99']):>11}{snap['dropped_share']:>9.1%}{errors:>7}"
             f"{_num(batches and batches['mean'], '.1f'):>7}{_num(server['cpu_percent']):>6}"
-            f"{_num(server['rss_mb_max']):>7}{_num(sub['accuracy'], '.3f'):>6}"
+            f"{_num(server['rss_mb_max']):>7}{_num(server['pss_mb_max']):>7}{_num(sub['accuracy'], '.3f'):>6}"
         )
     for run in runs:
         detail = []

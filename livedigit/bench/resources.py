@@ -4,6 +4,7 @@ machine the figures were measured on."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -22,12 +23,20 @@ class ResourceWatch:
 
     For a server the bench started, psutil reads its process directly (sampled every second); for
     ``--url`` it reads the ``process_*`` gauges of ``/metrics`` when the server exports them.
+
+    Resident memory is given two ways. ``rss`` adds up each process's resident set, so a page that several
+    processes share (the interpreter, numpy and LiteRT's libraries, mapped by the server and each worker)
+    counts once for each of them: an upper bound of what the dyno holds. ``pss`` (Linux, a server the
+    bench started) shares each such page out among the processes that map it, so that it counts once in
+    all, as the kernel charges a dyno's memory; the bench's own process maps the same libraries and takes
+    its share of them, so ``pss`` reads low by that share (about 10 MB on 2026-12-06).
     """
 
     def __init__(self, http_url: str, pid: int | None) -> None:
         self.http_url = http_url
         self.process = psutil.Process(pid) if pid is not None else None
         self.rss: list[float] = []
+        self.pss: list[float] = []
         self._cpu_start: tuple[float, float] | None = None
         self.cpu_percent: float | None = None
         self.loop_cpu_percent: float | None = None
@@ -60,14 +69,17 @@ class ResourceWatch:
             return total
         return metric(scrape(self.http_url), "process_cpu_seconds_total")
 
-    def _rss_bytes(self) -> float | None:
-        if self.process is not None:
-            total = 0.0
-            for process in self._tree():
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    total += process.memory_info().rss
-            return total
-        return metric(scrape(self.http_url), "process_resident_memory_bytes")
+    def _memory_bytes(self) -> tuple[float | None, float | None]:
+        """The server's resident memory now, all its processes: (rss, pss); ``None`` where unknown."""
+        if self.process is None:
+            return metric(scrape(self.http_url), "process_resident_memory_bytes"), None
+        rss, pss = 0.0, 0.0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                memory = process.memory_full_info()
+                rss += memory.rss
+                pss += getattr(memory, "pss", math.nan)  # Linux only
+        return rss, None if math.isnan(pss) else pss
 
     def _thread_cpu_seconds(self) -> dict[str, float] | None:
         """:func:`thread_cpu_seconds` over the server's processes, summed by thread name."""
@@ -99,9 +111,11 @@ class ResourceWatch:
 
     def sample(self) -> None:
         """Read the server's resident memory once (blocking: call it from a thread)."""
-        rss = self._rss_bytes()
+        rss, pss = self._memory_bytes()
         if rss is not None:
             self.rss.append(rss)
+        if pss is not None:
+            self.pss.append(pss)
 
     def finish(self) -> None:
         """End the window and work out the CPU shares over it."""
@@ -134,6 +148,8 @@ class ResourceWatch:
             "thread_cpu_seconds": self.thread_cpu_seconds,
             "rss_mb_max": round(max(self.rss) / 2**20, 1) if self.rss else None,
             "rss_mb_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1) if self.rss else None,
+            "pss_mb_max": round(max(self.pss) / 2**20, 1) if self.pss else None,
+            "pss_mb_mean": round(sum(self.pss) / len(self.pss) / 2**20, 1) if self.pss else None,
             "bench_client_cpu_percent": self.bench_cpu_percent,
             "machine": self.machine,
         }
