@@ -255,8 +255,10 @@ class Page(asyncio.Protocol):
             else:
                 self.hello.set_exception(LiveDigitError(f"no livedigit protocol {VERSION} hello: {data[:200]!r}"))
             return
-        entry = None if reply is None or reply.id is None else self.pending.pop(reply.id, None)
-        if reply is None or entry is None:
+        if reply is None or reply.id is None:
+            return
+        entry = self.pending.pop(reply.id, None)
+        if entry is None:
             return
         if self.live is not None and reply.id == self.live:
             self.live = None
