@@ -6,9 +6,9 @@ runs the model on them, so that none of that work holds the event loop's interpr
 back what the replies need: one round trip a batch. :data:`IN_FLIGHT` batches are taken at once (one
 more than there are workers, with several), so a worker starts on the next one while the results of
 the last travel back and wait for the event loop; each batch goes whole to the worker with the least
-waiting. A
-batch waits for more items (at most ``max_wait_ms``) only while they are arriving faster than that; a
-lone client is never delayed.
+waiting, or, while the server is lightly loaded and the batch is cheap, is scored on the event loop
+itself (:class:`~livedigit.workers.WorkerPool`). A batch waits for more items (at most
+``max_wait_ms``) only while they are arriving faster than that; a lone client is never delayed.
 
 The queue is bounded by design:
 
@@ -152,11 +152,13 @@ class Batcher:
         live_batch_ms: float = 2.5,
         snapshot_deadline: float = SNAPSHOT_DEADLINE,
         workers: int = 1,
+        inline_below: float = 0.0,
         verdict: VerdictRule | None = None,
     ) -> None:
         """``model``: what each worker process loads, or a runtime to run in a thread of this process
-        (``workers=0``). ``verdict``: calibration and verdict of every batch; the default rule leaves the
-        probabilities as the model gave them."""
+        (``workers=0``). ``inline_below``: when the event loop scores batches itself
+        (:class:`~livedigit.workers.WorkerPool`). ``verdict``: calibration and verdict of every batch; the
+        default rule leaves the probabilities as the model gave them."""
         self.metrics = metrics
         self.limits = limits
         self.max_batch = max(1, max_batch)
@@ -170,7 +172,15 @@ class Batcher:
         self.submit_share = min(1.0, max(0.0, submit_share))
         self.live_batch_seconds = max(0.0, live_batch_ms) / 1000.0
         self.snapshot_deadline = snapshot_deadline
-        self._workers = WorkerPool(workers, model, verdict or VerdictRule(), limits, metrics.worker_restarts.inc)
+        self._workers = WorkerPool(
+            workers,
+            model,
+            verdict or VerdictRule(),
+            limits,
+            metrics.worker_restarts.inc,
+            inline_below,
+            metrics.scored_inline.inc,
+        )
         self._submits: FairQueue[Job] = FairQueue()
         self._snapshots: Slots[Job] = Slots()
         self._answers: dict[Hashable, Job] = {}
@@ -373,11 +383,12 @@ class Batcher:
             if not jobs and self._heavy:  # only expensive images wait, and one is at a worker
                 await self._room_or_work()
                 continue
-            heavy = sum(job.cost for job in jobs) > BATCH_COST
+            cost = sum(job.cost for job in jobs)
+            heavy = cost > BATCH_COST
             self._batches += 1
             self._heavy += heavy
             try:
-                await self._score(jobs)
+                await self._score(jobs, cost)
             except Exception:  # A defect; the jobs still get an answer and the batcher keeps serving.
                 logger.exception("scoring a batch of %d failed", len(jobs))
                 self._fail(jobs, Failure.PREPROCESS_FAILED)
@@ -386,8 +397,8 @@ class Batcher:
                 self._heavy -= heavy
                 self._room.set()
 
-    async def _score(self, jobs: list[Job]) -> None:
-        """Score ``jobs`` in a worker and answer each."""
+    async def _score(self, jobs: list[Job], cost: int) -> None:
+        """Score ``jobs`` (``cost``: their preprocessing work) and answer each."""
         wanted, images = [], []
         for job in jobs:
             if job.abandoned or job.image is None:
@@ -397,15 +408,17 @@ class Batcher:
                 images.append(job.image)
         if not wanted:
             return
+        inline = self._workers.inline
         try:
-            finished = await self._workers.run(images)
+            finished = await self._workers.run(images, cost)
         except WorkerDied:
             self._fail(wanted, Failure.PREPROCESS_FAILED)
             return
-        self._answer(wanted, finished)
+        # Scored on the event loop (nothing is then at a worker, so no other batch was meanwhile): one lane.
+        self._answer(wanted, finished, 1 if self._workers.inline > inline else self._workers.lanes)
 
-    def _answer(self, jobs: list[Job], finished: Finished) -> None:
-        """Answer a batch's jobs with what a worker made of them, and note what it cost."""
+    def _answer(self, jobs: list[Job], finished: Finished, lanes: int) -> None:
+        """Answer a batch's jobs with what ``lanes`` scoring at once made of them, and note what it cost."""
         self._last_run = time.perf_counter()
         metrics = self.metrics
         scored = []
@@ -420,7 +433,7 @@ class Batcher:
                 self._resolve(job, Shed(DropReason.STALE) if job.abandoned else outcome)
         # A worker works through both stages in turn and the workers work at once: its time per image,
         # over the lanes, is the pace.
-        per_image = (sum(finished.preprocess_seconds) + finished.model_seconds) / len(jobs) / self._workers.lanes
+        per_image = (sum(finished.preprocess_seconds) + finished.model_seconds) / len(jobs) / lanes
         self._image_seconds += THROUGHPUT_SMOOTHING * (per_image - self._image_seconds)
         if not scored:
             return

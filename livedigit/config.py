@@ -53,6 +53,12 @@ class Settings:
         "core); 0: a thread of the server process instead (it then competes with the event loop for the "
         "interpreter lock)",
     )
+    score_inline_below: float = _option(
+        0.8,
+        "share of a core below which the event loop, with all the scoring added, scores cheap batches itself "
+        "while the workers are idle (a model loaded in the server process too): at light load a worker's "
+        "wake on an idle core costs more than the batch; 0: the workers score every batch",
+    )
     max_batch: int = _option(32, "largest batch the model runs; 1 disables batching")
     max_wait_ms: float = _option(2.0, "longest a batch waits for more items, only while more are arriving")
     max_message_bytes: int = _option(64 * 1024, "largest WebSocket message or HTTP body; larger frames close with 1009")

@@ -148,6 +148,11 @@ class Metrics:
             "Preprocessing workers that died and were replaced (their images were answered 'internal')",
             registry=registry,
         )
+        self.scored_inline = Counter(
+            "livedigit_scored_inline",
+            "Batches the event loop scored itself, the server being lightly loaded (the rest went to the workers)",
+            registry=registry,
+        )
         self.submits_reused = Counter(
             "livedigit_submits_reused",
             "Submits answered with the result of their connection's last scored snapshot of the same drawing",

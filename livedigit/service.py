@@ -113,6 +113,7 @@ class Service:
             submit_share=self.settings.submit_share,
             live_batch_ms=self.settings.live_batch_ms,
             workers=self.settings.model_workers if self.runtime is None else 0,
+            inline_below=self.settings.score_inline_below,
             verdict=_verdict_rule(self._card),
         )
         try:

@@ -16,6 +16,16 @@ images it held, which the batcher answers ``internal``; the next batch starts a 
 ignore the terminal's Ctrl+C and SIGTERM, which the server handles for the whole tree, and die with the
 server if it is killed outright. ``workers=0`` runs both stages in a thread of the server process
 instead, the only place a runtime given as an object (a test's wrapper) can run.
+
+**Scored inline while the server is lightly loaded.** On a machine whose cores sit idle between
+batches, every process or thread woken for a batch starts on a cold core: the same batch of three
+drawings cost a process 107 us an image back to back and 236 us with 3 ms of sleep between batches
+(the AMD EPYC of docs/benchmarks.md, 2026-12-06). At light load every batch is such a batch, and a
+worker's wake and the pickles each way are most of what a frame costs. So while the event loop, with
+all the scoring added, would use less than ``inline_below`` of a core (over the last
+:data:`INLINE_WINDOW_S`), a cheap batch (at most :data:`INLINE_COST` of preprocessing work, about a
+millisecond) that finds every worker idle is scored on the event loop itself, by a model loaded in the
+server process; past that, and for anything more expensive, the workers take every batch.
 """
 
 from __future__ import annotations
@@ -45,6 +55,14 @@ from livedigit.verdict import VerdictRule
 from livedigit.wire import Failed, Failure, NoDigit, Verdict
 
 logger = logging.getLogger("livedigit.workers")
+
+INLINE_WINDOW_S = 0.5
+"""How often the choice between scoring on the event loop and in the workers is made again, from the CPU
+the event loop and the scoring used in the window before."""
+
+INLINE_COST = 16
+"""Most preprocessing work (in drawn snapshots, :func:`livedigit.preprocess.cost`) of a batch scored on
+the event loop: about a millisecond, which every connection waits for while it runs."""
 
 _PR_SET_PDEATHSIG = 1
 """``prctl``'s option that has the kernel signal a process when its parent dies (``linux/prctl.h``)."""
@@ -333,7 +351,8 @@ class _Worker(asyncio.Protocol):
 
 
 class WorkerPool:
-    """``workers`` processes that preprocess and run the model (or, with 0, one thread of this process)."""
+    """``workers`` processes that preprocess and run the model (or, with 0, one thread of this process),
+    and while the server is lightly loaded the event loop itself (see the module docstring)."""
 
     def __init__(
         self,
@@ -342,6 +361,8 @@ class WorkerPool:
         rule: VerdictRule,
         limits: Limits,
         on_restart: Callable[[], object] = lambda: None,
+        inline_below: float = 0.0,
+        on_inline: Callable[[], object] = lambda: None,
     ) -> None:
         if workers and not isinstance(model, ModelSpec):
             raise ValueError("a runtime given as an object runs in this process: use workers=0")
@@ -351,11 +372,26 @@ class WorkerPool:
         self.limits = limits
         self.on_restart = on_restart
         """Called each time a worker that died is replaced, busy or idle, whichever noticed first."""
+        self.inline_below = max(0.0, inline_below) if self.workers else 0.0
+        """Share of a core the event loop and the scoring together may use while cheap batches are scored
+        on the event loop; 0: never."""
+        self.on_inline = on_inline
+        """Called for each batch scored on the event loop."""
+        self.inline = 0
+        """Batches scored on the event loop so far."""
         self._processes: list[_Worker | None] = [None] * self.workers
         self._thread: Executor | None = None
         self._scorer: Scorer | None = None
+        """This process's own: the thread lane's (no workers), or the event loop's (``inline_below``)."""
         self._starting = asyncio.Lock()
         """Held while a worker starts, so that two batches for one lane never start two."""
+        self._inline = self.inline_below > 0
+        self._window = (0.0, 0.0)
+        """When the current window began: the wall clock and the event loop's CPU time."""
+        self._scoring_cpu = 0.0
+        """CPU seconds spent scoring batches in the current window, in the workers or on the event loop."""
+        self._inline_cpu = 0.0
+        """Of those, the event loop's."""
 
     @property
     def lanes(self) -> int:
@@ -368,10 +404,17 @@ class WorkerPool:
         a model that loads but fails on the blank digit is each result's ``model_error``."""
         if not self.workers:
             return [await self.run([])]
-        return list(await asyncio.gather(*(self._run_in(lane, []) for lane in range(self.workers))))
+        warmed = list(await asyncio.gather(*(self._run_in(lane, []) for lane in range(self.workers))))
+        if self.inline_below > 0:  # the workers loaded the model: it loads here too
+            self._scorer = Scorer(cast(ModelSpec, self.model).load(), self.rule, self.limits)
+            warmed.append(self._scorer([]))
+            self._window = (time.perf_counter(), time.thread_time())
+        return warmed
 
-    async def run(self, images: Sequence[Image | Deferred]) -> Finished:
-        """Score ``images`` in the lane with the fewest batches waiting (the first of equals); raises
+    async def run(self, images: Sequence[Image | Deferred], cost: int = 1) -> Finished:
+        """Score ``images`` (``cost``: their preprocessing work, :func:`livedigit.preprocess.cost`) on the
+        event loop, while the server is lightly loaded and the batch is cheap (the module docstring), or
+        else in the lane with the fewest batches waiting (the first of equals); raises
         :class:`WorkerDied` if its worker dies meanwhile.
 
         A batch goes whole to one worker: split across workers, a light load's batch of three cost two
@@ -381,8 +424,34 @@ class WorkerPool:
         """
         if not self.workers:
             return await asyncio.get_running_loop().run_in_executor(self._in_thread(), self._score_here, images)
+        if self._scorer is not None:
+            self._choose()
+            if self._inline and cost <= INLINE_COST and not any(map(self._waiting, range(self.workers))):
+                cpu = time.thread_time()
+                finished = self._scorer(images)
+                used = time.thread_time() - cpu
+                self._inline_cpu += used
+                self._scoring_cpu += used
+                self.inline += 1
+                self.on_inline()
+                return finished
         lane = min(range(self.workers), key=self._waiting)
-        return await self._run_in(lane, images)
+        finished = await self._run_in(lane, images)
+        self._scoring_cpu += sum(finished.preprocess_cpu_seconds) + finished.model_cpu_seconds
+        return finished
+
+    def _choose(self) -> None:
+        """Once a window has passed: score on the event loop in the next one if the event loop's own CPU
+        and the scoring's, wherever it ran, came to less than ``inline_below`` of a core in this one."""
+        started, cpu = self._window
+        now = time.perf_counter()
+        if now - started < INLINE_WINDOW_S:
+            return
+        used = time.thread_time()
+        loop_own = used - cpu - self._inline_cpu
+        self._inline = (loop_own + self._scoring_cpu) / (now - started) < self.inline_below
+        self._window = (now, used)
+        self._scoring_cpu = self._inline_cpu = 0.0
 
     def _waiting(self, lane: int) -> int:
         worker = self._processes[lane]
@@ -411,7 +480,8 @@ class WorkerPool:
         return self._thread
 
     def _score_here(self, images: Sequence[Image | Deferred]) -> Finished:
-        """The thread lane: the model loaded there on first use (or the runtime given), then both stages."""
+        """The thread lane (no workers): the model loaded there on first use (or the runtime given), then
+        both stages."""
         if self._scorer is None:
             runtime = self.model.load() if isinstance(self.model, ModelSpec) else self.model
             self._scorer = Scorer(runtime, self.rule, self.limits)

@@ -269,6 +269,61 @@ async def test_with_no_workers_a_named_thread_of_the_server_scores(start_server)
     assert "livedigit-work" in threads
 
 
+def scored(http_url: str) -> tuple[float, float]:
+    """Batches scored so far: all of them, and those the event loop scored itself."""
+    samples = scrape(http_url)
+    return samples["livedigit_batch_size_count"], samples["livedigit_scored_inline_total"]
+
+
+async def submit_sevens(ws, first: int, count: int) -> None:  # type: ignore[no-untyped-def]
+    for message_id in range(first, first + count):
+        await ws.send(json.dumps({"type": "submit", "id": message_id, "strokes": SEVEN}))
+    assert [answer["digit"] for answer in await replies(ws, count)] == [7] * count
+
+
+@pytest.mark.parametrize("inline_below", ["0.8", "0"])
+async def test_a_lightly_loaded_server_scores_cheap_batches_on_its_event_loop(start_server, inline_below: str) -> None:  # type: ignore[no-untyped-def]
+    """By default an idle server scores a drawing in its own process, where the event loop is awake
+    already, and no worker is woken for it; an expensive image still goes to a worker. With
+    ``--score-inline-below 0`` the workers score everything."""
+    server = start_server("--score-inline-below", inline_below)
+    workers_of(server.pid, DEFAULT_WORKERS)
+    ws, _ = await open_ws(server.ws_url)
+    batches, inline = scored(server.http_url)
+    await submit_sevens(ws, 1, 5)
+    now, now_inline = scored(server.http_url)
+    assert now > batches
+    assert now_inline - inline == (now - batches if inline_below != "0" else 0)
+    await ws.send(json.dumps({"type": "submit", "id": "png", "png": base64.b64encode(expensive_png()).decode()}))
+    assert (await replies(ws, 1))[0]["type"] == "prediction"
+    assert scored(server.http_url) == (now + 1, now_inline)
+
+
+async def test_the_workers_take_over_once_the_event_loop_is_busy_and_hand_back_when_it_is_not(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Past ``--score-inline-below`` (here 2% of a core, which a client that sends as fast as it is
+    answered passes) the batches go to the workers from the next half second on; once a half second
+    has been quiet the event loop scores them again (the first drawing after the load still ends a
+    window that held some of it). Every answer is right either way."""
+    server = start_server("--score-inline-below", "0.02")
+    workers_of(server.pid, DEFAULT_WORKERS)
+    ws, _ = await open_ws(server.ws_url)
+    message_id, deadline = 0, time.monotonic() + 30
+    while True:
+        batches, inline = scored(server.http_url)
+        await submit_sevens(ws, message_id, 10)
+        message_id += 10
+        now, now_inline = scored(server.http_url)
+        if now_inline == inline and now > batches:  # all ten went to the workers
+            break
+        assert time.monotonic() < deadline, "the workers never took over"
+    for quiet in range(3):
+        await asyncio.sleep(0.6)
+        await submit_sevens(ws, message_id + quiet, 1)
+        if scored(server.http_url)[1] > now_inline:
+            break
+    assert quiet <= 1 and scored(server.http_url)[1] == now_inline + 1
+
+
 async def test_results_arriving_in_pieces_are_read_whole_and_in_order() -> None:
     """The server reads a worker's results as its socket delivers them: a frame cut anywhere, or two in
     one read, still gives each batch its own results, in the order the batches were sent."""

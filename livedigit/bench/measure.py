@@ -124,7 +124,7 @@ async def run_load(
         "client_lag_ms": percentiles(recorder.lag_ms),
         # An HTTP person's submit waits for its request in flight: that lateness is the design's, not the bench's.
         "bench": bench_cost(own, recorder, percentiles(recorder.lag_ms)["p99"] if transport == "websocket" else None),
-        "batch_sizes": batch_sizes(histogram(metrics_before, "batch_size"), histogram(metrics_after, "batch_size")),
+        "batch_sizes": batch_sizes(metrics_before, metrics_after),
         "server_latency_ms": server_latency(
             histogram(metrics_before, "reply_latency_seconds", {"type": "prediction"}),
             histogram(metrics_after, "reply_latency_seconds", {"type": "prediction"}),

@@ -127,8 +127,10 @@ def _runs_table(runs: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> l
             detail.append(f"errors {run['snapshots']['errors']} {run['submits']['errors']}")
         if run["connection_errors"]:
             detail.append(f"connections {run['connection_errors']}")
-        if run["batch_sizes"]:
-            detail.append(f"batches {run['batch_sizes']['buckets']}")
+        if batches := run["batch_sizes"]:
+            detail.append(f"batches {batches['buckets']}")
+            if batches["inline"] is not None and batches["batches"]:
+                detail.append(f"{batches['inline'] / batches['batches']:.0%} of them scored on the event loop")
         if run.get("server_latency_ms"):
             inside = run["server_latency_ms"]
             detail.append(

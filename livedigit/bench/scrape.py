@@ -67,10 +67,20 @@ def _difference(before: Histogram | None, after: Histogram) -> tuple[list[tuple[
     return cumulative, after["sum"] - start["sum"], after["count"] - start["count"]
 
 
-def batch_sizes(before: Histogram | None, after: Histogram | None) -> dict[str, Any] | None:
-    """The batches formed during the run: how many, their mean size, and how many fell in each bucket."""
-    if after is None:
+def batch_sizes(before: list[Metric] | None, after: list[Metric] | None) -> dict[str, Any] | None:
+    """The batches formed during the run: how many, their mean size, how many fell in each bucket, and how
+    many of them the server's event loop scored itself (``inline``; ``None`` from a server that does not say)."""
+    sizes = histogram(after, "batch_size")
+    if sizes is None:
         return None
+    inline_after = metric(after, "livedigit_scored_inline_total")
+    inline = (
+        None if inline_after is None else int(inline_after - (metric(before, "livedigit_scored_inline_total") or 0))
+    )
+    return {**_batches(histogram(before, "batch_size"), sizes), "inline": inline}
+
+
+def _batches(before: Histogram | None, after: Histogram) -> dict[str, Any]:
     cumulative, total, batches = _difference(before, after)
     buckets, previous = {}, 0.0
     for bound, count in cumulative:
