@@ -33,17 +33,18 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import multiprocessing
 import pickle
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, cast
 
 import numpy as np
@@ -237,20 +238,41 @@ FRAME_HEADER = struct.Struct("!I")
 """Each pickled message between the server and a worker is preceded by its length."""
 
 
-def _serve(channel: socket.socket, limits: Limits, model: ModelSpec, rule: VerdictRule) -> None:
-    """A worker process: load the model, then score each list of images sent and send back its
-    :class:`Finished`, until the server's end of the socket closes. A model that does not load is sent
-    back instead (the exception), and the worker ends."""
+WORKER_PROGRAM = "import sys; sys.path.insert(0, sys.argv[2]); from livedigit.workers import serve; serve()"
+"""What a worker process runs: ``python -c WORKER_PROGRAM FD PACKAGE_ROOT``, the socket's descriptor and
+the folder this ``livedigit`` was imported from (so a worker runs the server's own code, however that
+was found). Started so rather than by ``multiprocessing``, whose ``spawn`` also starts its resource
+tracker, an idle process of 12 MB that a worker, which shares no semaphore or memory, has no use for."""
+
+
+def serve() -> None:
+    """A worker process (:data:`WORKER_PROGRAM`): read its settings, load the model, then score each list
+    of images sent and send back its :class:`Finished`, until the server's end of the socket closes. A
+    model that does not load is sent back instead (the exception), and the worker ends."""
     _initialize_worker()
+    channel = socket.socket(fileno=int(sys.argv[1]))
     with channel, channel.makefile("rb") as incoming:
+
+        def receive() -> object:
+            header = incoming.read(FRAME_HEADER.size)
+            if len(header) < FRAME_HEADER.size:
+                raise EOFError
+            (size,) = FRAME_HEADER.unpack(header)
+            return pickle.loads(incoming.read(size))
+
         try:
+            limits, model, rule = cast(tuple[Limits, ModelSpec, VerdictRule], receive())
             score = Scorer(model.load(), rule, limits)
+        except EOFError:
+            return
         except Exception as exc:
             channel.sendall(_frame(exc))
             return
-        while len(header := incoming.read(FRAME_HEADER.size)) == FRAME_HEADER.size:
-            (size,) = FRAME_HEADER.unpack(header)
-            images = pickle.loads(incoming.read(size))
+        while True:
+            try:
+                images = cast(list[Image | Deferred], receive())
+            except EOFError:
+                return
             channel.sendall(_frame(score(images)))
 
 
@@ -272,7 +294,7 @@ class _Worker(asyncio.Protocol):
         self.on_death = on_death
         self.waiting: deque[asyncio.Future[Finished]] = deque()
         self.transport: asyncio.Transport | None = None
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self._received = bytearray()
 
     @classmethod
@@ -280,27 +302,31 @@ class _Worker(asyncio.Protocol):
         cls, limits: Limits, model: ModelSpec, rule: VerdictRule, on_death: Callable[[_Worker], object]
     ) -> _Worker:
         ours, theirs = socket.socketpair()
-        context = multiprocessing.get_context("spawn")
-        process = context.Process(
-            target=_serve, args=(theirs, limits, model, rule), name=threadnames.WORKER, daemon=True
-        )
+        root = str(Path(__file__).resolve().parent.parent)
         try:
-            process.start()
+            process = subprocess.Popen(
+                [sys.executable, "-c", WORKER_PROGRAM, str(theirs.fileno()), root],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         try:
+            ours.sendall(_frame((limits, model, rule)))  # a fresh socket's buffer holds it: never blocks
             _, worker = await asyncio.get_running_loop().connect_accepted_socket(lambda: cls(on_death), ours)
         except BaseException:
             ours.close()
-            process.kill()
-            process.join(1.0)
+            _end(process)
             raise
         worker.process = process
         return worker
 
     @property
     def alive(self) -> bool:
-        return self.transport is not None and self.process is not None and self.process.exitcode is None
+        return self.transport is not None and self.process is not None and self.process.poll() is None
 
     def send(self, images: Sequence[Image | Deferred]) -> asyncio.Future[Finished]:
         assert self.transport is not None
@@ -340,14 +366,21 @@ class _Worker(asyncio.Protocol):
         if transport is not None:
             transport.abort()
         if self.process is not None:
-            self.process.kill()
-            self.process.join(1.0)
-            self.process.close()
+            _end(self.process)
             self.process = None
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(error or WorkerDied("the worker was stopped"))
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and reap it (within a second: a process stuck in the kernel is left to init)."""
+    process.kill()
+    try:
+        process.wait(1.0)
+    except subprocess.TimeoutExpired:
+        logger.warning("worker %d did not exit within a second of SIGKILL", process.pid)
 
 
 class WorkerPool:

@@ -228,16 +228,27 @@ async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(
 
 
 async def test_sigterm_with_work_in_flight_answers_it_and_leaves_no_process(start_server) -> None:  # type: ignore[no-untyped-def]
-    server = start_server(*BIG_MESSAGES, "--model-workers", "2")
+    server = start_server(
+        *BIG_MESSAGES, "--model-workers", "2", "--max-pending-submits", "1024", "--address-byte-rate", "0"
+    )
     workers = workers_of(server.pid, 2)
     ws, _ = await open_ws(server.ws_url)
-    await ws.send(json.dumps({"type": "batch", "id": 1, "items": [{"strokes": HEAVY} for _ in range(64)]}))
-    await ws.send(json.dumps({"type": "submit", "id": 2, "strokes": ONE}))
-    await busy(*workers)
+    # ROUND batches, about 200 ms of work: once every message has been read (a frame still unread at
+    # SIGTERM is never answered), most of it is still to do.
+    for message_id in range(ROUND):
+        await ws.send(json.dumps({"type": "batch", "id": message_id, "items": [{"strokes": HEAVY} for _ in range(64)]}))
+    await ws.send(json.dumps({"type": "submit", "id": ROUND, "strokes": ONE}))
+    deadline = time.monotonic() + 30
+    while scrape(server.http_url).get('livedigit_messages_total{type="submit"}', 0) < 1:
+        assert time.monotonic() < deadline, "the server never read the messages"
+        await asyncio.sleep(0.002)
+    await busy(*workers, ticks=1)
+    assert scrape(server.http_url)["livedigit_in_flight"] > 0
     server.process.send_signal(signal.SIGTERM)
-    answers = await replies(ws, 2)
-    assert [answer["id"] for answer in answers] == [1, 2]
-    kinds = {(r["type"], r.get("code")) for r in [*answers[0]["results"], answers[1]]}
+    answers = await replies(ws, ROUND + 1)
+    assert [answer["id"] for answer in answers] == list(range(ROUND + 1))
+    kinds = {(r["type"], r.get("code")) for answer in answers[:ROUND] for r in answer["results"]}
+    kinds.add((answers[ROUND]["type"], answers[ROUND].get("code")))
     assert kinds <= {("prediction", None), ("error", "overloaded")}, kinds
     assert await closed(ws) == (1001, "server restarting")
     assert await asyncio.to_thread(server.process.wait, 30) in (0, -signal.SIGTERM)
