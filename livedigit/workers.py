@@ -18,11 +18,11 @@ server if it is killed outright. ``workers=0`` runs both stages in a thread of t
 instead, the only place a runtime given as an object (a test's wrapper) can run.
 
 **Scored inline while the server is lightly loaded.** On a machine whose cores sit idle between
-batches, every process or thread woken for a batch starts on a cold core: the same batch of three
-drawings cost a process 107 us an image back to back and 236 us with 3 ms of sleep between batches
-(the AMD EPYC of docs/benchmarks.md, 2026-12-06). At light load every batch is such a batch, and a
-worker's wake and the pickles each way are most of what a frame costs. So while the event loop, with
-all the scoring added, would use less than ``inline_below`` of a core (over the last
+batches, every process or thread woken for a batch starts on a cold core: the same batches of three
+drawings cost 105-107 us an image back to back and 174-269 us with 3 ms of sleep after each
+(``bench/idle.py``, the AMD EPYC of docs/benchmarks.md, 2026-12-06). At light load every batch is
+such a batch, and a worker's wake and the pickles each way are much of what a frame costs. So while the
+event loop, with all the scoring added, would use less than ``inline_below`` of a core (over the last
 :data:`INLINE_WINDOW_S`), a cheap batch (at most :data:`INLINE_COST` of preprocessing work, about a
 millisecond) that finds every worker idle is scored on the event loop itself, by a model loaded in the
 server process; past that, and for anything more expensive, the workers take every batch.
