@@ -23,8 +23,8 @@ drawings cost 105-107 us an image back to back and 174-269 us with 3 ms of sleep
 (``bench/idle.py``, the AMD EPYC of docs/benchmarks.md, 2026-12-06). At light load every batch is
 such a batch, and a worker's wake and the pickles each way are much of what a frame costs. So while the
 event loop, with all the scoring added, would use less than ``inline_below`` of a core (over the last
-:data:`INLINE_WINDOW_S`), a cheap batch (at most :data:`INLINE_COST` of preprocessing work, about a
-millisecond) that finds every worker idle is scored on the event loop itself, by a model loaded in the
+:data:`INLINE_WINDOW_S`), a cheap batch (at most :data:`INLINE_COST` of preprocessing work: about 2 ms
+with the network) that finds every worker idle is scored on the event loop itself, by a model loaded in the
 server process; past that, and for anything more expensive, the workers take every batch.
 """
 
@@ -63,7 +63,8 @@ the event loop and the scoring used in the window before."""
 
 INLINE_COST = 16
 """Most preprocessing work (in drawn snapshots, :func:`livedigit.preprocess.cost`) of a batch scored on
-the event loop: about a millisecond, which every connection waits for while it runs."""
+the event loop: sixteen whole pen-digits drawings and the network on them took 1.5-1.9 ms
+(``bench/idle.py --batch 16``), which every connection waits for while it runs."""
 
 _PR_SET_PDEATHSIG = 1
 """``prctl``'s option that has the kernel signal a process when its parent dies (``linux/prctl.h``)."""
