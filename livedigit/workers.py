@@ -24,8 +24,8 @@ drawings cost 105-107 us an image back to back and 174-269 us with 3 ms of sleep
 such a batch, and a worker's wake and the pickles each way are much of what a frame costs. So while the
 event loop, with all the scoring added, would use less than ``inline_below`` of a core (over the last
 :data:`INLINE_WINDOW_S`), a cheap batch (at most :data:`INLINE_COST` of preprocessing work: about 2 ms
-with the network) that finds every worker idle is scored on the event loop itself, by a model loaded in the
-server process; past that, and for anything more expensive, the workers take every batch.
+with the network) that finds every worker alive and idle is scored on the event loop itself, by a model
+loaded in the server process; past that, and for anything more expensive, the workers take every batch.
 """
 
 from __future__ import annotations
@@ -460,7 +460,9 @@ class WorkerPool:
             return await asyncio.get_running_loop().run_in_executor(self._in_thread(), self._score_here, images)
         if self._scorer is not None:
             self._choose()
-            if self._inline and cost <= INLINE_COST and not any(map(self._waiting, range(self.workers))):
+            # Only beside live, idle workers: the first batch after a worker died goes to its lane and
+            # starts the new one, as it always did, rather than leaving the lane empty until load rises.
+            if self._inline and cost <= INLINE_COST and all(map(self._ready, range(self.workers))):
                 cpu = time.thread_time()
                 finished = self._scorer(images)
                 used = time.thread_time() - cpu
@@ -486,6 +488,11 @@ class WorkerPool:
         self._inline = (loop_own + self._scoring_cpu) / (now - started) < self.inline_below
         self._window = (now, used)
         self._scoring_cpu = self._inline_cpu = 0.0
+
+    def _ready(self, lane: int) -> bool:
+        """Whether ``lane`` has a live worker with nothing to do."""
+        worker = self._processes[lane]
+        return worker is not None and worker.alive and not worker.waiting
 
     def _waiting(self, lane: int) -> int:
         worker = self._processes[lane]
