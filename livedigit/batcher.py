@@ -179,7 +179,6 @@ class Batcher:
             limits,
             metrics.worker_restarts.inc,
             inline_below,
-            metrics.scored_inline.inc,
         )
         self._submits: FairQueue[Job] = FairQueue()
         self._snapshots: Slots[Job] = Slots()
@@ -414,8 +413,11 @@ class Batcher:
         except WorkerDied:
             self._fail(wanted, Failure.PREPROCESS_FAILED)
             return
-        # Scored on the event loop (nothing is then at a worker, so no other batch was meanwhile): one lane.
-        self._answer(wanted, finished, 1 if self._workers.inline > inline else self._workers.lanes)
+        # Scored on the event loop (no worker then has a batch, so no other batch was meanwhile): one lane.
+        on_the_loop = self._workers.inline > inline
+        if on_the_loop:
+            self.metrics.scored_inline.inc()
+        self._answer(wanted, finished, 1 if on_the_loop else self._workers.lanes)
 
     def _answer(self, jobs: list[Job], finished: Finished, lanes: int) -> None:
         """Answer a batch's jobs with what ``lanes`` scoring at once made of them, and note what it cost."""

@@ -396,7 +396,6 @@ class WorkerPool:
         limits: Limits,
         on_restart: Callable[[], object] = lambda: None,
         inline_below: float = 0.0,
-        on_inline: Callable[[], object] = lambda: None,
     ) -> None:
         if workers and not isinstance(model, ModelSpec):
             raise ValueError("a runtime given as an object runs in this process: use workers=0")
@@ -409,8 +408,6 @@ class WorkerPool:
         self.inline_below = max(0.0, inline_below) if self.workers else 0.0
         """Share of a core the event loop and the scoring together may use while cheap batches are scored
         on the event loop; 0: never."""
-        self.on_inline = on_inline
-        """Called for each batch scored on the event loop."""
         self.inline = 0
         """Batches scored on the event loop so far."""
         self._processes: list[_Worker | None] = [None] * self.workers
@@ -422,10 +419,9 @@ class WorkerPool:
         self._inline = self.inline_below > 0
         self._window = (0.0, 0.0)
         """When the current window began: the wall clock and the event loop's CPU time."""
-        self._scoring_cpu = 0.0
-        """CPU seconds spent scoring batches in the current window, in the workers or on the event loop."""
-        self._inline_cpu = 0.0
-        """Of those, the event loop's."""
+        self._worker_cpu = 0.0
+        """CPU seconds the workers spent scoring batches in the current window (the event loop's own
+        scoring is in its CPU time)."""
 
     @property
     def lanes(self) -> int:
@@ -463,31 +459,25 @@ class WorkerPool:
             # Only beside live, idle workers: the first batch after a worker died goes to its lane and
             # starts the new one, as it always did, rather than leaving the lane empty until load rises.
             if self._inline and cost <= INLINE_COST and all(map(self._ready, range(self.workers))):
-                cpu = time.thread_time()
-                finished = self._scorer(images)
-                used = time.thread_time() - cpu
-                self._inline_cpu += used
-                self._scoring_cpu += used
                 self.inline += 1
-                self.on_inline()
-                return finished
+                return self._scorer(images)
         lane = min(range(self.workers), key=self._waiting)
         finished = await self._run_in(lane, images)
-        self._scoring_cpu += sum(finished.preprocess_cpu_seconds) + finished.model_cpu_seconds
+        self._worker_cpu += sum(finished.preprocess_cpu_seconds) + finished.model_cpu_seconds
         return finished
 
     def _choose(self) -> None:
-        """Once a window has passed: score on the event loop in the next one if the event loop's own CPU
-        and the scoring's, wherever it ran, came to less than ``inline_below`` of a core in this one."""
+        """Once a window has passed: score on the event loop in the next one if the event loop's CPU (its
+        own scoring included) and the workers' scoring came to less than ``inline_below`` of a core in
+        this one."""
         started, cpu = self._window
         now = time.perf_counter()
         if now - started < INLINE_WINDOW_S:
             return
         used = time.thread_time()
-        loop_own = used - cpu - self._inline_cpu
-        self._inline = (loop_own + self._scoring_cpu) / (now - started) < self.inline_below
+        self._inline = (used - cpu + self._worker_cpu) / (now - started) < self.inline_below
         self._window = (now, used)
-        self._scoring_cpu = self._inline_cpu = 0.0
+        self._worker_cpu = 0.0
 
     def _ready(self, lane: int) -> bool:
         """Whether ``lane`` has a live worker with nothing to do."""

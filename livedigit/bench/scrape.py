@@ -77,21 +77,18 @@ def batch_sizes(before: list[Metric] | None, after: list[Metric] | None) -> dict
     inline = (
         None if inline_after is None else int(inline_after - (metric(before, "livedigit_scored_inline_total") or 0))
     )
-    return {**_batches(histogram(before, "batch_size"), sizes), "inline": inline}
-
-
-def _batches(before: Histogram | None, after: Histogram) -> dict[str, Any]:
-    cumulative, total, batches = _difference(before, after)
+    cumulative, total, batches = _difference(histogram(before, "batch_size"), sizes)
     buckets, previous = {}, 0.0
     for bound, count in cumulative:
         if count - previous:
             buckets["+Inf" if bound == float("inf") else f"<={bound:g}"] = int(count - previous)
         previous = count
     return {
-        "metric": after["name"],
+        "metric": sizes["name"],
         "batches": int(batches),
         "buckets": buckets,
         "mean": round(total / batches, 2) if batches else None,
+        "inline": inline,
     }
 
 
