@@ -9,13 +9,16 @@ work (``*_cpu_seconds``), what an image or a batch costs whatever else runs mean
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -23,26 +26,97 @@ TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-Child = TypeVar("Child", Counter, Histogram)
+class _Count:
+    """One series of a :class:`Tally`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
 
 
-class ByLabel(Generic[Child]):
-    """A metric with one label, its children looked up once per value.
+class _Spread:
+    """One series of a :class:`Distribution`: a count per bucket (the last one past every bound) and the sum."""
 
-    ``labels()`` converts, checks and locks on every call, which the event loop would pay several times
-    per message; the values here come from the server's own vocabulary (message and reply types, error
-    codes, drop reasons), so the cache stays small.
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket whose bound is at least ``value``, as Prometheus does."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class Tally(Collector):
+    """A counter by one label, for what is counted on every message or image: plain numbers, read when
+    scraped.
+
+    A ``prometheus_client`` counter takes a lock and checks its state on every ``inc``, and a histogram
+    does so twice per ``observe``: some 10 us a frame on the event loop. Everything counted with these
+    classes is counted on the event loop, and scraped there too, so it needs no lock.
     """
 
-    def __init__(self, metric: Child) -> None:
-        self.metric: Child = metric
-        self._children: dict[str, Child] = {}
+    def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self._series: dict[str, _Count] = {}
+        registry.register(self)
 
-    def __getitem__(self, value: str) -> Child:
-        child = self._children.get(value)
-        if child is None:
-            child = self._children[value] = self.metric.labels(value)
-        return child
+    def __getitem__(self, value: str) -> _Count:
+        series = self._series.get(value)
+        if series is None:
+            series = self._series[value] = _Count()
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, series in self._series.items():
+            family.add_metric([value], series.value)
+        yield family
+
+
+class Distribution(Collector):
+    """A histogram counted like a :class:`Tally`: unlabelled (:meth:`observe`), or by one label
+    (``distribution[value].observe``)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+        label: str | None = None,
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._series: dict[str, _Spread] = {}
+        self._all = _Spread(self.bounds)
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._all.observe(value)
+
+    def __getitem__(self, value: str) -> _Spread:
+        series = self._series.get(value)
+        if series is None:
+            series = self._series[value] = _Spread(self.bounds)
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        labels = [] if self.label is None else [self.label]
+        family = HistogramMetricFamily(self.name, self.documentation, labels=labels)
+        series = {(): self._all} if self.label is None else {(value,): s for value, s in self._series.items()}
+        bounds = [floatToGoString(bound) for bound in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for key, spread in series.items():
+            cumulative = itertools.accumulate(spread.counts)
+            family.add_metric(list(key), list(zip(bounds, cumulative, strict=True)), spread.sum)
+        yield family
 
 
 class Metrics:
@@ -59,27 +133,16 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.messages = ByLabel(
-            Counter(
-                "livedigit_messages",
-                "Client messages received, by type (invalid: not parseable)",
-                ["type"],
-                registry=registry,
-            )
+        self.messages = Tally(
+            "livedigit_messages", "Client messages received, by type (invalid: not parseable)", "type", registry
         )
-        self.replies = ByLabel(Counter("livedigit_replies", "Replies sent, by type", ["type"], registry=registry))
+        self.replies = Tally("livedigit_replies", "Replies sent, by type", "type", registry)
         self.batch_items = Counter(
             "livedigit_batch_items", "Images received in batch messages (WebSocket, HTTP, /v2)", registry=registry
         )
-        self.batch_results = ByLabel(
-            Counter("livedigit_batch_results", "Results inside batch replies, by type", ["type"], registry=registry)
-        )
-        self.dropped = ByLabel(
-            Counter("livedigit_dropped", "Snapshots answered 'dropped', by reason", ["reason"], registry=registry)
-        )
-        self.errors = ByLabel(
-            Counter("livedigit_errors", "Replies of type 'error', by code", ["code"], registry=registry)
-        )
+        self.batch_results = Tally("livedigit_batch_results", "Results inside batch replies, by type", "type", registry)
+        self.dropped = Tally("livedigit_dropped", "Snapshots answered 'dropped', by reason", "reason", registry)
+        self.errors = Tally("livedigit_errors", "Replies of type 'error', by code", "code", registry)
         self.closes = Counter(
             "livedigit_closes", "Connections closed by the server, by close code", ["code"], registry=registry
         )
@@ -99,48 +162,44 @@ class Metrics:
         self.ready = Gauge(
             "livedigit_ready", "1 when the model is loaded and the last batch succeeded", registry=registry
         )
-        self.batch_size = Histogram(
-            "livedigit_batch_size", "Images per model call", buckets=BATCH_BUCKETS, registry=registry
-        )
-        self.queue_wait = Histogram(
+        self.batch_size = Distribution("livedigit_batch_size", "Images per model call", BATCH_BUCKETS, registry)
+        self.queue_wait = Distribution(
             "livedigit_queue_wait_seconds",
             "From enqueue to being taken into a batch, per message",
-            buckets=TIME_BUCKETS,
-            registry=registry,
+            TIME_BUCKETS,
+            registry,
         )
-        self.preprocess = Histogram(
+        self.preprocess = Distribution(
             "livedigit_preprocess_seconds",
             "Preprocessing one image (decode, rasterise, normalize), wall time: its part of the reply's latency",
-            buckets=TIME_BUCKETS,
-            registry=registry,
+            TIME_BUCKETS,
+            registry,
         )
-        self.preprocess_cpu = Histogram(
+        self.preprocess_cpu = Distribution(
             "livedigit_preprocess_cpu_seconds",
             "Preprocessing one image, CPU time of the worker's thread: what the image costs",
-            buckets=TIME_BUCKETS,
-            registry=registry,
+            TIME_BUCKETS,
+            registry,
         )
-        self.inference = Histogram(
+        self.inference = Distribution(
             "livedigit_inference_seconds",
             "One model call (a whole batch) with its calibration and verdicts, wall time: its part of the "
             "replies' latency",
-            buckets=TIME_BUCKETS,
-            registry=registry,
+            TIME_BUCKETS,
+            registry,
         )
-        self.inference_cpu = Histogram(
+        self.inference_cpu = Distribution(
             "livedigit_inference_cpu_seconds",
             "One model call (a whole batch), CPU time of the worker's thread: what the batch costs",
-            buckets=TIME_BUCKETS,
-            registry=registry,
+            TIME_BUCKETS,
+            registry,
         )
-        self.latency = ByLabel(
-            Histogram(
-                "livedigit_reply_latency_seconds",
-                "From receiving a message to sending its reply, by reply type",
-                ["type"],
-                buckets=TIME_BUCKETS,
-                registry=registry,
-            )
+        self.latency = Distribution(
+            "livedigit_reply_latency_seconds",
+            "From receiving a message to sending its reply, by reply type",
+            TIME_BUCKETS,
+            registry,
+            label="type",
         )
         self.batch_failures = Counter("livedigit_batch_failures", "Model calls that raised", registry=registry)
         self.worker_restarts = Counter(

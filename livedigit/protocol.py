@@ -53,6 +53,7 @@ from livedigit.wire import (
     MAX_ID_LENGTH,
     MAX_ID_MAGNITUDE,
     PNG_DATA_URL,
+    REPLY_DECIMALS,
     VERSION,
     Dropped,
     DropReason,
@@ -64,13 +65,13 @@ from livedigit.wire import (
     MessageId,
     NoDigit,
     Outcome,
-    Prediction,
     ReplyType,
     Scored,
     Shed,
     Stored,
     Verdict,
     Work,
+    prediction_reply,
 )
 
 FAILURES: dict[Failure, tuple[ErrorCode, str]] = {
@@ -648,8 +649,18 @@ def _base64(text: str, name: str, max_bytes: int) -> bytes:
 def reply(request: Request, outcome: Outcome, latency_ms: float) -> dict[str, Any]:
     """The reply to ``request`` for the batcher's ``outcome``."""
     if isinstance(outcome, Scored):
-        return prediction(request.id, request.final, outcome.probabilities, latency_ms,
-                          outcome.preview if request.preview else None, outcome.verdict)  # fmt: skip
+        verdict = outcome.verdict
+        return prediction_reply(
+            request.id,
+            request.final,
+            outcome.digit,
+            outcome.shown[outcome.digit],
+            outcome.shown,
+            round(latency_ms, 3),
+            verdict,
+            ranked(outcome.probabilities, verdict)[1] if verdict == Verdict.UNSURE else None,
+            outcome.preview if request.preview else None,
+        )
     if isinstance(outcome, NoDigit):
         return Empty(request.id, request.final).to_wire()
     if isinstance(outcome, Shed):
@@ -667,12 +678,11 @@ def prediction(
 ) -> dict[str, Any]:
     """A ``prediction`` reply; ``preview`` (the 28x28 image the model saw, 8-bit) adds ``preview``, an
     ``unsure`` verdict adds the two ``candidates``."""
-    values = probabilities.tolist()
-    digit, candidates = ranked(values, verdict)
-    rounded = [round(p, 6) for p in values]
-    return Prediction(
-        message_id, final, digit, rounded[digit], tuple(rounded), round(latency_ms, 3), preview, verdict, candidates
-    ).to_wire()
+    digit, candidates = ranked(probabilities, verdict)
+    shown = np.round(probabilities, REPLY_DECIMALS).tolist()
+    return prediction_reply(
+        message_id, final, digit, shown[digit], shown, round(latency_ms, 3), verdict, candidates, preview
+    )
 
 
 def empty(message_id: MessageId, final: bool) -> dict[str, Any]:

@@ -149,14 +149,22 @@ NON_RETRYABLE_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010}
 # Outcomes: what the batcher decided for one image.
 
 
+REPLY_DECIMALS = 6
+"""Decimal places of the probabilities (and so the confidence) in a ``prediction`` reply."""
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     """The model ran: ten (calibrated) probabilities, the verdict, and the 28x28 input it saw as the
-    8-bit pixels of a reply's ``preview``."""
+    8-bit pixels of a reply's ``preview``; with the most probable ``digit`` and the probabilities as the
+    reply shows them (``shown``, :data:`REPLY_DECIMALS` places), which the batcher works out for a whole
+    batch in two numpy calls instead of in Python for every reply."""
 
     probabilities: np.ndarray
     preview: np.ndarray
-    verdict: Verdict = Verdict.DIGIT
+    verdict: Verdict
+    digit: int
+    shown: list[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,21 +233,17 @@ class Prediction:
     """With ``unsure``: the two digits that fit, the more probable first."""
 
     def to_wire(self) -> dict[str, Any]:
-        reply: dict[str, Any] = {
-            "type": ReplyType.PREDICTION.value,
-            "id": self.id,
-            "final": self.final,
-            "digit": self.digit,
-            "confidence": self.confidence,
-            "probabilities": list(self.probabilities),
-            "latency_ms": self.latency_ms,
-            "verdict": str(self.verdict),
-        }
-        if self.candidates is not None:
-            reply["candidates"] = list(self.candidates)
-        if self.preview is not None:
-            reply["preview"] = base64.b64encode(np.ascontiguousarray(self.preview, np.uint8).tobytes()).decode()
-        return reply
+        return prediction_reply(
+            self.id,
+            self.final,
+            self.digit,
+            self.confidence,
+            list(self.probabilities),
+            self.latency_ms,
+            self.verdict,
+            self.candidates,
+            self.preview,
+        )
 
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> Prediction:
@@ -259,6 +263,36 @@ class Prediction:
             verdict=str(reply.get("verdict", Verdict.DIGIT)),
             candidates=None if candidates is None else (int(candidates[0]), int(candidates[1])),
         )
+
+
+def prediction_reply(
+    message_id: MessageId,
+    final: bool,
+    digit: int,
+    confidence: float,
+    probabilities: list[float],
+    latency_ms: float | None,
+    verdict: str,
+    candidates: tuple[int, int] | None = None,
+    preview: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """A :class:`Prediction`'s JSON fields; the server builds a reply with it directly, as it does so on
+    the event loop for every scored snapshot."""
+    reply: dict[str, Any] = {
+        "type": ReplyType.PREDICTION.value,
+        "id": message_id,
+        "final": final,
+        "digit": digit,
+        "confidence": confidence,
+        "probabilities": probabilities,
+        "latency_ms": latency_ms,
+        "verdict": str(verdict),
+    }
+    if candidates is not None:
+        reply["candidates"] = list(candidates)
+    if preview is not None:
+        reply["preview"] = base64.b64encode(np.ascontiguousarray(preview, np.uint8).tobytes()).decode()
+    return reply
 
 
 @dataclass(frozen=True)
