@@ -292,11 +292,13 @@ def _strokes_envelope(text: str | bytes) -> tuple[_Envelope | None, bytes | None
         _message_id(envelope.id)
     except (msgspec.MsgspecError, RecursionError, ProtocolError):
         return None, None
-    others = (envelope.pixels, envelope.png, envelope.image)
+    unset = msgspec.UNSET
     if (
-        envelope.type not in ("snapshot", "submit")
-        or isinstance(envelope.strokes, msgspec.UnsetType)
-        or any(other is not msgspec.UNSET for other in others)
+        (envelope.type != "snapshot" and envelope.type != "submit")
+        or envelope.strokes is unset
+        or envelope.pixels is not unset
+        or envelope.png is not unset
+        or envelope.image is not unset
     ):
         return None, None
     digest = hashlib.blake2b(bytes(envelope.strokes), digest_size=16)
