@@ -18,7 +18,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,60 +88,6 @@ GOING_AWAY = object()
 """Queued after the last reply when the server shuts down: the writer then closes with 1001."""
 
 
-class Outbox:
-    """The replies one connection owes, in the order of its frames: at most ``size`` of them, put by its
-    reader (and by shutdown), taken by its writer alone.
-
-    ``asyncio.Queue`` does this with task accounting and an event cleared on every put, which under load
-    took 8% of the event loop's CPU; here a put and a get are a deque operation and, when the other side
-    waits, one future resolved.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._items: deque[Ticket | object] = deque()
-        self._size = size
-        self._taker: asyncio.Future[None] | None = None
-        self._putters: deque[asyncio.Future[None]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    async def put(self, item: Ticket | object) -> None:
-        """Append ``item``, first waiting while ``size`` items are owed."""
-        while len(self._items) >= self._size:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._putters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_putter()  # it was this one's turn: pass it on
-                elif waiter in self._putters:
-                    self._putters.remove(waiter)
-                raise
-        self._items.append(item)
-        taker = self._taker
-        if taker is not None and not taker.done():
-            taker.set_result(None)
-
-    async def get(self) -> Ticket | object:
-        """The oldest item, once there is one."""
-        while not self._items:
-            self._taker = asyncio.get_running_loop().create_future()
-            await self._taker
-        item = self._items.popleft()
-        if self._putters:
-            self._wake_putter()
-        return item
-
-    def _wake_putter(self) -> None:
-        while self._putters:
-            waiter = self._putters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-
 class Session:
     """One accepted connection; :meth:`run` returns when it is closed, whichever side closed it."""
 
@@ -162,7 +107,7 @@ class Session:
         )
         self.frame_bucket = TokenBucket(settings.message_rate, max(1, round(settings.message_rate)))
         self.address_bytes = service.address_bytes.bucket(client)
-        self.pending = Outbox(MAX_OUTSTANDING)
+        self.pending: asyncio.Queue[Ticket | object] = asyncio.Queue(MAX_OUTSTANDING)
         self.bad_in_a_row = 0
         self.closed = asyncio.Event()
         self._stopping = False
