@@ -111,8 +111,9 @@ class VerdictRule:
 
 def ranked(probabilities: Sequence[float] | np.ndarray, verdict: Verdict) -> tuple[int, tuple[int, int] | None]:
     """The most probable digit of one row, and with ``unsure`` the two candidates, the more probable first;
-    of equal probabilities the lower digit first. In Python, not ``argsort``: it runs for every reply,
-    on the event loop, and ten floats are sorted faster than numpy is called."""
+    of equal probabilities the lower digit first, as ``argmax`` picks (the batcher finds a whole batch's
+    digits with it). In Python, not ``argsort``: it runs on the event loop for each ``unsure`` reply, and
+    ten floats are compared faster than numpy is called."""
     values = probabilities.tolist() if isinstance(probabilities, np.ndarray) else list(probabilities)
     digit = max(range(len(values)), key=values.__getitem__)
     if verdict != Verdict.UNSURE:
