@@ -59,8 +59,8 @@ class Tally(Collector):
     scraped.
 
     A ``prometheus_client`` counter takes a lock and checks its state on every ``inc``, and a histogram
-    does so twice per ``observe``: some 10 us a frame on the event loop. Everything counted with these
-    classes is counted on the event loop, and scraped there too, so it needs no lock.
+    does so twice per ``observe``: 7% of the event loop's CPU past the knee (docs/benchmarks.md). Everything
+    counted with these classes is counted on the event loop, and scraped there too, so it needs no lock.
     """
 
     def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry) -> None:
