@@ -54,14 +54,12 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-import numpy as np
-
 from livedigit.fairness import FairQueue, Slots
 from livedigit.metrics import Metrics
 from livedigit.preprocess import Image, Limits, Pixels, Png, Strokes, cost
 from livedigit.runtime import Runtime
 from livedigit.verdict import VerdictRule
-from livedigit.wire import REPLY_DECIMALS, DropReason, Failed, Failure, Outcome, Scored, Shed, Work
+from livedigit.wire import DropReason, Failed, Failure, Outcome, Scored, Shed, Work
 from livedigit.workers import Deferred, Finished, ModelSpec, WorkerDied, WorkerPool
 
 logger = logging.getLogger("livedigit.batcher")
@@ -455,15 +453,9 @@ class Batcher:
         metrics.inference.observe(finished.model_seconds)
         metrics.inference_cpu.observe(finished.model_cpu_seconds)
         metrics.batch_size.observe(len(scored))
-        rows = finished.probabilities
-        digits, shown = rows.argmax(axis=1).tolist(), np.round(rows, REPLY_DECIMALS).tolist()
-        for job, row, preview, verdict, digit, row_shown in zip(
-            scored, rows, finished.previews, finished.verdicts, digits, shown, strict=True
-        ):
-            result: Outcome = (
-                Shed(DropReason.STALE) if job.abandoned else Scored(row, preview, verdict, digit, row_shown)
-            )
-            self._resolve(job, result)
+        outcomes = Scored.each(finished.probabilities, finished.previews, finished.verdicts)
+        for job, result in zip(scored, outcomes, strict=True):
+            self._resolve(job, Shed(DropReason.STALE) if job.abandoned else result)
 
     async def _probe(self) -> None:
         """While the model is failing: after :data:`PROBE_INTERVAL` without a batch, run a blank digit

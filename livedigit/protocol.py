@@ -53,7 +53,6 @@ from livedigit.wire import (
     MAX_ID_LENGTH,
     MAX_ID_MAGNITUDE,
     PNG_DATA_URL,
-    REPLY_DECIMALS,
     VERSION,
     Dropped,
     DropReason,
@@ -651,18 +650,7 @@ def _base64(text: str, name: str, max_bytes: int) -> bytes:
 def reply(request: Request, outcome: Outcome, latency_ms: float) -> dict[str, Any]:
     """The reply to ``request`` for the batcher's ``outcome``."""
     if isinstance(outcome, Scored):
-        verdict = outcome.verdict
-        return prediction_reply(
-            request.id,
-            request.final,
-            outcome.digit,
-            outcome.shown[outcome.digit],
-            outcome.shown,
-            round(latency_ms, 3),
-            verdict,
-            ranked(outcome.probabilities, verdict)[1] if verdict == Verdict.UNSURE else None,
-            outcome.preview if request.preview else None,
-        )
+        return _prediction(request.id, request.final, outcome, latency_ms, request.preview)
     if isinstance(outcome, NoDigit):
         return Empty(request.id, request.final).to_wire()
     if isinstance(outcome, Shed):
@@ -678,12 +666,27 @@ def prediction(
     preview: np.ndarray | None = None,
     verdict: Verdict = Verdict.DIGIT,
 ) -> dict[str, Any]:
-    """A ``prediction`` reply; ``preview`` (the 28x28 image the model saw, 8-bit) adds ``preview``, an
-    ``unsure`` verdict adds the two ``candidates``."""
-    digit, candidates = ranked(probabilities, verdict)
-    shown = np.round(probabilities, REPLY_DECIMALS).tolist()
+    """A ``prediction`` reply for one row of probabilities; ``preview`` (the 28x28 image the model saw,
+    8-bit) adds ``preview``, an ``unsure`` verdict adds the two ``candidates``."""
+    (outcome,) = Scored.each(np.asarray(probabilities, np.float64)[None], [preview], [verdict])
+    return _prediction(message_id, final, outcome, latency_ms, preview is not None)
+
+
+def _prediction(
+    message_id: MessageId, final: bool, outcome: Scored, latency_ms: float, preview: bool
+) -> dict[str, Any]:
+    """The ``prediction`` reply of a scored image; ``preview``: with the image the model saw."""
+    verdict = outcome.verdict
     return prediction_reply(
-        message_id, final, digit, shown[digit], shown, round(latency_ms, 3), verdict, candidates, preview
+        message_id,
+        final,
+        outcome.digit,
+        outcome.shown[outcome.digit],
+        outcome.shown,
+        round(latency_ms, 3),
+        verdict,
+        ranked(outcome.probabilities, verdict)[1] if verdict == Verdict.UNSURE else None,
+        outcome.preview if preview else None,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -156,15 +157,33 @@ REPLY_DECIMALS = 6
 @dataclass(frozen=True, slots=True)
 class Scored:
     """The model ran: ten (calibrated) probabilities, the verdict, and the 28x28 input it saw as the
-    8-bit pixels of a reply's ``preview``; with the most probable ``digit`` and the probabilities as the
-    reply shows them (``shown``, :data:`REPLY_DECIMALS` places), which the batcher works out for a whole
-    batch in two numpy calls instead of in Python for every reply."""
+    8-bit pixels of a reply's ``preview`` (``None`` where no input was kept); with the most probable
+    ``digit`` and the probabilities as the reply shows them (``shown``, :data:`REPLY_DECIMALS` places).
+    Build them with :meth:`each`."""
 
     probabilities: np.ndarray
-    preview: np.ndarray
+    preview: np.ndarray | None
     verdict: Verdict
     digit: int
     shown: list[float]
+
+    @classmethod
+    def each(
+        cls,
+        probabilities: np.ndarray,
+        previews: np.ndarray | Sequence[np.ndarray | None],
+        verdicts: Sequence[Verdict],
+    ) -> list[Scored]:
+        """The outcome of each row of a (n, 10) batch, with its (n, 28, 28) previews: the digits and shown
+        probabilities of all rows in two numpy calls (``argmax`` takes the lower digit of equals), not in
+        Python for every reply."""
+        digits, shown = probabilities.argmax(axis=1).tolist(), np.round(probabilities, REPLY_DECIMALS).tolist()
+        return [
+            cls(row, preview, verdict, digit, row_shown)
+            for row, preview, verdict, digit, row_shown in zip(
+                probabilities, previews, verdicts, digits, shown, strict=True
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True)
