@@ -7,11 +7,14 @@
    The numpy code is the reference and the fallback where no C compiler was at hand; this is what a
    snapshot costs the server, a fraction of what numpy's calls cost on arrays of a few dozen points.
    Each segment's ink is measured only against the pixels within reach of its box: numpy measures every
-   segment against every pixel, because a call per segment costs more there than the pixels it saves. */
+   segment against every pixel, because a call per segment costs more there than the pixels it saves.
+   Before it, gather checks and copies the strokes as validate_strokes does, for the forms a message and a
+   checked drawing take; any other form it leaves to validate_strokes. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <string.h>
 
 /* The first index of the ascending `sorted` whose value is at least `value` (`count` if none is), for
    the pixel centres (float) and the distances travelled along the path (double). */
@@ -327,12 +330,123 @@ static PyObject *draw(PyObject *module, PyObject *args) {
     return result;
 }
 
+/* One coordinate of a point given as a Python number: a float (or a subclass) or an int (not a bool),
+   within max_coordinate of 0 (NaN is not). 0 and *out set, or -1 for anything else. */
+static int coordinate(PyObject *number, double max_coordinate, double *out) {
+    double value;
+    if (PyFloat_Check(number))
+        value = PyFloat_AS_DOUBLE(number);
+    else if (PyLong_CheckExact(number)) {
+        value = PyLong_AsDouble(number);
+        if (value == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+    } else
+        return -1;
+    if (!(fabs(value) <= max_coordinate))
+        return -1;
+    *out = value;
+    return 0;
+}
+
+/* The points of one stroke written at `out` (NULL: only counted), at most `room` of them, from a list or
+   tuple of [x, y] lists or tuples, or from a C-contiguous float64 numpy array of shape (n, 2). Its number
+   of points, or -1 for anything else (validate_strokes then says what is wrong, or reads what it also
+   accepts: other dtypes, ...). Nothing here runs Python code, so nothing changes the strokes meanwhile. */
+static Py_ssize_t stroke_points(PyObject *stroke, double max_coordinate, double *out, Py_ssize_t room) {
+    if (PyList_Check(stroke) || PyTuple_Check(stroke)) {
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(stroke);
+        if (out == NULL || count > room)
+            return count > room ? -1 : count;
+        PyObject **items = PySequence_Fast_ITEMS(stroke);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *point = items[i];
+            if (!(PyList_Check(point) || PyTuple_Check(point)) || PySequence_Fast_GET_SIZE(point) != 2)
+                return -1;
+            PyObject **pair = PySequence_Fast_ITEMS(point);
+            if (coordinate(pair[0], max_coordinate, out + 2 * i) || coordinate(pair[1], max_coordinate, out + 2 * i + 1))
+                return -1;
+        }
+        return count;
+    }
+    /* numpy's own arrays only: another type's buffer could be Python code (__buffer__). */
+    Py_buffer view;
+    if (strcmp(Py_TYPE(stroke)->tp_name, "numpy.ndarray") != 0 ||
+        PyObject_GetBuffer(stroke, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t count = -1;
+    if (view.ndim == 2 && view.shape[1] == 2 && view.shape[0] <= room && view.itemsize == (Py_ssize_t)sizeof(double) &&
+        view.format != NULL && strcmp(view.format, "d") == 0) {
+        count = view.shape[0];
+        const double *values = view.buf;
+        for (Py_ssize_t i = 0; out != NULL && i < 2 * count; i++) {
+            if (!(fabs(values[i]) <= max_coordinate)) {
+                count = -1;
+                break;
+            }
+            out[i] = values[i];
+        }
+    }
+    PyBuffer_Release(&view);
+    return count;
+}
+
+/* livedigit.preprocess.validate_strokes of well-formed strokes, without a numpy call per stroke: what a
+   snapshot's points cost to check was mostly numpy's calls on a few dozen of them. */
+static PyObject *gather(PyObject *module, PyObject *args) {
+    PyObject *strokes;
+    Py_ssize_t max_strokes, max_points;
+    double max_coordinate;
+    if (!PyArg_ParseTuple(args, "Onnd", &strokes, &max_strokes, &max_points, &max_coordinate))
+        return NULL;
+    if (!(PyList_Check(strokes) || PyTuple_Check(strokes)) || PySequence_Fast_GET_SIZE(strokes) > max_strokes)
+        Py_RETURN_NONE;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(strokes), total = 0, kept = 0;
+    PyObject **items = PySequence_Fast_ITEMS(strokes);
+    for (Py_ssize_t s = 0; s < count; s++) {
+        Py_ssize_t length = stroke_points(items[s], max_coordinate, NULL, max_points - total);
+        if (length < 0 || (total += length) > max_points)
+            Py_RETURN_NONE;
+        kept += length > 0;
+    }
+    PyObject *points = PyByteArray_FromStringAndSize(NULL, total * 2 * (Py_ssize_t)sizeof(double));
+    PyObject *lengths = PyByteArray_FromStringAndSize(NULL, kept * (Py_ssize_t)sizeof(int));
+    if (points == NULL || lengths == NULL) {
+        Py_XDECREF(points);
+        Py_XDECREF(lengths);
+        return NULL;
+    }
+    /* Written within the sizes counted (the counts cannot change between the passes: see stroke_points). */
+    double *out = (double *)PyByteArray_AS_STRING(points);
+    int *sizes = (int *)PyByteArray_AS_STRING(lengths);
+    Py_ssize_t written = 0, stroke = 0;
+    for (Py_ssize_t s = 0; s < count; s++) {
+        Py_ssize_t length = stroke_points(items[s], max_coordinate, out + 2 * written, total - written);
+        if (length < 0 || (length > 0 && stroke == kept)) {
+            Py_DECREF(points);
+            Py_DECREF(lengths);
+            Py_RETURN_NONE;
+        }
+        if (length > 0)
+            sizes[stroke++] = (int)length;
+        written += length;
+    }
+    return Py_BuildValue("(NN)", points, lengths);
+}
+
 static PyMethodDef methods[] = {
     {"draw", draw, METH_VARARGS,
      "draw(image, path, shares, points, lengths, surface_side, width, box, min_extent, stray_side, stray_gap): "
      "the model's 28x28 image (float32) of the strokes whose points (float64 x, y pairs) are lengths (int32) "
      "points each, and, unless path is empty, the pen's path at the shares (float64) of its length (float32, "
      "len(shares) x 4); False for a dot (nothing drawn)."},
+    {"gather", gather, METH_VARARGS,
+     "gather(strokes, max_strokes, max_points, max_coordinate): the points of strokes (lists or tuples of [x, y] "
+     "numbers, or float64 arrays of shape (n, 2)) as float64 x, y pairs and the lengths (int32) of the non-empty "
+     "strokes, each a bytearray; None where validate_strokes must look (anything else, or a limit passed)."},
     {NULL, NULL, 0, NULL},
 };
 

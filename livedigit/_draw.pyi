@@ -13,3 +13,6 @@ def draw(
     stray_side: float,
     stray_gap: float,
 ) -> bool: ...
+def gather(
+    strokes: object, max_strokes: int, max_points: int, max_coordinate: float
+) -> tuple[bytearray, bytearray] | None: ...

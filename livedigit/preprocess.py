@@ -31,11 +31,13 @@ from PIL import Image as PILImage
 
 from livedigit.wire import PNG_SIGNATURE
 
-_compiled_draw: Callable[..., bool] | None  # its signature: livedigit/_draw.pyi
+_compiled_draw: Callable[..., bool] | None  # their signatures: livedigit/_draw.pyi
+_compiled_gather: Callable[..., tuple[bytearray, bytearray] | None] | None
 try:
     from livedigit._draw import draw as _compiled_draw
+    from livedigit._draw import gather as _compiled_gather
 except ImportError:  # installed where no C compiler was at hand (setup.py): numpy draws the same images
-    _compiled_draw = None
+    _compiled_draw = _compiled_gather = None
 
 SIZE = 28
 """Side of the model input, in pixels."""
@@ -186,14 +188,12 @@ def _draw(
         if drawing is None:
             return None
         return _render(drawing, width), _path(*drawing) if path else _NO_PATH
-    points = validate_strokes(strokes, limits)
+    everything, lengths = _gathered(strokes, limits)
     surface_side = validate_surface(surface)
-    if not points:
+    if not lengths:
         return None
     image = np.empty((SIZE, SIZE), np.float32)
     drawn = np.empty((PATH_POINTS, PATH_FEATURES), np.float32) if path else _NO_PATH
-    lengths = array.array("i", [len(stroke) for stroke in points])
-    everything = np.concatenate(points)
     rules = (surface_side or 0.0, width, BOX, MIN_EXTENT, STRAY_SIDE, STRAY_GAP)
     if not _compiled_draw(image, drawn, _PATH_SHARES, everything, lengths, *rules):
         return None
@@ -727,7 +727,40 @@ def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], 
     (n, 2) array. The protocol calls this when a message arrives, so a queued drawing is already compact.
 
     The coordinates of all strokes are checked at once: a drawing is checked again where it is rendered,
-    and numpy's calls, not its arithmetic, are most of what a stroke of a snapshot costs to check."""
+    and numpy's calls, not its arithmetic, are most of what a stroke of a snapshot costs to check. Where
+    the package was built with ``livedigit/_draw.c``, well-formed strokes (lists or tuples of numbers, or
+    float64 arrays) are checked and copied there without a numpy call per stroke, and the strokes come
+    back as views of one array; anything else is checked here, which says what is wrong."""
+    if _compiled_gather is not None:
+        gathered = _compiled_gather(strokes, limits.max_strokes, limits.max_points, MAX_COORDINATE)
+        if gathered is not None:
+            everything = np.frombuffer(gathered[0], np.float64).reshape(-1, 2)
+            lengths = memoryview(gathered[1]).cast("i").tolist()
+            return [
+                everything[end - length : end]
+                for length, end in zip(lengths, itertools.accumulate(lengths), strict=True)
+            ]
+    return _validate_strokes(strokes, limits)
+
+
+def _gathered(
+    strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], limits: Limits
+) -> tuple[bytearray | np.ndarray, bytearray | array.array[int]]:
+    """:func:`validate_strokes` for ``livedigit/_draw.c``'s drawing: all the points (float64 x, y pairs)
+    and the lengths (int32) of the non-empty strokes."""
+    assert _compiled_gather is not None
+    gathered = _compiled_gather(strokes, limits.max_strokes, limits.max_points, MAX_COORDINATE)
+    if gathered is not None:
+        return gathered
+    points = _validate_strokes(strokes, limits)
+    return np.concatenate(points) if points else _NO_POINTS, array.array("i", [len(stroke) for stroke in points])
+
+
+_NO_POINTS = np.empty((0, 2), np.float64)
+
+
+def _validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], limits: Limits) -> list[np.ndarray]:
+    """:func:`validate_strokes` in numpy: every input it accepts, and the message for each it does not."""
     if not isinstance(strokes, (list, tuple)):
         raise PreprocessError("strokes must be a list of polylines, each a list of [x, y] points")
     if len(strokes) > limits.max_strokes:

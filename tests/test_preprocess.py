@@ -740,6 +740,98 @@ def test_any_strokes_are_an_image_none_or_refused(drawing: object, surface: obje
     check(Strokes(drawing, surface))  # type: ignore[arg-type]
 
 
+def checked(strokes: object, limits: Limits) -> list[np.ndarray] | str:
+    """What validate_strokes makes of ``strokes``: the checked strokes, or the message refusing them."""
+    try:
+        return preprocessing.validate_strokes(strokes, limits)  # type: ignore[arg-type]
+    except PreprocessError as error:
+        return str(error)
+
+
+def assert_same_check(strokes: object, monkeypatch: pytest.MonkeyPatch, limits: Limits = SMALL) -> None:
+    compiled = checked(strokes, limits)
+    with monkeypatch.context() as numpy_only:
+        numpy_only.setattr(preprocessing, "_compiled_gather", None)
+        in_numpy = checked(strokes, limits)
+    if isinstance(in_numpy, str) or isinstance(compiled, str):
+        assert compiled == in_numpy, strokes
+        return
+    assert len(compiled) == len(in_numpy), strokes
+    for one, other in zip(compiled, in_numpy, strict=True):
+        assert one.dtype == other.dtype == np.float64 and one.shape == other.shape, strokes
+        assert np.array_equal(one, other), strokes
+        assert one.flags.writeable  # a caller may shift or scale the strokes it got back in place
+
+
+COMPILED = pytest.mark.skipif(
+    preprocessing._compiled_gather is None and not os.environ.get("CI"),
+    reason="livedigit/_draw.c was not built here (no C compiler when installing): numpy checks every drawing",
+)
+
+
+@COMPILED
+@PROPERTY
+@given(strokes)
+def test_the_compiled_check_of_strokes_takes_and_refuses_what_numpys_does(drawing: object) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert_same_check(drawing, monkeypatch)
+
+
+@COMPILED
+@pytest.mark.parametrize(
+    "drawing",
+    [
+        [[[1, 2], [3.5, 4]], [], [[1e9, -1e9]]],
+        [[[1, 2]], [[3, True]]],  # numpy reads a bool among ints as a number
+        [[[True, False]]],
+        [[[1e9 + 1, 0.0]]],
+        [[[10**30, 0]]],
+        [[[float("nan"), 0.0]]],
+        [[[float("inf"), 0.0]]],
+        [[["1", "2"]]],
+        [[[1.0, 2.0, 3.0]]],
+        [[[np.float64(1.5), 2]]],
+        [[[np.int64(1), 2]]],
+        [[[1.0]] * 3],
+        [[[1.0, 2.0]]] * 5,  # more strokes than SMALL allows
+        [[[1.0, 2.0]] * 20, [[3.0, 4.0]] * 13],  # more points than SMALL allows
+        [[[1.0, 2.0]] * 20, [[3.0, 4.0]] * 12],
+        [np.arange(8.0).reshape(4, 2), [[1.0, 2.0]]],
+        [np.arange(8.0).reshape(4, 2)[::2]],  # not contiguous
+        [np.arange(8.0).reshape(2, 4).T[:, :2]],
+        [np.arange(8, dtype=np.float32).reshape(4, 2)],
+        [np.arange(8, dtype=">f8").reshape(4, 2)],
+        [np.arange(8, dtype=np.int64).reshape(4, 2)],
+        [np.zeros((0, 2))],
+        [np.zeros(0)],
+        [np.array([[np.nan, 1.0]])],
+        [np.array(3.0)],
+        ((1.0, 2.0), (3.0, 4.0)),
+        np.zeros((1, 3, 2)),
+        "strokes",
+    ],
+)
+def test_the_compiled_check_of_strokes_agrees_with_numpys_on_every_kind_of_input(
+    drawing: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_same_check(drawing, monkeypatch)
+
+
+@COMPILED
+def test_the_compiled_check_reads_the_strokes_the_page_and_the_protocol_send() -> None:
+    """Lists or tuples of numbers (a decoded message) and float64 arrays (a checked drawing, checked again
+    where it is drawn) are checked in C, not handed back to numpy."""
+    assert preprocessing._compiled_gather is not None, "CI installs with a C compiler (scripts/test.sh)"
+    limits = (SMALL.max_strokes, SMALL.max_points, preprocessing.MAX_COORDINATE)
+    for sent in ([[[1, 2], [3.5, 4]], [], [[5.0, 6.0]]], (((1.0, 2.0),),), [np.arange(8.0).reshape(4, 2)]):
+        gathered = preprocessing._compiled_gather(sent, *limits)
+        assert gathered is not None, sent
+        points, lengths = gathered
+        expected = checked(sent, SMALL)
+        assert np.array_equal(np.frombuffer(points, np.float64).reshape(-1, 2), np.concatenate(expected))
+        assert list(memoryview(lengths).cast("i")) == [len(stroke) for stroke in expected]
+
+
 @PROPERTY
 @given(
     st.one_of(
