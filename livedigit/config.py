@@ -99,6 +99,12 @@ class Settings:
         "WebSocket frames, at a rate that leaves the batches their share of it; unread frames wait in TCP; "
         "0: never paced",
     )
+    collect_after: int = _option(
+        20_000,
+        "objects allocated and not freed after which the cyclic garbage collector runs (checked twice a second; "
+        "also after a quarter of what its last run left, and at least once a minute): live frames leave no "
+        "garbage, closed connections do; 0: Python's own schedule, a collection every 700 objects",
+    )
     max_connections: int = _option(500, "concurrent WebSocket connections per process")
     max_connections_per_client: int = _option(50, "concurrent WebSocket connections per client address")
     max_pending_submits: int = _option(256, "submits queued across all connections before new ones are refused")

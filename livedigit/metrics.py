@@ -194,6 +194,12 @@ class Metrics:
             TIME_BUCKETS,
             registry,
         )
+        self.garbage_collections = Distribution(
+            "livedigit_garbage_collection_seconds",
+            "Full collections of cyclic garbage (livedigit.garbage), wall time: the event loop waits for each",
+            TIME_BUCKETS,
+            registry,
+        )
         self.latency = Distribution(
             "livedigit_reply_latency_seconds",
             "From receiving a message to sending its reply, by reply type",

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 from livedigit import protocol, wire
 from livedigit.batcher import Batcher
 from livedigit.config import Settings
+from livedigit.garbage import Collections
 from livedigit.labels import database
 from livedigit.labels.store import COMMIT_GRACE, LabelStore
 from livedigit.metrics import Metrics
@@ -63,6 +64,7 @@ class Service:
         self.http_submits = KeyedBuckets(settings.submit_rate, settings.submit_burst)
         self.address_bytes = KeyedBuckets(settings.address_byte_rate, 2 * settings.max_message_bytes)
         self.reads = ReadPacer(settings.pace_reads_above)
+        self.garbage = Collections(settings.collect_after, self.metrics.garbage_collections.observe)
         self.metrics.watch_reads(self.reads)
         self.label_clients = KeyedBuckets(settings.label_rate_per_client, settings.label_burst_per_client)
         self.sessions: set[Connection] = set()
@@ -73,6 +75,7 @@ class Service:
         self._labels_starting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pacing: asyncio.Task[None] | None = None
+        self._collecting: asyncio.Task[None] | None = None
         self._card: dict[str, Any] = {}
         self.metrics.client_addresses.set_function(lambda: self.connections.clients)
 
@@ -134,13 +137,15 @@ class Service:
         # (19 ms -> 1.2 ms for the full collections of a 100-client run).
         gc.collect()
         gc.freeze()
+        self._collecting = asyncio.create_task(self.garbage.run(), name="livedigit-garbage")
         logger.info("model %s loaded with %s; serving", self.model_name, self.runtime_name)
 
     async def stop(self) -> None:
         """Stop the batcher, then commit the labels still waiting and close the store."""
-        if self._pacing is not None:
-            self._pacing.cancel()
-            await asyncio.gather(self._pacing, return_exceptions=True)
+        for task in (self._pacing, self._collecting):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.batcher is not None:
             await self.batcher.stop()
         await self._close_labels()
