@@ -102,7 +102,7 @@ class Settings:
     collect_after: int = _option(
         20_000,
         "objects allocated and not freed after which the cyclic garbage collector runs (checked twice a second; "
-        "also after a quarter of what its last run left, and at least once a minute): live frames leave no "
+        "also after a quarter of what its last run left, and at least every ten minutes): live frames leave no "
         "garbage, closed connections do; 0: Python's own schedule, a collection every 700 objects",
     )
     max_connections: int = _option(500, "concurrent WebSocket connections per process")

@@ -62,7 +62,7 @@ async def test_cycles_wait_for_a_collection_until_enough_have_piled_up(quick_che
     assert gc.isenabled()
 
 
-async def test_a_collection_comes_at_least_once_a_minute(quick_checks: None) -> None:
+async def test_a_collection_comes_at_least_every_ten_minutes(quick_checks: None) -> None:
     now = [0.0]
     collections = Collections(after=10**9, clock=lambda: now[0])
     running = asyncio.create_task(collections.run())
