@@ -5,8 +5,8 @@ each other. By default it runs a young collection every 700 container objects al
 freed, and older and full collections every tenth of those, each walking every object of its generation.
 A busy server allocates thousands of such objects a second (each frame's message, its future, its reply)
 and frees nearly all of them by reference counting, so the collector walks the live connections over and
-over and finds next to nothing: with 2,400 people drawing, 22% of the event loop's CPU, and each full
-collection stopped the loop for about a tenth of a second (docs/benchmarks.md, "Garbage collected when
+over and finds next to nothing: with 2,400 people drawing, a fifth of the event loop's CPU, and each full
+collection stopped the loop for about 0.13 s (docs/benchmarks.md, "Garbage collected when
 there is some").
 
 What does leave cycles behind is a closed connection (about 90 objects of uvicorn's protocol, its
