@@ -85,9 +85,10 @@ def cpu_ticks(*pids: int) -> int:
     return total
 
 
-async def busy(*pids: int, ticks: int = 3, timeout: float = 30.0) -> None:
-    """Wait until ``pids`` have spent ``ticks`` more of CPU: they are working on what they were sent."""
-    start, deadline = cpu_ticks(*pids), time.monotonic() + timeout
+async def busy(*pids: int, ticks: int = 3, since: int | None = None, timeout: float = 30.0) -> None:
+    """Wait until ``pids`` have spent ``ticks`` more of CPU than ``since`` (their :func:`cpu_ticks` before
+    the work was sent; else now): they are working on what they were sent."""
+    start, deadline = cpu_ticks(*pids) if since is None else since, time.monotonic() + timeout
     while cpu_ticks(*pids) < start + ticks:
         assert time.monotonic() < deadline, "the workers never started on the batch"
         await asyncio.sleep(0.005)
@@ -204,9 +205,12 @@ async def test_a_worker_killed_while_busy_costs_only_its_images_and_is_replaced(
         workers = workers_of(server.pid, count)
         worker = workers[0]
         first = 10 * kills
+        # Counted from before the batches go out: a worker may do its share of them while the last ones
+        # are still being sent (4 MB), and none would be left to count after that.
+        before = cpu_ticks(worker)
         for message_id in range(first, first + ROUND):
             await ws.send(json.dumps({"type": "batch", "id": message_id, "items": heavy}))
-        await busy(worker)
+        await busy(worker, since=before)
         os.kill(worker, signal.SIGKILL)
         await ws.send(json.dumps({"type": "submit", "id": first + ROUND, "strokes": ONE}))
         answers = await replies(ws, ROUND + 1)
