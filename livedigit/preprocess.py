@@ -731,16 +731,22 @@ def validate_strokes(strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], 
     the package was built with ``livedigit/_draw.c``, well-formed strokes (lists or tuples of numbers, or
     float64 arrays) are checked and copied there without a numpy call per stroke, and the strokes come
     back as views of one array; anything else is checked here, which says what is wrong."""
-    if _compiled_gather is not None:
-        gathered = _compiled_gather(strokes, limits.max_strokes, limits.max_points, MAX_COORDINATE)
-        if gathered is not None:
-            everything = np.frombuffer(gathered[0], np.float64).reshape(-1, 2)
-            lengths = memoryview(gathered[1]).cast("i").tolist()
-            return [
-                everything[end - length : end]
-                for length, end in zip(lengths, itertools.accumulate(lengths), strict=True)
-            ]
-    return _validate_strokes(strokes, limits)
+    gathered = _compiled_gather_within(strokes, limits)
+    if gathered is None:
+        return _validate_strokes(strokes, limits)
+    everything = np.frombuffer(gathered[0], np.float64).reshape(-1, 2)
+    lengths = memoryview(gathered[1]).cast("i").tolist()
+    return [everything[end - length : end] for length, end in zip(lengths, itertools.accumulate(lengths), strict=True)]
+
+
+def _compiled_gather_within(
+    strokes: Sequence[Sequence[Sequence[float]] | np.ndarray], limits: Limits
+) -> tuple[bytearray, bytearray] | None:
+    """``livedigit/_draw.c``'s check and copy of ``strokes`` within ``limits``, or ``None`` where it is not
+    built or leaves ``strokes`` to the numpy check (which words the error, or takes an unusual input)."""
+    if _compiled_gather is None:
+        return None
+    return _compiled_gather(strokes, limits.max_strokes, limits.max_points, MAX_COORDINATE)
 
 
 def _gathered(
@@ -748,8 +754,7 @@ def _gathered(
 ) -> tuple[bytearray | np.ndarray, bytearray | array.array[int]]:
     """:func:`validate_strokes` for ``livedigit/_draw.c``'s drawing: all the points (float64 x, y pairs)
     and the lengths (int32) of the non-empty strokes."""
-    assert _compiled_gather is not None
-    gathered = _compiled_gather(strokes, limits.max_strokes, limits.max_points, MAX_COORDINATE)
+    gathered = _compiled_gather_within(strokes, limits)
     if gathered is not None:
         return gathered
     points = _validate_strokes(strokes, limits)
