@@ -370,9 +370,10 @@ static Py_ssize_t stroke_points(PyObject *stroke, double max_coordinate, double 
         }
         return count;
     }
-    /* numpy's own arrays only: another type's buffer could be Python code (__buffer__). */
+    /* numpy's own arrays only: another type's buffer could be Python code (__buffer__), and a class made in
+       Python (a heap type) may take numpy's name; numpy's array type is a static one. */
     Py_buffer view;
-    if (strcmp(Py_TYPE(stroke)->tp_name, "numpy.ndarray") != 0 ||
+    if ((Py_TYPE(stroke)->tp_flags & Py_TPFLAGS_HEAPTYPE) || strcmp(Py_TYPE(stroke)->tp_name, "numpy.ndarray") != 0 ||
         PyObject_GetBuffer(stroke, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)) {
         PyErr_Clear();
         return -1;

@@ -832,6 +832,18 @@ def test_the_compiled_check_reads_the_strokes_the_page_and_the_protocol_send() -
         assert list(memoryview(lengths).cast("i")) == [len(stroke) for stroke in expected]
 
 
+@COMPILED
+def test_the_compiled_check_reads_only_numpys_own_arrays() -> None:
+    """A subclass's buffer could run Python code between the compiled check's two passes (``__buffer__``),
+    even a subclass that takes numpy's name: its strokes are left to the numpy check, which reads them."""
+    assert preprocessing._compiled_gather is not None, "CI installs with a C compiler (scripts/test.sh)"
+    lookalike = type("numpy.ndarray", (np.ndarray,), {})
+    stroke = np.arange(8.0).reshape(4, 2).view(lookalike)
+    limits = (SMALL.max_strokes, SMALL.max_points, preprocessing.MAX_COORDINATE)
+    assert preprocessing._compiled_gather([stroke], *limits) is None
+    assert np.array_equal(preprocessing.validate_strokes([stroke], SMALL)[0], np.arange(8.0).reshape(4, 2))
+
+
 @PROPERTY
 @given(
     st.one_of(
