@@ -260,15 +260,22 @@ class Bystander:
         await self.ws.close()
 
 
-async def settle(http_url: str, want: dict[str, float], timeout: float = 60.0) -> dict[str, float]:
-    """Poll ``/metrics`` until every gauge in ``want`` has its value; fail with the last values if not."""
+async def settle(
+    http_url: str, want: dict[str, float], timeout: float = 60.0, at_most: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Poll ``/metrics`` until every gauge in ``want`` has its value and every one in ``at_most`` is no
+    higher than its value; fail with the last values if not."""
+    at_most = at_most or {}
     deadline = time.monotonic() + timeout
     while True:
         samples = await asyncio.to_thread(scrape, http_url)
-        if all(samples.get(name, 0.0) == value for name, value in want.items()):
+        if all(samples.get(name, 0.0) == value for name, value in want.items()) and all(
+            samples.get(name, 0.0) <= value for name, value in at_most.items()
+        ):
             return samples
         if time.monotonic() > deadline:
-            raise AssertionError(f"never settled: want {want}, have { ({name: samples.get(name) for name in want}) }")
+            have = {name: samples.get(name) for name in {**want, **at_most}}
+            raise AssertionError(f"never settled: want {want}, at most {at_most}, have {have}")
         await asyncio.sleep(0.1)
 
 
