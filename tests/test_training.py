@@ -116,6 +116,18 @@ def test_student_reads_a_teacher_from_its_tflite_or_else_its_keras(
     assert from_tflite.shape == from_keras.shape == (40, 10)
 
 
+def test_a_teacher_that_reads_the_path_is_asked_with_it(exported: Path, pen_digits_file: Path) -> None:
+    """A teacher that reads the pen's path (the quick student) answers for each drawing's image and path
+    together, as the server would: a path left out would make it answer for the image alone."""
+    drawings = [as_served(digit) for digit in pendigits.load(pen_digits_file, "test")[:40]]
+    images = as_inputs([preprocess(drawing) for drawing in drawings])
+    paths = np.stack([pen_path(drawing) for drawing in drawings])
+    runtime = load_runtime(exported, "litert")
+    with_paths = teacher_beliefs(exported, images, paths)
+    np.testing.assert_allclose(with_paths, runtime.predict(images, paths), atol=1e-6)
+    assert not np.allclose(with_paths, runtime.predict(images), atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def exported(
     mnist_path: Path,

@@ -65,7 +65,7 @@ from livedigit.preprocess import (
     pen_path,
     render_strokes,
 )
-from livedigit.runtime import load_runtime
+from livedigit.runtime import LiteRTRuntime, Runtime, TensorFlowRuntime, load_runtime
 from train import blend, calibrate, evaluate, negatives
 from train.augment import augment
 from train.data import MNIST_VALIDATION, as_served, load_mnist, model_inputs, rasters, run
@@ -468,16 +468,18 @@ def export_tflite(model, path: Path) -> None:  # type: ignore[no-untyped-def]
         path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model).convert())
 
 
-def teacher_beliefs(base: Path, images: np.ndarray) -> np.ndarray:
-    """A trained model's probabilities for ``images``: its ``.tflite`` run by LiteRT where there is one,
-    else its ``.keras`` (what ``python -m train.teacher`` writes)."""
+def teacher_beliefs(base: Path, images: np.ndarray, paths: np.ndarray | None = None) -> np.ndarray:
+    """A trained model's probabilities for ``images`` (and their pen's ``paths``, for a teacher that reads
+    them), through the serving runtime: its ``.tflite`` with LiteRT where there is one, else its ``.keras``
+    (what ``python -m train.teacher`` writes) with TensorFlow. A teacher that reads the path is asked about
+    the drawing the student learns from, path and all, not about its image alone."""
+    runtime: Runtime
     if base.with_suffix(".tflite").exists():
-        runtime = load_runtime(base.with_suffix(".tflite"), "litert")
-        return np.concatenate([runtime.predict(images[start : start + 1024]) for start in range(0, len(images), 1024)])
-    import keras
-
-    model = keras.saving.load_model(base.with_suffix(".keras"))
-    return np.asarray(model.predict(images[..., None], batch_size=1024, verbose=0))
+        runtime = LiteRTRuntime(base.with_suffix(".tflite"))
+    else:  # TensorFlow's threads stay as the training set them.
+        runtime = TensorFlowRuntime(base.with_suffix(".keras"))
+    chunks = [slice(start, start + 1024) for start in range(0, len(images), 1024)]
+    return np.concatenate([runtime.predict(images[at], None if paths is None else paths[at]) for at in chunks])
 
 
 def git_commit() -> str:
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     whole_targets = np.eye(10, dtype=np.float32)[whole_labels]
     if args.teacher:
         print(f"distilling {args.teacher} on {len(whole_images)} whole digits ...", flush=True)
-        beliefs = teacher_beliefs(Path(args.teacher), whole_images)
+        beliefs = teacher_beliefs(Path(args.teacher), whole_images, whole_paths)
         softened = np.exp(np.log(np.clip(beliefs, 1e-12, 1.0)) / args.teacher_temperature)
         softened /= softened.sum(axis=1, keepdims=True)
         whole_targets = (1 - args.teacher_share) * whole_targets + args.teacher_share * softened.astype(np.float32)
