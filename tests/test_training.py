@@ -21,10 +21,10 @@ import pytest
 from livedigit import pendigits
 from livedigit.labels import database
 from livedigit.labels.store import Label, LabelStore
-from livedigit.preprocess import SIZE, Image, Pixels, Strokes, pen_path, preprocess
+from livedigit.preprocess import SIZE, Image, Pixels, Strokes, preprocess
 from livedigit.runtime import Runtime, load_runtime
 from livedigit.verdict import VerdictRule
-from train.data import as_served, subset
+from train.data import as_served, model_inputs, subset
 from train.train import QUICK_LIMIT as QUICK
 from train.train import teacher_beliefs
 
@@ -120,8 +120,7 @@ def test_a_teacher_that_reads_the_path_is_asked_with_it(exported: Path, pen_digi
     """A teacher that reads the pen's path (the quick student) answers for each drawing's image and path
     together, as the server would: a path left out would make it answer for the image alone."""
     drawings = [as_served(digit) for digit in pendigits.load(pen_digits_file, "test")[:40]]
-    images = as_inputs([preprocess(drawing) for drawing in drawings])
-    paths = np.stack([pen_path(drawing) for drawing in drawings])
+    images, paths, _ = model_inputs(drawings)
     runtime = load_runtime(exported, "litert")
     with_paths = teacher_beliefs(exported, images, paths)
     np.testing.assert_allclose(with_paths, runtime.predict(images, paths), atol=1e-6)
@@ -185,8 +184,8 @@ def as_inputs(images: list[np.ndarray | None]) -> np.ndarray:
 def named(runtime: Runtime, drawings: list[Image]) -> np.ndarray:
     """The digit the model names for each drawing, given what the server's worker gives it: the
     preprocessed image and the pen's path."""
-    images = as_inputs([preprocess(drawing) for drawing in drawings])
-    return runtime.predict(images, np.stack([pen_path(drawing) for drawing in drawings])).argmax(axis=1)
+    images, paths, _ = model_inputs(drawings)
+    return runtime.predict(images, paths).argmax(axis=1)
 
 
 def test_exports_the_three_files(exported: Path) -> None:
